@@ -1,0 +1,363 @@
+"""Tiny random vision-language models of real architectures, built offline.
+
+Tests, benchmarks and the bundled demo models need VLMs without the Hugging Face hub. This module builds one of
+each supported family from a config (hidden ~64, 2 layers by default), with a byte-level BPE tokenizer trained
+in-process with `tokenizers` and the family's real image processor, and saves it with ``save_pretrained`` so that
+it loads back through ``RewardModel.from_pretrained(path)`` like any hub checkpoint.
+
+The chat templates below are written for these tiny models; they follow the turn layout of each family's
+published template (role markers, where the image goes, the assistant prefix), which is what the reward model's
+prompt rendering depends on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "idefics3", "smolvlm", "llava", "llava_onevision")
+
+# Words the tokenizer learns whole, so that "yes"/"no" in their spellings are single tokens as in real vocabularies.
+_ANSWER_WORDS = ["yes", "no", "Yes", "No", "YES", "NO"]
+_CORPUS_WORDS = (
+    "a an the image picture photo figure of with and or is are does this show shows image better than "
+    "please answer question red green blue yellow purple orange white black circle square triangle left right "
+    "above below one two three four cat dog on in at quality aesthetics plausible text rendering reason because "
+    "prompt candidate reference first second criteria task evaluate judge whether matches describes scene "
+    "object objects color colour shape count position user assistant system you helpful"
+).split()
+
+_CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' and default_system %}"
+    "<|im_start|>system\n{{ default_system }}<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}IMAGE_SLOT"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _chatml(image_slot: str, default_system: str = "") -> str:
+    template = _CHATML.replace("IMAGE_SLOT", image_slot)
+    system = json.dumps(default_system)
+    return "{% set default_system = " + system + " %}" + template
+
+
+_IDEFICS3 = (
+    "<|im_start|>"
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+_LLAVA = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% else %}{{ message['role'] | upper }}: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def _family_tokens(family: str) -> tuple[list[str], dict[str, str], str]:
+    """Special tokens, named special-token attributes and chat template for one family's tokenizer."""
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+        specials += ["<|image_pad|>", "<|video_pad|>"]
+        named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+        system = "You are a helpful assistant." if family != "qwen3_vl" else ""
+        return specials, named, _chatml("<|vision_start|><|image_pad|><|vision_end|>", system)
+    if family == "internvl":
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+        named = {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        }
+        return specials, named, _chatml("<IMG_CONTEXT>\n", "")
+    if family in ("idefics3", "smolvlm"):
+        specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
+        specials += ["<global-img>"] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+        named = {"image_token": "<image>", "end_of_utterance_token": "<end_of_utterance>"}
+        return specials, named, _IDEFICS3
+    if family == "llava":
+        return ["<|endoftext|>", "<image>"], {"image_token": "<image>"}, _LLAVA
+    if family == "llava_onevision":
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+        return specials, {"image_token": "<image>", "video_token": "<video>"}, _chatml("<image>\n", "")
+    raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def build_tokenizer(family: str, vocab_size: int = 1024, extra_text: list[str] | None = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` for ``family``, trained offline on a small fixed corpus.
+
+    "yes", "no" and their capitalised forms, with and without a leading space, are single tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials, named, template = _family_tokens(family)
+    words = _CORPUS_WORDS + _ANSWER_WORDS
+    corpus = [" ".join(words[i : i + 7]) for i in range(0, len(words), 3)]
+    corpus += [f"{a} {b}" for a, b in itertools.product(_ANSWER_WORDS, words[:40])]
+    corpus += list(extra_text or [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Repeat the answer words so BPE merges them whole before the budget runs out.
+    tok.train_from_iterator(corpus + [" ".join(_ANSWER_WORDS * 4)] * 50, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=specials[0],
+        pad_token=specials[0],
+        unk_token=None,
+        extra_special_tokens=named,
+    )
+    fast.chat_template = template
+    return fast
+
+
+def _text_config(family: str, vocab: int, hidden: int, layers: int, heads: int) -> dict:
+    cfg = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        cfg["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
+        cfg["model_type"] = "qwen2_vl_text" if family == "qwen2_vl" else "qwen2_5_vl_text"
+    elif family == "qwen3_vl":
+        cfg["rope_scaling"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        cfg["head_dim"] = hidden // heads
+        cfg["model_type"] = "qwen3_vl_text"
+    elif family in ("idefics3", "smolvlm", "llava"):
+        cfg["model_type"] = "llama"
+    else:
+        cfg["model_type"] = "qwen2"
+    return cfg
+
+
+def build_tiny_vlm(
+    family: str,
+    out_dir: str | Path,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    vision_hidden: int = 32,
+    image_size: int = 56,
+    vocab_size: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Build a random ``family`` VLM with its tokenizer and processor, save it to ``out_dir`` and return the path.
+
+    ``image_size`` (pixels) sets the processor's working resolution; the defaults give a few dozen image tokens.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(family, vocab_size=vocab_size)
+    vocab = len(tokenizer)
+    text = _text_config(family, vocab, hidden, layers, heads)
+    tid = tokenizer.convert_tokens_to_ids
+    config_kwargs, processor = _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, tid)
+    config = AutoConfig.for_model(family, **config_kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, tid):
+    """Config kwargs and a processor for one family, kept small: a few dozen image tokens per image."""
+    import transformers as tf
+
+    chat = tokenizer.chat_template
+    vision_common = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=vision_hidden * 2)
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        patch = 16 if family == "qwen3_vl" else 14
+        vision = dict(depth=2, num_heads=2, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
+        if family == "qwen2_vl":
+            vision.update(embed_dim=vision_hidden, hidden_size=hidden, mlp_ratio=2)
+        elif family == "qwen2_5_vl":
+            vision.update(
+                hidden_size=vision_hidden,
+                out_hidden_size=hidden,
+                intermediate_size=vision_hidden * 2,
+                window_size=112,
+                fullatt_block_indexes=[1],
+            )
+        else:
+            vision.update(
+                hidden_size=vision_hidden,
+                out_hidden_size=hidden,
+                intermediate_size=vision_hidden * 2,
+                num_position_embeddings=64,
+                deepstack_visual_indexes=[0],
+            )
+        kwargs = dict(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=tid("<|image_pad|>"),
+            video_token_id=tid("<|video_pad|>"),
+            vision_start_token_id=tid("<|vision_start|>"),
+            vision_end_token_id=tid("<|vision_end|>"),
+        )
+        unit = patch * 2  # one merged image token covers unit x unit pixels
+        pixels = {"shortest_edge": unit * unit, "longest_edge": (image_size // unit * unit) ** 2}
+        image_processor = tf.Qwen2VLImageProcessor(size=pixels, patch_size=patch, merge_size=2)
+        video_processor = tf.Qwen2VLVideoProcessor(size=pixels, patch_size=patch, merge_size=2)
+        cls = {
+            "qwen2_vl": tf.Qwen2VLProcessor,
+            "qwen2_5_vl": tf.Qwen2_5_VLProcessor,
+            "qwen3_vl": tf.Qwen3VLProcessor,
+        }[family]
+        if family == "qwen3_vl":
+            video_processor = tf.Qwen3VLVideoProcessor(size=pixels, patch_size=patch, merge_size=2)
+        processor = cls(
+            image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=chat
+        )
+        return kwargs, processor
+    if family == "internvl":
+        patch = 14
+        side = image_size // (patch * 2) * patch * 2
+        seq = (side // patch) ** 2 // 4  # pixel shuffle with downsample ratio 0.5
+        vision = dict(hidden_size=vision_hidden, image_size=[side, side], patch_size=[patch, patch], **vision_common)
+        kwargs = dict(text_config=text, vision_config=vision, image_token_id=tid("<IMG_CONTEXT>"), image_seq_length=seq)
+        size = {"height": side, "width": side}
+        image_processor = tf.GotOcr2ImageProcessor(size=size, crop_to_patches=False, max_patches=2)
+        video_processor = tf.InternVLVideoProcessor(size=size)
+        processor = tf.InternVLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=video_processor,
+            image_seq_length=seq,
+            chat_template=chat,
+        )
+        return kwargs, processor
+    if family in ("idefics3", "smolvlm"):
+        patch = 8
+        tile = max(32, image_size // 2 // 16 * 16)  # a tile must split into patches that pixel-shuffle by 2
+        seq = (tile // patch) ** 2 // 4  # scale_factor 2
+        vision = dict(hidden_size=vision_hidden, image_size=tile, patch_size=patch, **vision_common)
+        kwargs = dict(text_config=text, vision_config=vision, image_token_id=tid("<image>"), scale_factor=2)
+        ip_kwargs = dict(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
+        if family == "idefics3":
+            image_processor = tf.Idefics3ImageProcessor(**ip_kwargs)
+            processor = tf.Idefics3Processor(
+                image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq, chat_template=chat
+            )
+        else:
+            image_processor = tf.SmolVLMImageProcessor(**ip_kwargs)
+            video_processor = tf.SmolVLMVideoProcessor(**ip_kwargs)
+            processor = tf.SmolVLMProcessor(
+                image_processor=image_processor,
+                tokenizer=tokenizer,
+                video_processor=video_processor,
+                image_seq_len=seq,
+                chat_template=chat,
+            )
+        return kwargs, processor
+    if family == "llava":
+        patch = 14
+        side = image_size // patch * patch
+        vision = dict(
+            model_type="clip_vision_model",
+            hidden_size=vision_hidden,
+            image_size=side,
+            patch_size=patch,
+            projection_dim=vision_hidden,
+            **vision_common,
+        )
+        kwargs = dict(
+            text_config=text,
+            vision_config=vision,
+            image_token_index=tid("<image>"),
+            image_seq_length=(side // patch) ** 2,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+        processor = tf.LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=patch,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=chat,
+        )
+        return kwargs, processor
+    if family == "llava_onevision":
+        patch = 14
+        side = image_size // (2 * patch) * patch
+        grid = [[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+        vision = dict(
+            model_type="siglip_vision_model",
+            hidden_size=vision_hidden,
+            image_size=side,
+            patch_size=patch,
+            **vision_common,
+        )
+        kwargs = dict(
+            text_config=text,
+            vision_config=vision,
+            image_token_index=tid("<image>"),
+            video_token_index=tid("<video>"),
+            image_grid_pinpoints=grid,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+            vision_aspect_ratio="anyres_max_9",
+        )
+        size = {"height": side, "width": side}
+        image_processor = tf.LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=grid)
+        video_processor = tf.LlavaOnevisionVideoProcessor(size=size)
+        processor = tf.LlavaOnevisionProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=video_processor,
+            num_image_tokens=(side // patch) ** 2,
+            vision_feature_select_strategy="full",
+            chat_template=chat,
+        )
+        return kwargs, processor
+    raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+__all__ = ["FAMILIES", "build_tokenizer", "build_tiny_vlm"]
