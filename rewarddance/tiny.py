@@ -180,10 +180,13 @@ def build_tiny_vlm(
     image_size: int = 56,
     vocab_size: int = 1024,
     seed: int = 0,
+    init_std: float = 0.02,
 ) -> Path:
     """Build a random ``family`` VLM with its tokenizer and processor, save it to ``out_dir`` and return the path.
 
     ``image_size`` (pixels) sets the processor's working resolution; the defaults give a few dozen image tokens.
+    ``init_std`` is the weights' initialisation scale: raise it (e.g. 0.2) so that random outputs depend visibly on
+    the image, as tests comparing code paths want.
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -196,6 +199,9 @@ def build_tiny_vlm(
     tid = tokenizer.convert_tokens_to_ids
     config_kwargs, processor = _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, tid)
     config = AutoConfig.for_model(family, **config_kwargs)
+    for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if sub is not None and hasattr(sub, "initializer_range"):
+            sub.initializer_range = init_std
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

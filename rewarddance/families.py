@@ -1,0 +1,96 @@
+"""Family adapters: the few facts about each VLM family that the reward model needs.
+
+A family is chosen from the config's ``model_type``. The adapter knows which processor outputs belong to the
+images (so per-image inputs can be cut out and batched again for the shared-prefix path), how to stack them across
+samples, and whether the family uses multimodal rotary positions (Qwen M-RoPE) that must be passed explicitly when a
+KV cache is reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's ``model_type`` has no family adapter."""
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts, dim=0)
+
+
+def _cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate ``[1, n_i, ...]`` tensors along dim 0, zero-padding dim 1 to the largest ``n_i``."""
+    n = max(p.shape[1] for p in parts)
+    out = []
+    for p in parts:
+        if p.shape[1] < n:
+            pad = p.new_zeros((p.shape[0], n - p.shape[1], *p.shape[2:]))
+            p = torch.cat([p, pad], dim=1)
+        out.append(p)
+    return torch.cat(out, dim=0)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one VLM family lays out its image inputs."""
+
+    name: str
+    model_types: tuple[str, ...]
+    image_keys: tuple[str, ...]  # processor outputs that describe images
+    stack: dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]  # how to batch each key across samples
+    mrope: bool = False  # Qwen-style 3-D rotary positions
+
+    def stack_image_inputs(self, per_sample: list[dict]) -> dict:
+        """Merge the image inputs of several samples into one batch, key by key."""
+        out = {}
+        for key in self.image_keys:
+            parts = [d[key] for d in per_sample if key in d and d[key] is not None]
+            if parts:
+                out[key] = self.stack[key](parts)
+        return out
+
+
+_QWEN = dict(
+    image_keys=("pixel_values", "image_grid_thw"),
+    stack={"pixel_values": _cat, "image_grid_thw": _cat},
+    mrope=True,
+)
+_IDEFICS = dict(
+    image_keys=("pixel_values", "pixel_attention_mask"),
+    stack={"pixel_values": _cat_padded, "pixel_attention_mask": _cat_padded},
+)
+
+FAMILIES: tuple[Family, ...] = (
+    Family("qwen2_vl", ("qwen2_vl",), **_QWEN),
+    Family("qwen2_5_vl", ("qwen2_5_vl",), **_QWEN),
+    Family("qwen3_vl", ("qwen3_vl", "qwen3_vl_moe"), **_QWEN),
+    Family("internvl", ("internvl",), ("pixel_values",), {"pixel_values": _cat}),
+    Family("idefics3", ("idefics3",), **_IDEFICS),
+    Family("smolvlm", ("smolvlm",), **_IDEFICS),
+    Family("llava", ("llava",), ("pixel_values",), {"pixel_values": _cat}),
+    Family(
+        "llava_onevision",
+        ("llava_onevision",),
+        ("pixel_values", "image_sizes", "batch_num_images"),
+        {"pixel_values": _cat_padded, "image_sizes": _cat, "batch_num_images": _cat},
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for f in FAMILIES for t in f.model_types)
+
+
+def family_for(model_type: str) -> Family:
+    """The adapter for a config ``model_type``; :class:`UnsupportedModelError` lists the supported ones."""
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    raise UnsupportedModelError(
+        f"model_type {model_type!r} is not a supported reward-model family; supported: "
+        f"{', '.join(supported_model_types())}"
+    )
