@@ -43,6 +43,7 @@ class Family:
     image_keys: tuple[str, ...]  # processor outputs that describe images
     stack: dict[str, Callable[[list[torch.Tensor]], torch.Tensor]]  # how to batch each key across samples
     mrope: bool = False  # Qwen-style 3-D rotary positions
+    images_depend_on_sample: bool = False  # an image's inputs change with the number of images in its sample
 
     def stack_image_inputs(self, per_sample: list[dict]) -> dict:
         """Merge the image inputs of several samples into one batch, key by key."""
@@ -77,6 +78,7 @@ FAMILIES: tuple[Family, ...] = (
         ("llava_onevision",),
         ("pixel_values", "image_sizes", "batch_num_images"),
         {"pixel_values": _cat_padded, "image_sizes": _cat, "batch_num_images": _cat},
+        images_depend_on_sample=True,
     ),
 )
 

@@ -310,22 +310,27 @@ class RewardModel:
         full = [self.processor(text=[t], images=[imgs], return_tensors="pt") for t, imgs in zip(texts, image_lists)]
         ids = [f["input_ids"][0] for f in full]
         self._check_length([len(x) for x in ids])
-        cut = texts[0].rfind(self._image_token) if self._image_token else -1
-        if cut < 0 or any(t[:cut] != texts[0][:cut] for t in texts):
+        P = self._prefix_length(texts[0], image_lists[0], ids[0])
+        if P is None or any(len(x) <= P or not torch.equal(x[:P], ids[0][:P]) for x in ids):
+            logger.debug("no clean shared prefix; scoring without the cache")
             return None
+        prefix_ids = ids[0][:P]
         shared_imgs = image_lists[0][:n_shared]
-        pre = self.processor(text=[texts[0][:cut]], images=[shared_imgs] if shared_imgs else None, return_tensors="pt")
-        P = pre["input_ids"].shape[1]  # prefix length in tokens
-        prefix_ids = pre["input_ids"][0]
-        if any(len(x) <= P or not torch.equal(x[:P], prefix_ids) for x in ids):
-            logger.debug("shared prefix does not tokenize as a prefix; scoring without the cache")
-            return None
         per_image = {}
         for imgs in image_lists:
             for img in imgs:
-                if id(img) not in per_image:
+                if id(img) not in per_image and not self.family.images_depend_on_sample:
                     per_image[id(img)] = self._image_inputs(img)
+        if self.family.images_depend_on_sample:
+            # the processor lays out an image differently inside a multi-image sample: cut it out of the sample
+            for i, imgs in enumerate(image_lists):
+                for k, img in enumerate(imgs):
+                    per_image.setdefault(id(img), {key: full[i][key][k : k + 1] for key in ("pixel_values", "image_sizes")})
         shared_inputs = self._join([per_image[id(x)] for x in shared_imgs]) if shared_imgs else {}
+        n_images = torch.tensor([len(image_lists[0])])
+        if "batch_num_images" in self.family.image_keys and shared_inputs:
+            # LLaVA-OneVision lays out an image differently when its sample holds several: say how many there are
+            shared_inputs["batch_num_images"] = n_images
         rope = None
         if self.family.mrope:
             rope = [
@@ -359,7 +364,9 @@ class RewardModel:
                 mask[r, P : P + n] = 1
                 last[r] = n - 1
             inputs = {"input_ids": suffix, "attention_mask": mask}
-            inputs.update(self.family.stack_image_inputs([self._join([per_image[id(image_lists[i][-1])]]) for i in idx]))
+            inputs.update(self.family.stack_image_inputs([per_image[id(image_lists[i][-1])] for i in idx]))
+            if "batch_num_images" in self.family.image_keys:
+                inputs["batch_num_images"] = n_images.expand(B)
             if rope is not None:
                 pos = torch.zeros(3, B, S, dtype=torch.long)
                 types = torch.zeros(B, S, dtype=full[0]["mm_token_type_ids"].dtype)
@@ -378,6 +385,27 @@ class RewardModel:
             p_all.append(p.cpu())
             m_all.append(m.cpu())
         return torch.cat(p_all), torch.cat(m_all)
+
+    def _prefix_length(self, text: str, images: list, ids: torch.Tensor) -> int | None:
+        """Tokens before the last image's block in ``ids`` (the full tokenisation of ``text`` with ``images``).
+
+        A special token is inserted just before the last image placeholder and the text processed again; the
+        position where the two token sequences part is the split, valid only if removing the marker gives back
+        exactly ``ids`` (so the prefix is never tokenised on its own).
+        """
+        cut = text.rfind(self._image_token) if self._image_token else -1
+        marker = self.tokenizer.eos_token or self.tokenizer.pad_token
+        if cut < 0 or marker is None:
+            return None
+        marked = self.processor(text=[text[:cut] + marker + text[cut:]], images=[images], return_tensors="pt")
+        m = marked["input_ids"][0]
+        if len(m) != len(ids) + 1:
+            return None
+        differ = (m[:-1] != ids).nonzero()
+        k = int(differ[0]) if len(differ) else len(ids)
+        if m[k] != self.tokenizer.convert_tokens_to_ids(marker) or not torch.equal(m[k + 1 :], ids[k:]):
+            return None
+        return k
 
     def _expanded_cache(self, kv, B: int):
         from transformers import DynamicCache
