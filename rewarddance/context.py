@@ -150,7 +150,11 @@ class RewardContext:
             reason = f" Reason: {ex.reason}" if ex.reason else ""
             parts.append({"type": "text", "text": f"Example {k}. "})
             if pairwise and ex.reference is not None:
-                parts += [{"type": "text", "text": "Image 1: "}, {"type": "image"}, {"type": "text", "text": " Image 2: "}]
+                parts += [
+                    {"type": "text", "text": "Image 1: "},
+                    {"type": "image"},
+                    {"type": "text", "text": " Image 2: "},
+                ]
             parts.append({"type": "image"})
             ex_question = template.format(prompt=ex.prompt)
             parts.append({"type": "text", "text": f"\n{ex_question} Answer: {verdict}.{reason}\n"})

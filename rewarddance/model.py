@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .context import RewardContext
-from .families import Family, UnsupportedModelError, family_for
+from .families import Family, family_for
 from .images import ImageError, as_image_list, check_pixels, load_image, to_tensor
 from .kernels import yes_prob
 from .tokens import answer_ids
@@ -213,8 +213,10 @@ class RewardModel:
         return self._texts(prompts, context, pairwise)
 
     def _load_all(self, items: list, label: str) -> list:
-        return [load_image(x, name=f"{label}[{k}]" if not isinstance(x, (str, os.PathLike)) else None)
-                for k, x in enumerate(items)]
+        return [
+            load_image(x, name=f"{label}[{k}]" if not isinstance(x, (str, os.PathLike)) else None)
+            for k, x in enumerate(items)
+        ]
 
     def _check_length(self, lengths, what: str = "prompt") -> None:
         if self.max_length is None:
@@ -325,7 +327,9 @@ class RewardModel:
             # the processor lays out an image differently inside a multi-image sample: cut it out of the sample
             for i, imgs in enumerate(image_lists):
                 for k, img in enumerate(imgs):
-                    per_image.setdefault(id(img), {key: full[i][key][k : k + 1] for key in ("pixel_values", "image_sizes")})
+                    per_image.setdefault(
+                        id(img), {key: full[i][key][k : k + 1] for key in ("pixel_values", "image_sizes")}
+                    )
         shared_inputs = self._join([per_image[id(x)] for x in shared_imgs]) if shared_imgs else {}
         n_images = torch.tensor([len(image_lists[0])])
         if "batch_num_images" in self.family.image_keys and shared_inputs:
@@ -334,8 +338,9 @@ class RewardModel:
         rope = None
         if self.family.mrope:
             rope = [
-                self._rope_positions(ids[i], self._join([per_image[id(x)] for x in image_lists[i]]),
-                                     full[i]["mm_token_type_ids"][0])
+                self._rope_positions(
+                    ids[i], self._join([per_image[id(x)] for x in image_lists[i]]), full[i]["mm_token_type_ids"][0]
+                )
                 for i in range(len(ids))
             ]
         # 1. the prefix, once, with only the shared images
@@ -478,8 +483,9 @@ class RewardModel:
                 p, m = self._read(self._last_hidden(self._process(follow, lists)), context)
         return p, m, reasons
 
-    def score(self, images, prompts, context: RewardContext | None = None, batch_size: int | None = None,
-              references=None) -> RewardOutput:
+    def score(
+        self, images, prompts, context: RewardContext | None = None, batch_size: int | None = None, references=None
+    ) -> RewardOutput:
         """Pointwise reward: P("yes" | image, prompt, context) for each image.
 
         ``images``: paths, PIL images, or a ``[B, 3, H, W]`` tensor in [0, 1]; ``prompts``: one string or one per
@@ -491,8 +497,9 @@ class RewardModel:
         cands, prompts, _ = self._items(images, prompts, None, context, False)
         return self._score_items(cands, prompts, None, context, False, batch_size)
 
-    def compare(self, images, references, prompts, context: RewardContext | None = None,
-                batch_size: int | None = None) -> RewardOutput:
+    def compare(
+        self, images, references, prompts, context: RewardContext | None = None, batch_size: int | None = None
+    ) -> RewardOutput:
         """Pairwise reward: P("yes") to "Is image 2 better than image 1?" with image 1 = ``references[i]`` and
         image 2 = ``images[i]``. ``context.average_orders`` also asks the swapped question and averages
         ``p`` with ``1 - p_swapped`` (margins: ``(m - m_swapped) / 2``)."""
@@ -509,15 +516,19 @@ class RewardModel:
         return out
 
     # ----------------------------------------------------------------------------------------------- gradients
-    def reward(self, pixels: torch.Tensor, prompts, references=None, context: RewardContext | None = None,
-               output: str = "p_yes") -> torch.Tensor:
+    def reward(
+        self,
+        pixels: torch.Tensor,
+        prompts,
+        references=None,
+        context: RewardContext | None = None,
+        output: str = "p_yes",
+    ) -> torch.Tensor:
         """Differentiable reward for generated pixels ``[B, 3, H, W]`` in [0, 1]: float32 ``[B]``.
 
         Preprocessing (resize, normalise, patchify) runs in torch so gradients reach ``pixels``. ``output`` is
         ``"p_yes"`` (default), ``"margin"`` or ``"log_p"`` (log P(yes)). ``references`` make it pairwise.
         """
-        from .preprocess import image_inputs
-
         if output not in ("p_yes", "margin", "log_p"):
             raise ValueError(f"output must be 'p_yes', 'margin' or 'log_p', got {output!r}")
         context = context or RewardContext()
@@ -525,19 +536,27 @@ class RewardModel:
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise ImageError(f"pixels: expected a [B, 3, H, W] tensor in [0, 1], got {shape}")
         check_pixels(pixels, "pixels")
+        from .preprocess import image_inputs
+
         pairwise = references is not None
         cands, prompts, refs = self._items(pixels, prompts, references, context, pairwise)
         texts = self._texts(prompts, context, pairwise)
-        ctx_t = [to_tensor(load_image(x, name=f"examples[{k}]")) for k, x in enumerate(context.example_images(pairwise))]
+        ctx_t = [
+            to_tensor(load_image(x, name=f"examples[{k}]")) for k, x in enumerate(context.example_images(pairwise))
+        ]
         ref_t = None
         if pairwise:
-            ref_t = [r if isinstance(r, torch.Tensor) else to_tensor(load_image(r, name=f"references[{k}]"))
-                     for k, r in enumerate(refs)]
+            ref_t = [
+                r if isinstance(r, torch.Tensor) else to_tensor(load_image(r, name=f"references[{k}]"))
+                for k, r in enumerate(refs)
+            ]
         tensors = [ctx_t + ([ref_t[i]] if pairwise else []) + [cands[i]] for i in range(len(cands))]
         pil = [[load_image(t.detach(), name="pixels") for t in lst] for lst in tensors]
         inputs = self._process(texts, pil)
-        per_sample = [image_inputs(self.processor, [t.to(self.device, torch.float32) for t in lst], self.family.name)
-                      for lst in tensors]
+        per_sample = [
+            image_inputs(self.processor, [t.to(self.device, torch.float32) for t in lst], self.family.name)
+            for lst in tensors
+        ]
         inputs = dict(inputs)
         inputs.update(self.family.stack_image_inputs(per_sample))
         p, m = self._read(self._last_hidden(inputs), context)

@@ -367,3 +367,21 @@ def _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, ti
 
 
 __all__ = ["FAMILIES", "build_tokenizer", "build_tiny_vlm"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rewarddance.tiny FAMILY OUT_DIR``: save a tiny random VLM (for trying the CLI offline)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rewarddance.tiny", description=main.__doc__)
+    parser.add_argument("family", choices=FAMILIES, help="architecture to build")
+    parser.add_argument("out_dir", help="folder to save the model, tokenizer and processor in")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    path = build_tiny_vlm(args.family, args.out_dir, seed=args.seed, init_std=0.2)
+    print(f"saved a tiny random {args.family} model to {path} (random weights: its scores mean nothing)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
