@@ -516,6 +516,23 @@ class RewardModel:
         return out
 
     # ----------------------------------------------------------------------------------------------- gradients
+    def _differentiable_image_inputs(self, images: list[torch.Tensor]) -> dict:
+        """Image inputs of one sample from ``[3, H, W]`` tensors in [0, 1], keeping the autograd graph.
+
+        The stock (torchvision-backed) image processors of every supported family resize, rescale, normalise and
+        patchify with torch ops, so handing them float tensors keeps gradients; only the dtype of the input differs
+        from the PIL path (the stock path rounds to uint8 after resizing).
+        """
+        scaled = [t.float() * 255.0 for t in images]  # the processors rescale by 1/255 themselves
+        batch = [scaled] if self.family.name in ("idefics3", "smolvlm") else scaled
+        defaults = dict(getattr(type(self.processor), "images_kwargs", None) or {})  # e.g. InternVL crops to tiles
+        out = self.processor.image_processor(images=batch, return_tensors="pt", **defaults)
+        keys = [k for k in self.family.image_keys if k in out]
+        feats = {k: out[k] for k in keys}
+        if "batch_num_images" in self.family.image_keys:
+            feats["batch_num_images"] = torch.tensor([len(images)])
+        return feats
+
     def reward(
         self,
         pixels: torch.Tensor,
@@ -536,8 +553,6 @@ class RewardModel:
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise ImageError(f"pixels: expected a [B, 3, H, W] tensor in [0, 1], got {shape}")
         check_pixels(pixels, "pixels")
-        from .preprocess import image_inputs
-
         pairwise = references is not None
         cands, prompts, refs = self._items(pixels, prompts, references, context, pairwise)
         texts = self._texts(prompts, context, pairwise)
@@ -553,10 +568,7 @@ class RewardModel:
         tensors = [ctx_t + ([ref_t[i]] if pairwise else []) + [cands[i]] for i in range(len(cands))]
         pil = [[load_image(t.detach(), name="pixels") for t in lst] for lst in tensors]
         inputs = self._process(texts, pil)
-        per_sample = [
-            image_inputs(self.processor, [t.to(self.device, torch.float32) for t in lst], self.family.name)
-            for lst in tensors
-        ]
+        per_sample = [self._differentiable_image_inputs(lst) for lst in tensors]
         inputs = dict(inputs)
         inputs.update(self.family.stack_image_inputs(per_sample))
         p, m = self._read(self._last_hidden(inputs), context)
