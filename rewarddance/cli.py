@@ -1,0 +1,105 @@
+"""Command line: ``rewarddance score`` and ``rewarddance compare``.
+
+Heavy imports (torch, transformers) happen inside the commands so that ``rewarddance --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+MODEL_HELP = "model: a Hugging Face id or a local folder (bundled default models come in a later release)"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--prompt", required=True, help="the text prompt the images were generated from")
+    p.add_argument("--task", default="alignment", help="task preset (alignment, quality, aesthetics, ...)")
+    p.add_argument("--criteria", default=None, help="extra judging criteria")
+    p.add_argument("--cot", default="none", help="chain of thought: none, judgment_first, reasoning_first")
+    p.add_argument("--dtype", default=None, help="torch dtype, e.g. float32 or bfloat16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantisation")
+    p.add_argument("--batch-size", type=int, default=None, help="items per forward pass (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+
+def _load(args):
+    from .context import RewardContext
+    from .model import RewardModel
+
+    rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
+    ctx = RewardContext(task=args.task, criteria=args.criteria, cot=args.cot, decode_reasons=args.cot != "none")
+    return rm, ctx
+
+
+def _print(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    width = max(len("image"), *(len(r["image"]) for r in rows))
+    print(f"{'image':<{width}}  {'p_yes':>8}  {'margin':>8}")
+    for r in rows:
+        line = f"{r['image']:<{width}}  {r['p_yes']:>8.4f}  {r['margin']:>8.3f}"
+        print(line + (f"  {r['reason']}" if r.get("reason") else ""))
+
+
+def cmd_score(args) -> int:
+    rm, ctx = _load(args)
+    refs = [args.reference] * len(args.images) if args.reference else None
+    out = rm.score(args.images, args.prompt, context=ctx, batch_size=args.batch_size, references=refs)
+    rows = []
+    for i, path in enumerate(args.images):
+        row = {"image": path, "p_yes": float(out.p_yes[i]), "margin": float(out.margin[i])}
+        if out.reasons is not None:
+            row["reason"] = out.reasons[i]
+        rows.append(row)
+    _print(rows, args.json)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    rm, ctx = _load(args)
+    out = rm.compare([args.b], [args.a], args.prompt, context=ctx)
+    p = float(out.p_yes[0])
+    row = {
+        "a": args.a,
+        "b": args.b,
+        "p_b_better": p,
+        "margin": float(out.margin[0]),
+        "winner": args.b if p > 0.5 else args.a,
+    }
+    print(json.dumps(row) if args.json else f"P({args.b} better than {args.a}) = {p:.4f}; winner: {row['winner']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rewarddance", description="Generative reward models: P(yes) from a VLM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    score = sub.add_parser("score", help="pointwise scores of images for a prompt")
+    score.add_argument("images", nargs="+", help="image files")
+    score.add_argument("--reference", default=None, help="score pairwise against this reference image")
+    _add_model_args(score)
+    score.set_defaults(func=cmd_score)
+    compare = sub.add_parser("compare", help="P(B better than A) for a prompt")
+    compare.add_argument("a", help="image A (image 1, the reference)")
+    compare.add_argument("b", help="image B (image 2, the candidate)")
+    _add_model_args(compare)
+    compare.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rewarddance`` command; returns the exit code (2 for a user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # ImageError, ModelLoadError, PromptTooLongError ... are ValueErrors
+        print(f"rewarddance: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
