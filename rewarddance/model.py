@@ -254,7 +254,9 @@ class RewardModel:
     def _read(self, hidden: torch.Tensor, context: RewardContext) -> tuple[torch.Tensor, torch.Tensor]:
         """Final hidden states ``[N, H]`` -> (p_yes, margin), each float32 ``[N]``."""
         yes, no = self._answer_ids(context)
-        return yes_prob(hidden, self._head_weight, yes, no, bias=self._head_bias, normalize=context.normalize)
+        # the judge is frozen: detach the head so a backward through the reward builds no dense [V, H] weight gradient
+        bias = self._head_bias.detach() if self._head_bias is not None else None
+        return yes_prob(hidden, self._head_weight.detach(), yes, no, bias=bias, normalize=context.normalize)
 
     def _to_model(self, inputs: dict) -> dict:
         out = {}
