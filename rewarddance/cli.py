@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", help="image B (image 2, the candidate)")
     _add_model_args(compare)
     compare.set_defaults(func=cmd_compare)
+    from .shapes.cli import add_shapes_commands  # numpy + Pillow only
+
+    add_shapes_commands(sub)
     return parser
 
 

@@ -37,3 +37,14 @@ def test_bad_image_is_one_clear_line(tiny_vlm, tmp_path, capsys):
     assert main(["score", "--model", tiny_vlm("llava"), str(bad), "--prompt", "x"]) == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "Traceback" not in err
+
+
+def test_shapes_commands_through_main(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["shapes", "make", "--n", "6", "--out", str(out), "--no-progress"]) == 0
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 6
+    capsys.readouterr()
+    assert main(["shapes", "eval", str(out), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == 1.0
+    assert main(["shapes", "eval", str(tmp_path / "missing"), "--no-progress"]) == 2
+    assert "missing" in capsys.readouterr().err
