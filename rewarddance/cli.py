@@ -14,7 +14,7 @@ MODEL_HELP = "model: a Hugging Face id or a local folder (bundled default models
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--prompt", required=True, help="the text prompt the images were generated from")
+    p.add_argument("--prompt", default=None, help="the text prompt the images were generated from")
     p.add_argument("--task", default="alignment", help="task preset (alignment, quality, aesthetics, ...)")
     p.add_argument("--criteria", default=None, help="extra judging criteria")
     p.add_argument("--cot", default="none", help="chain of thought: none, judgment_first, reasoning_first")
@@ -25,12 +25,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 
-def _load(args):
+def _context(args):
     from .context import RewardContext
+
+    return RewardContext(task=args.task, criteria=args.criteria, cot=args.cot, decode_reasons=args.cot != "none")
+
+
+def _load(args):
     from .model import RewardModel
 
+    ctx = _context(args)  # a bad --task or --cot fails before the model loads
     rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
-    ctx = RewardContext(task=args.task, criteria=args.criteria, cot=args.cot, decode_reasons=args.cot != "none")
     return rm, ctx
 
 
@@ -47,6 +52,12 @@ def _print(rows: list[dict], as_json: bool) -> None:
 
 
 def cmd_score(args) -> int:
+    if args.input is not None:
+        return cmd_score_batch(args)
+    if not args.images:
+        raise ValueError("score: give image files, or --input DIR_OR_JSONL with --output FILE")
+    if args.prompt is None:
+        raise ValueError("score: --prompt is required when scoring image files")
     rm, ctx = _load(args)
     refs = [args.reference] * len(args.images) if args.reference else None
     out = rm.score(args.images, args.prompt, context=ctx, batch_size=args.batch_size, references=refs)
@@ -60,7 +71,48 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_score_batch(args) -> int:
+    from .batch import read_items, score_files
+
+    if args.images:
+        raise ValueError("score: give either image files or --input, not both")
+    if args.output is None:
+        raise ValueError("score --input needs --output FILE (JSON lines; appended to and resumed from)")
+    items, bad_lines = read_items(args.input, prompt=args.prompt, reference=args.reference, skip_bad=args.skip_bad)
+    no_prompt = [it.id for it in items if not it.prompt]
+    if no_prompt and _context(args).uses_prompt:
+        raise ValueError(
+            f"--input {args.input}: {len(no_prompt)} items have no prompt (first: {no_prompt[0]}); "
+            "give --prompt, or a 'prompt' field in the manifest"
+        )
+    rm, ctx = _load(args)
+    report = score_files(
+        rm,
+        items,
+        args.output,
+        context=ctx,
+        batch_size=args.batch_size or 8,
+        skip_bad=args.skip_bad,
+        errors_path=args.errors,
+        progress=not args.no_progress,
+    )
+    bad = bad_lines + report.bad
+    msg = f"scored {report.written} images into {args.output} ({report.already_done} were already there)"
+    if report.processes > 1:
+        msg += f" with {report.processes} processes"
+    if bad:
+        msg += f"; skipped {len(bad)} bad items:"
+        for b in bad[:20]:
+            msg += f"\n  {b['error']}"
+        if len(bad) > 20:
+            msg += f"\n  ... {len(bad) - 20} more in {report.errors_path}"
+    print(msg, file=sys.stderr)
+    return 0
+
+
 def cmd_compare(args) -> int:
+    if args.prompt is None:
+        raise ValueError("compare: --prompt is required")
     rm, ctx = _load(args)
     out = rm.compare([args.b], [args.a], args.prompt, context=ctx)
     p = float(out.p_yes[0])
@@ -79,8 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewarddance", description="Generative reward models: P(yes) from a VLM.")
     sub = parser.add_subparsers(dest="command", required=True)
     score = sub.add_parser("score", help="pointwise scores of images for a prompt")
-    score.add_argument("images", nargs="+", help="image files")
+    score.add_argument("images", nargs="*", help="image files (or use --input)")
     score.add_argument("--reference", default=None, help="score pairwise against this reference image")
+    score.add_argument(
+        "--input", default=None, help="batch job: a JSONL manifest, a folder with one, or a folder of images"
+    )
+    score.add_argument("--output", default=None, help="batch job: results JSONL; appended to, and skipped on rerun")
+    score.add_argument("--skip-bad", action="store_true", help="batch job: skip bad images and report them at the end")
+    score.add_argument("--errors", default=None, help="batch job: where skipped items go (default OUTPUT.errors.jsonl)")
+    score.add_argument("--no-progress", action="store_true", help="batch job: no progress bar")
     _add_model_args(score)
     score.set_defaults(func=cmd_score)
     compare = sub.add_parser("compare", help="P(B better than A) for a prompt")

@@ -1,0 +1,295 @@
+"""Batch scoring jobs: a folder or JSONL manifest in, one JSON line per image out, resumable and data parallel.
+
+``rewarddance score --input DIR_OR_JSONL --output results.jsonl`` runs :func:`score_files`. The job appends each
+batch's rows to the output as soon as they are computed (flushed and fsynced), and a second run skips every id
+already in the output, so an interrupted job loses at most the batch in flight. With ``skip_bad`` an unreadable
+image or an item the model rejects (a prompt longer than the context, say) is left out and reported at the end,
+and written to an errors file beside the output; without it the first bad item stops the job with its name.
+
+Under ``accelerate launch`` (several GPUs, nodes, or CPU processes) each process takes every ``world``-th pending
+item, writes to its own part file ``{output}.part{rank}``, and the main process folds the parts into the output
+when all are done. A run interrupted in between leaves part files that the next run reads as done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import ImageError, load_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MANIFEST = "manifest.jsonl"
+
+
+class BatchInputError(ValueError):
+    """The job's input (folder, manifest or output file) cannot be read as asked."""
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One image to score: ``id`` keys the output row; paths are absolute or relative to the working directory."""
+
+    id: str
+    image: str
+    prompt: str | None
+    reference: str | None = None
+    extra: tuple = ()  # (key, value) pairs copied from the manifest record into the output row
+
+
+@dataclass
+class BatchReport:
+    """What a run did: rows written by this run, items already done before it, and the bad items skipped."""
+
+    written: int = 0
+    already_done: int = 0
+    bad: list[dict] = field(default_factory=list)
+    errors_path: Path | None = None
+    processes: int = 1
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def _record_items(path: Path, prompt: str | None, reference: str | None, bad: list[dict]) -> list[BatchItem]:
+    root = path.parent
+    items, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                bad.append({"line": lineno, "error": f"{where}: not valid JSON ({err.msg})"})
+                continue
+            if not isinstance(rec, dict) or "image" not in rec:
+                bad.append({"line": lineno, "error": f"{where}: expected a JSON object with an 'image' field"})
+                continue
+            item_id = str(rec.get("id", rec["image"]))
+            if item_id in seen:
+                raise BatchInputError(f"{where}: id {item_id!r} already used on line {seen[item_id]}")
+            seen[item_id] = lineno
+            ref = rec.get("reference", reference)
+            extra = tuple((k, rec[k]) for k in ("category", "split") if k in rec)
+            items.append(
+                BatchItem(
+                    id=item_id,
+                    image=str(root / rec["image"]),
+                    prompt=rec.get("prompt", prompt),
+                    reference=None if ref is None else str(root / ref if "reference" in rec else ref),
+                    extra=extra,
+                )
+            )
+    return items
+
+
+def read_items(
+    source: str | os.PathLike, prompt: str | None = None, reference: str | None = None, skip_bad: bool = False
+) -> tuple[list[BatchItem], list[dict]]:
+    """The items of a job and the malformed manifest lines skipped (only with ``skip_bad``; otherwise they raise).
+
+    ``source`` is a JSONL manifest (one object per line: ``image`` relative to the manifest's folder, optional
+    ``prompt``, ``reference``, ``id``; ShapesWorld's ``manifest.jsonl`` is one), a folder holding a
+    ``manifest.jsonl``, or a folder of image files (scored with ``prompt``; ids are their relative paths).
+    ``prompt`` and ``reference`` fill in for records that lack them.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise BatchInputError(f"--input {path}: no such file or folder")
+    bad: list[dict] = []
+    if path.is_dir() and not (path / MANIFEST).is_file():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise BatchInputError(f"--input {path}: no {MANIFEST} and no image files ({', '.join(IMAGE_SUFFIXES)})")
+        items = [BatchItem(p.relative_to(path).as_posix(), str(p), prompt, reference) for p in files]
+    else:
+        items = _record_items(path / MANIFEST if path.is_dir() else path, prompt, reference, bad)
+        if bad and not skip_bad:
+            raise BatchInputError(bad[0]["error"] + (f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""))
+        if not items:
+            raise BatchInputError(f"--input {path}: no items")
+    return items, bad
+
+
+def _done_ids(path: Path) -> set[str]:
+    """Ids already in an output (or part) file. A torn last line from an interrupted write is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):  # the process died mid-line: drop the fragment so appends start on a fresh line
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    done = set()
+    for lineno, line in enumerate(data[:keep].decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise BatchInputError(f"{path}:{lineno}: not a result row of this tool ({err}); move it away") from err
+    return done
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def _append(path: Path, rows: Iterable[dict]) -> int:
+    n = 0
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return n
+
+
+def _bad(item: BatchItem, err: Exception) -> dict:
+    return {"id": item.id, "image": item.image, "error": str(err)}
+
+
+def _row(item: BatchItem, p: float, m: float, reason: str | None) -> dict:
+    row = {"id": item.id, "image": item.image, "prompt": item.prompt}
+    if item.reference is not None:
+        row["reference"] = item.reference
+    row.update(dict(item.extra))
+    row.update(p_yes=p, margin=m)
+    if reason is not None:
+        row["reason"] = reason
+    return row
+
+
+def _score_group(rm, items: Sequence[BatchItem], images: list, refs: list | None, context, batch_size) -> list[dict]:
+    prompts = [it.prompt for it in items]
+    if refs is None:
+        out = rm.score(images, prompts, context=context, batch_size=batch_size)
+    else:
+        out = rm.compare(images, refs, prompts, context=context, batch_size=batch_size)
+    reasons = out.reasons or [None] * len(items)
+    return [_row(it, float(p), float(m), r) for it, p, m, r in zip(items, out.p_yes, out.margin, reasons)]
+
+
+def _score_chunk(rm, chunk: Sequence[BatchItem], context, skip_bad: bool, bad: list[dict]) -> list[dict]:
+    """Rows for the items of one chunk. Images load one by one so a bad file names itself; a model error on the
+    chunk is retried item by item under ``skip_bad`` to find the item that caused it."""
+    loaded, cache = [], {}
+    for it in chunk:
+        try:
+            img = load_image(it.image, name=f"{it.id} ({it.image})")
+            ref = None
+            if it.reference is not None:
+                if it.reference not in cache:
+                    cache[it.reference] = load_image(it.reference, name=f"reference of {it.id} ({it.reference})")
+                ref = cache[it.reference]
+        except ImageError as err:
+            if not skip_bad:
+                raise
+            bad.append(_bad(it, err))
+            continue
+        loaded.append((it, img, ref))
+    rows = []
+    for pairwise in (False, True):
+        group = [x for x in loaded if (x[2] is not None) == pairwise]
+        if not group:
+            continue
+        items, imgs, refs = zip(*group)
+        try:
+            rows += _score_group(rm, items, list(imgs), list(refs) if pairwise else None, context, len(items))
+        except ValueError as err:
+            if not skip_bad:
+                raise ValueError(f"batch starting at {items[0].id}: {err}") from err
+            for it, img, ref in group:
+                try:
+                    rows += _score_group(rm, [it], [img], [ref] if pairwise else None, context, 1)
+                except ValueError as one_err:
+                    bad.append(_bad(it, one_err))
+    return rows
+
+
+def _distributed_state():
+    """accelerate's process state when launched with several processes, else None (no accelerate import)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # accelerate only starts a gloo (CPU) group when asked for the CPU; torchrun-style launches on machines without
+    # CUDA (``accelerate launch --multi_gpu`` there, or ``torchrun``) need that said.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def score_files(
+    rm,
+    items: Sequence[BatchItem],
+    output: str | os.PathLike,
+    context=None,
+    batch_size: int = 8,
+    skip_bad: bool = False,
+    errors_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> BatchReport:
+    """Score ``items`` into the JSONL file ``output`` (see the module docstring). Items are sorted by reference and
+    prompt so that a batch shares its prefix; rows are appended in that order, each with its ``id``."""
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    errors_path = Path(errors_path) if errors_path else output.with_name(output.name + ".errors.jsonl")
+    state = _distributed_state()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    parts = sorted(output.parent.glob(output.name + ".part*"))
+    done = _done_ids(output).union(*(_done_ids(p) for p in parts))
+    if state:
+        state.wait_for_everyone()  # every rank has read the same done set before anyone writes
+    pending = sorted((it for it in items if it.id not in done), key=lambda it: (it.reference or "", it.prompt or ""))
+    mine = pending[rank::world]
+    target = output.with_name(f"{output.name}.part{rank}") if state else output
+    report = BatchReport(already_done=len(items) - len(pending), errors_path=errors_path, processes=world)
+    bar = tqdm(total=len(mine), desc="scoring", unit="img", disable=not progress or rank != 0)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
+        report.written += _append(target, _score_chunk(rm, chunk, context, skip_bad, report.bad))
+        bar.update(len(chunk))
+    bar.close()
+    if state:
+        rank_errors = errors_path.with_name(f"{errors_path.name}.part{rank}")
+        rank_errors.write_text("".join(json.dumps(b) + "\n" for b in report.bad), encoding="utf-8")
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _merge_parts(output, errors_path, world)
+        state.wait_for_everyone()
+        report.bad = [json.loads(x) for x in errors_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        report.written = _gather_sum(state, report.written)
+    else:
+        errors_path.write_text("".join(json.dumps(b) + "\n" for b in report.bad), encoding="utf-8")
+    if not report.bad:
+        errors_path.unlink(missing_ok=True)
+    return report
+
+
+def _merge_parts(output: Path, errors_path: Path, world: int) -> None:
+    """Main process: append every part file's new rows to the output, then remove the parts."""
+    done = _done_ids(output)
+    for part in sorted(output.parent.glob(output.name + ".part*")):
+        rows = [x for x in part.read_text(encoding="utf-8").splitlines() if x.strip()]
+        _append(output, (r for r in map(json.loads, rows) if str(r["id"]) not in done))
+        done.update(str(json.loads(r)["id"]) for r in rows)
+        part.unlink()
+    bad = []
+    for rank in range(world):
+        part = errors_path.with_name(f"{errors_path.name}.part{rank}")
+        if part.exists():
+            bad += [x for x in part.read_text(encoding="utf-8").splitlines() if x.strip()]
+            part.unlink()
+    errors_path.write_text("".join(x + "\n" for x in bad), encoding="utf-8")
+
+
+def _gather_sum(state, n: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([n], dtype=torch.long, device=state.device)
+    dist.all_reduce(t)
+    return int(t.item())
