@@ -138,8 +138,18 @@ def test_accelerate_two_cpu_processes(shapes_dir, expected, tiny_vlm, tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     assert accelerate, "accelerate is a dependency; its launcher should be installed beside python"
     # On a machine without CUDA, accelerate's multi-process CPU launch without MPI is its torchrun launcher.
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    cmd += ["--dynamo_backend", "no", "--main_process_port", "29517", "-m", "rewarddance.cli", "score"]
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "rewarddance.cli",
+        "score",
+    ]
     cmd += ["--model", tiny_vlm(FAMILY), "--input", str(shapes_dir), "--output", str(out), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
