@@ -261,7 +261,8 @@ def test_torch_preprocessing_matches_hf_processor(rm_cache, family):
         if torch.is_floating_point(value):
             dev = (value - stock[key]).abs().max()
             print(f"{family}: max |d {key}| = {dev:.4f} (normalised units)")
-            # measured 0.015-0.022 here: about two uint8 steps (2/255) over a std of 0.26-0.5; the stock path rounds to uint8
-            assert dev < 0.03, dev
+            # the stock path rounds to uint8 after each resize: at most ~1.75 uint8 levels (1.75/255/std); see
+            # tests/test_preprocess.py for noise images and hub-sized processor settings
+            assert dev < 2.5 / 255 / min(rm.processor.image_processor.image_std), dev
         else:
             assert torch.equal(value, stock[key]), key
