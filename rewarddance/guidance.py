@@ -1,0 +1,196 @@
+"""Reward-guided sampling inside a diffusers pipeline's own loop: a ``PipelineCallback`` for ``callback_on_step_end``.
+
+At chosen steps the callback recovers the clean-image prediction ``x0`` of every latent in the batch from the
+latents before and after the step (exact for the deterministic schedulers of :mod:`rewarddance.pipelines`; no
+extra denoiser call), decodes it with the pipeline's VAE, scores it with the reward model, and then resamples the
+batch as particles (Feynman-Kac steering, Singhal et al., 2025) or prunes it to the best paths. The batch keeps
+its size: a replaced latent becomes a copy of a surviving one, with part of its noise drawn afresh so the copies
+diverge (``refresh``).
+
+    cb = RewardGuidanceCallback(rm, "a red circle", every=5)
+    images = run_guided(pipe, "a red circle", cb, num_images_per_prompt=4).images
+    cb.history  # per scored step: scores, ancestors
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from diffusers.callbacks import PipelineCallback
+
+from .pipelines import PipelineError, check_scheduler, compose, decode, decompose, levels, pipeline_family
+
+POTENTIALS = ("max", "diff", "sum")
+MODES = ("resample", "prune")
+
+
+def check_pipeline(pipe) -> str:
+    """The pipeline's family, after checking it has a VAE, a supported scheduler and ``callback_on_step_end``."""
+    family = pipeline_family(pipe)
+    check_scheduler(pipe.scheduler)
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" not in params or "latents" not in getattr(pipe, "_callback_tensor_inputs", ()):
+        raise PipelineError(f"{type(pipe).__name__} does not support callback_on_step_end with 'latents'")
+    return family
+
+
+class RewardGuidanceCallback(PipelineCallback):
+    """Scores ``x0`` predictions at chosen steps and resamples or prunes the batch.
+
+    Args:
+        rm: a :class:`~rewarddance.RewardModel` (anything with ``score(pixels, prompts)``).
+        prompt: one prompt, or one per batch row.
+        steps: step indices at which to score (each >= 1: the latents before the step are needed); default every
+            ``every``-th step.
+        every: spacing of the default steps.
+        mode: ``resample`` (multinomial over the potentials, Feynman-Kac steering) or ``prune`` (keep the ``keep``
+            best, refill with their copies).
+        potential: ``max`` (gain in the best reward so far), ``diff`` (gain since the last scored step) or ``sum``
+            (the reward itself) -- each scaled by ``lam`` into a log-weight.
+        refresh: fraction (0-1) of a copy's noise variance drawn afresh; 0 makes exact copies.
+        height, width: image size, needed for Flux only when not square.
+        seed: seeds the resampling and the refreshed noise.
+    """
+
+    tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        rm,
+        prompt,
+        steps=None,
+        every: int = 5,
+        mode: str = "resample",
+        potential: str = "max",
+        lam: float = 10.0,
+        keep: int | None = None,
+        refresh: float = 0.5,
+        height: int | None = None,
+        width: int | None = None,
+        context=None,
+        seed: int = 0,
+    ):
+        super().__init__(cutoff_step_ratio=1.0)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if potential not in POTENTIALS:
+            raise ValueError(f"potential must be one of {POTENTIALS}, got {potential!r}")
+        if not 0.0 <= refresh <= 1.0:
+            raise ValueError(f"refresh must be in [0, 1], got {refresh}")
+        if steps is not None and any(int(s) < 1 for s in steps):
+            raise ValueError(f"steps must be >= 1 (x0 needs the latents before the step), got {list(steps)}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.rm, self.prompt, self.context = rm, prompt, context
+        self.steps = None if steps is None else sorted({int(s) for s in steps})
+        self.every, self.mode, self.potential, self.lam = every, mode, potential, lam
+        self.keep, self.refresh, self.height, self.width, self.seed = keep, refresh, height, width, seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the last run (called automatically when a run starts at step 0)."""
+        self.history: list[dict] = []
+        self.rm_calls = 0
+        self.images_scored = 0
+        self._prev = None
+        self._levels = None
+        self._last = None  # per particle: reward at the last scored step
+        self._best = None  # per particle: best reward so far
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def scoring_steps(self, num_steps: int) -> list[int]:
+        if self.steps is not None:
+            return [s for s in self.steps if s < num_steps]
+        return [i for i in range(1, num_steps) if (i + 1) % self.every == 0]
+
+    def _prompts(self, B: int) -> list[str]:
+        if isinstance(self.prompt, str):
+            return [self.prompt] * B
+        prompts = list(self.prompt)
+        if B % len(prompts):
+            raise ValueError(f"{len(prompts)} prompts do not divide a batch of {B} latents")
+        per = B // len(prompts)  # num_images_per_prompt rows per prompt, in the pipelines' order
+        return [p for p in prompts for _ in range(per)]
+
+    def _size(self, pipe, latents) -> tuple[int, int]:
+        if self.height and self.width:
+            return self.height, self.width
+        if latents.ndim == 3:  # Flux packs 2x2 latent patches into tokens
+            side = 2 * math.isqrt(latents.shape[1]) * pipe.vae_scale_factor
+            return side, side
+        return latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
+
+    def _log_weights(self, r: torch.Tensor) -> torch.Tensor:
+        last = self._last if self._last is not None else torch.zeros_like(r)
+        best = self._best if self._best is not None else torch.zeros_like(r)
+        if self.potential == "sum":
+            inc = r
+        elif self.potential == "diff":
+            inc = r - last
+        else:
+            inc = torch.maximum(best, r) - best
+        return self.lam * inc
+
+    def _ancestors(self, r: torch.Tensor) -> torch.Tensor:
+        B = r.numel()
+        if self.mode == "prune":
+            k = self.keep or max(1, B // 2)
+            if not 1 <= k <= B:
+                raise ValueError(f"keep must be between 1 and the batch size {B}, got {k}")
+            best = torch.argsort(r, descending=True, stable=True)[:k]
+            return best[torch.arange(B) % k]
+        logw = self._log_weights(r)
+        w = torch.softmax(logw - logw.max(), dim=0)
+        idx = torch.multinomial(w, B, replacement=True, generator=self._gen)
+        return idx.sort().values
+
+    @torch.no_grad()
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        i = int(step_index)
+        if i == 0:
+            self.reset()
+            check_pipeline(pipeline)
+        if self._levels is None:
+            self._levels = levels(pipeline.scheduler)
+        num_steps = len(self._levels) - 1
+        plan = self.scoring_steps(num_steps)
+        latents = callback_kwargs["latents"]
+        out = {}
+        if i in plan and self._prev is not None:
+            x0, e = decompose(self._prev.float(), latents.float(), self._levels[i], self._levels[i + 1])
+            height, width = self._size(pipeline, latents)
+            pixels = decode(pipeline, x0.to(latents.dtype), height, width)
+            B = latents.shape[0]
+            r = self.rm.score(pixels, self._prompts(B), context=self.context).p_yes.float().cpu()
+            self.rm_calls += 1
+            self.images_scored += B
+            anc = self._ancestors(r)
+            e = e[anc.to(e.device)]
+            if self.refresh > 0:
+                first = torch.ones(B, dtype=torch.bool)
+                first[1:] = anc[1:] != anc[:-1]  # the first copy of each ancestor keeps its noise
+                noise = torch.randn(e.shape, generator=self._gen).to(e.device, e.dtype)
+                mixed = math.sqrt(1 - self.refresh) * e + math.sqrt(self.refresh) * noise
+                e = torch.where(first.to(e.device).view(-1, *[1] * (e.ndim - 1)), e, mixed)
+            new = compose(x0[anc.to(x0.device)], e, self._levels[i + 1]).to(latents.dtype)
+            self._best = torch.maximum(self._best, r) if self._best is not None else r.clone()
+            self._last, self._best = r[anc], self._best[anc]
+            self.history.append({"step": i, "scores": r.tolist(), "ancestors": anc.tolist()})
+            out["latents"] = new
+            latents = new
+        self._prev = latents.clone() if (i + 1) in plan else None
+        return out
+
+
+def run_guided(pipe, prompt, callback: RewardGuidanceCallback, **pipe_kwargs):
+    """``pipe(prompt, callback_on_step_end=callback, ...)`` after checking that the pipeline can take it."""
+    check_pipeline(pipe)
+    callback.reset()
+    return pipe(
+        prompt=prompt,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=callback.tensor_inputs,
+        **pipe_kwargs,
+    )

@@ -1,0 +1,326 @@
+"""What the search and the guidance callback need from a diffusers text-to-image pipeline, one helper per family.
+
+Supported: UNet pipelines (Stable Diffusion 1.5 / 2.x, SDXL; epsilon, v-prediction or sample prediction) with
+``DDIMScheduler`` (eta 0) or ``EulerDiscreteScheduler``, and flow-matching transformer pipelines (SD3 / 3.5,
+Flux) with ``FlowMatchEulerDiscreteScheduler``. Pipelines are used as they are: their own text encoding, latent
+preparation and VAE; nothing is subclassed or patched.
+
+Every noise level is written as ``x = a * x0 + s * e`` (``e`` the noise): VP latents (DDIM) have ``a = sqrt(abar)``,
+``s = sqrt(1 - abar)``; Euler's sigma-space latents ``a = 1, s = sigma``; flow matching ``a = 1 - sigma, s = sigma``.
+The schedulers named above move deterministically from one level to the next as ``x' = a' * x0 + s' * e``, so
+two consecutive latents give back ``x0`` and ``e`` (:func:`decompose`), and a level can be re-noised upward
+(:func:`renoise`) or a predicted ``(x0, e)`` moved to any later level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FAMILIES = ("unet", "sd3", "flux")
+SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler")
+
+
+class PipelineError(ValueError):
+    """A pipeline (or its scheduler) this module cannot drive, named with the reason."""
+
+
+def pipeline_family(pipe) -> str:
+    """``unet`` (SD 1.5 / 2.x / SDXL), ``sd3`` or ``flux``; a clear error for anything else or a missing VAE."""
+    if getattr(pipe, "vae", None) is None:
+        raise PipelineError(f"{type(pipe).__name__} has no VAE: the reward model needs decoded images")
+    if getattr(pipe, "unet", None) is not None:
+        return "unet"
+    transformer = type(getattr(pipe, "transformer", None)).__name__
+    if transformer.startswith("SD3Transformer"):
+        return "sd3"
+    if transformer.startswith("FluxTransformer"):
+        return "flux"
+    raise PipelineError(
+        f"{type(pipe).__name__} is not supported: expected a UNet pipeline (SD 1.5 / 2.x / SDXL), "
+        "StableDiffusion3Pipeline or FluxPipeline"
+    )
+
+
+def check_scheduler(scheduler) -> str:
+    name = type(scheduler).__name__
+    if name not in SCHEDULERS:
+        raise PipelineError(f"scheduler {name} is not supported here; use one of {', '.join(SCHEDULERS)}")
+    return name
+
+
+def levels(scheduler) -> list[tuple[float, float]]:
+    """``(a, s)`` of the latents before each step and after the last (length steps + 1), for a scheduler on which
+    ``set_timesteps`` has been called (by the pipeline or by :class:`Sampler`)."""
+    name = check_scheduler(scheduler)
+    if name == "DDIMScheduler":
+        acp = scheduler.alphas_cumprod
+        n = scheduler.num_inference_steps
+        ratio = scheduler.config.num_train_timesteps // n
+        ts = [int(t) for t in scheduler.timesteps]
+        abar = [float(acp[t]) for t in ts]
+        prev = ts[-1] - ratio
+        abar.append(float(acp[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod))
+        return [(math.sqrt(x), math.sqrt(1.0 - x)) for x in abar]
+    sigmas = [float(s) for s in scheduler.sigmas]
+    if name == "EulerDiscreteScheduler":
+        return [(1.0, s) for s in sigmas]
+    return [(1.0 - s, s) for s in sigmas]
+
+
+def decompose(before: torch.Tensor, after: torch.Tensor, lv0, lv1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0, e)`` from the latents before and after one deterministic step between levels ``lv0`` and ``lv1``."""
+    (a0, s0), (a1, s1) = lv0, lv1
+    det = a0 * s1 - s0 * a1
+    x0 = (s1 * before - s0 * after) / det
+    e = (a0 * after - a1 * before) / det
+    return x0, e
+
+
+def compose(x0: torch.Tensor, e: torch.Tensor, lv) -> torch.Tensor:
+    return lv[0] * x0 + lv[1] * e
+
+
+def renoise(x: torch.Tensor, lv_from, lv_to, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Move latents at ``lv_from`` up to the noisier level ``lv_to`` with fresh Gaussian noise (the forward process)."""
+    (a0, s0), (a1, s1) = lv_from, lv_to
+    keep = a1 / a0
+    extra = s1**2 - (keep * s0) ** 2
+    if extra < -1e-6:
+        raise ValueError(f"renoise: level {lv_to} is less noisy than {lv_from}")
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device="cpu").to(x.device, x.dtype)
+    return keep * x + math.sqrt(max(extra, 0.0)) * noise
+
+
+def decode(pipe, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Latents of clean images -> pixels ``[B, 3, H, W]`` float32 in [0, 1] through the pipeline's VAE."""
+    family = pipeline_family(pipe)
+    vae = pipe.vae
+    latents = x0
+    if family == "flux":
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    latents = latents.to(vae.dtype) / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None) is not None and family != "unet":
+        latents = latents + vae.config.shift_factor
+    image = vae.decode(latents, return_dict=False)[0]
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+@dataclass
+class SamplerConfig:
+    """Settings of a :class:`Sampler` run; the defaults follow each pipeline's own."""
+
+    num_inference_steps: int = 30
+    guidance_scale: float | None = None  # None: the pipeline's default (SD 7.5, SDXL 5.0, SD3 7.0, Flux 3.5)
+    height: int | None = None  # None: the pipeline's default size
+    width: int | None = None
+    negative_prompt: str | None = None
+    max_sequence_length: int = 256  # T5 tokens (SD3, Flux)
+
+
+class Sampler:
+    """Drives a pipeline's denoiser one level at a time for one prompt: the building block of search over paths.
+
+    ``predict(x, k)`` runs the denoiser (with classifier-free guidance where the pipeline uses it) on latents at
+    level ``k`` and returns ``(x0, e)``; ``levels[k]`` is the ``(a, s)`` of level ``k``; ``evaluations`` counts
+    denoiser evaluations per sample (a guided call counts once).
+    """
+
+    def __init__(self, pipe, prompt: str, config: SamplerConfig | None = None):
+        self.pipe, self.prompt, self.cfg = pipe, prompt, config or SamplerConfig()
+        self.family = pipeline_family(pipe)
+        self.scheduler_name = check_scheduler(pipe.scheduler)
+        self.device = pipe._execution_device
+        c = self.cfg
+        default_size = self._default_size()
+        self.height, self.width = c.height or default_size, c.width or default_size
+        g = c.guidance_scale
+        sdxl = self.family == "unet" and hasattr(pipe, "text_encoder_2")
+        self.guidance = g if g is not None else (5.0 if sdxl else {"unet": 7.5, "sd3": 7.0, "flux": 3.5}[self.family])
+        self.evaluations = 0
+        self._encode()
+        self._set_timesteps()
+        self.levels = levels(pipe.scheduler)
+        self.timesteps = pipe.scheduler.timesteps.to(self.device)
+
+    # -------------------------------------------------------------------------------------------- set up
+    def _default_size(self) -> int:
+        p = self.pipe
+        if self.family == "unet":
+            return p.unet.config.sample_size * p.vae_scale_factor
+        if self.family == "sd3":
+            return p.transformer.config.sample_size * p.vae_scale_factor
+        return getattr(p, "default_sample_size", 128) * p.vae_scale_factor
+
+    @property
+    def cfg_on(self) -> bool:
+        return self.family != "flux" and self.guidance > 1.0
+
+    def _encode(self) -> None:
+        p, dev, neg = self.pipe, self.device, self.cfg.negative_prompt
+        cond: dict = {}
+        if self.family == "unet" and hasattr(p, "text_encoder_2"):  # SDXL
+            pe, npe, pooled, npooled = p.encode_prompt(
+                prompt=self.prompt,
+                device=dev,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=self.cfg_on,
+                negative_prompt=neg,
+            )
+            proj = p.text_encoder_2.config.projection_dim if p.text_encoder_2 is not None else pooled.shape[-1]
+            size = (self.height, self.width)
+            time_ids = p._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype, text_encoder_projection_dim=proj)
+            cond.update(pe=pe, npe=npe, pooled=pooled, npooled=npooled, time_ids=time_ids.to(dev))
+        elif self.family == "unet":
+            pe, npe = p.encode_prompt(self.prompt, dev, 1, self.cfg_on, negative_prompt=neg)
+            cond.update(pe=pe, npe=npe)
+        elif self.family == "sd3":
+            pe, npe, pooled, npooled = p.encode_prompt(
+                prompt=self.prompt,
+                prompt_2=None,
+                prompt_3=None,
+                device=dev,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=self.cfg_on,
+                negative_prompt=neg,
+                max_sequence_length=self.cfg.max_sequence_length,
+            )
+            cond.update(pe=pe, npe=npe, pooled=pooled, npooled=npooled)
+        else:
+            pe, pooled, text_ids = p.encode_prompt(
+                prompt=self.prompt,
+                prompt_2=None,
+                device=dev,
+                num_images_per_prompt=1,
+                max_sequence_length=self.cfg.max_sequence_length,
+            )
+            lh = 2 * (self.height // (p.vae_scale_factor * 2))  # the latent grid, as FluxPipeline.prepare_latents
+            lw = 2 * (self.width // (p.vae_scale_factor * 2))
+            img_ids = p._prepare_latent_image_ids(1, lh // 2, lw // 2, dev, pe.dtype)
+            cond.update(pe=pe, pooled=pooled, text_ids=text_ids, img_ids=img_ids)
+        self.cond = cond
+
+    def _set_timesteps(self) -> None:
+        sched, n = self.pipe.scheduler, self.cfg.num_inference_steps
+        if self.scheduler_name != "FlowMatchEulerDiscreteScheduler":
+            sched.set_timesteps(n, device=self.device)
+            return
+        kwargs = {}
+        if self.family == "flux":
+            kwargs["sigmas"] = np.linspace(1.0, 1.0 / n, n)  # the Flux pipeline's schedule
+        if sched.config.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            seq = (self.height // self.pipe.vae_scale_factor // 2) * (self.width // self.pipe.vae_scale_factor // 2)
+            kwargs["mu"] = calculate_shift(
+                seq,
+                sched.config.get("base_image_seq_len", 256),
+                sched.config.get("max_image_seq_len", 4096),
+                sched.config.get("base_shift", 0.5),
+                sched.config.get("max_shift", 1.15),
+            )
+        if "sigmas" in kwargs:
+            sched.set_timesteps(sigmas=kwargs.pop("sigmas"), device=self.device, **kwargs)
+        else:
+            sched.set_timesteps(n, device=self.device, **kwargs)
+
+    # -------------------------------------------------------------------------------------------- sampling
+    def initial_latents(self, seeds: list[int]) -> torch.Tensor:
+        """Level-0 latents for each seed, as the pipeline itself would draw them for that seed."""
+        p = self.pipe
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        dtype = self.cond["pe"].dtype
+        B = len(seeds)
+        if self.family == "flux":
+            ch = p.transformer.config.in_channels // 4
+            return p.prepare_latents(B, ch, self.height, self.width, dtype, self.device, gens)[0]
+        ch = p.unet.config.in_channels if self.family == "unet" else p.transformer.config.in_channels
+        return p.prepare_latents(B, ch, self.height, self.width, dtype, self.device, gens)
+
+    def _guided(self, run, x):
+        if not self.cfg_on:
+            return run(x, "pos")
+        neg, pos = run(torch.cat([x, x]), "both").chunk(2)
+        return neg + self.guidance * (pos - neg)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, e)`` predicted from latents ``x`` at level ``k`` (one denoiser evaluation per sample)."""
+        p, c, B = self.pipe, self.cond, x.shape[0]
+        a, s = self.levels[k]
+        t = self.timesteps[k]
+        self.evaluations += B
+
+        def rows(name, which):
+            pos = c[name].expand(B, *c[name].shape[1:])
+            if which == "pos":
+                return pos
+            return torch.cat([c["n" + name].expand(B, *c[name].shape[1:]), pos])
+
+        if self.family == "unet":
+            scale = math.sqrt(a * a + s * s)  # VP latents are x / scale
+            abar = (a / scale) ** 2
+
+            def run(inp, which):
+                extra = {}
+                if "pooled" in c:
+                    n = inp.shape[0]
+                    ids = c["time_ids"].expand(n, -1)
+                    extra["added_cond_kwargs"] = {"text_embeds": rows("pooled", which), "time_ids": ids}
+                return p.unet(inp, t, encoder_hidden_states=rows("pe", which), return_dict=False, **extra)[0]
+
+            xv = x / scale
+            out = self._guided(run, xv).to(x.dtype)
+            kind = p.scheduler.config.prediction_type
+            if kind == "epsilon":
+                e = out
+                x0 = (xv - math.sqrt(1 - abar) * e) / math.sqrt(abar)
+            elif kind == "v_prediction":
+                x0 = math.sqrt(abar) * xv - math.sqrt(1 - abar) * out
+                e = math.sqrt(1 - abar) * xv + math.sqrt(abar) * out
+            else:  # "sample"
+                x0 = out
+                e = (xv - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
+            return x0, e
+
+        if self.family == "sd3":
+
+            def run(inp, which):
+                ts = t.expand(inp.shape[0])
+                return p.transformer(
+                    hidden_states=inp,
+                    timestep=ts,
+                    encoder_hidden_states=rows("pe", which),
+                    pooled_projections=rows("pooled", which),
+                    return_dict=False,
+                )[0]
+
+            v = self._guided(run, x).to(x.dtype)
+        else:
+            guidance = None
+            if p.transformer.config.guidance_embeds:
+                guidance = torch.full((B,), self.guidance, device=x.device, dtype=torch.float32)
+            v = p.transformer(
+                hidden_states=x,
+                timestep=t.expand(B).to(x.dtype) / 1000,
+                guidance=guidance,
+                pooled_projections=rows("pooled", "pos"),
+                encoder_hidden_states=rows("pe", "pos"),
+                txt_ids=c["text_ids"],
+                img_ids=c["img_ids"],
+                return_dict=False,
+            )[0].to(x.dtype)
+        sigma = s
+        return x - sigma * v, x + (1 - sigma) * v
+
+    def step(self, x: torch.Tensor, k: int, to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoise latents at level ``k`` to level ``to`` (default ``k + 1``); returns (new latents, x0 predicted)."""
+        x0, e = self.predict(x, k)
+        return compose(x0, e, self.levels[k + 1 if to is None else to]), x0
+
+    @torch.no_grad()
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        return decode(self.pipe, x0, self.height, self.width)

@@ -1,0 +1,432 @@
+"""Inference-time scaling with a reward model: best-of-N, pairwise tournaments, cached reference sets, and search
+over paths (Ma et al., 2025, "Inference-time scaling for diffusion models beyond scaling denoising steps").
+
+Every function takes a fixed ``seed``: the same arguments give the same images, scores and choices. Images go to the
+reward model as ``[B, 3, H, W]`` float tensors in [0, 1]; results carry the seeds that made each image so a user
+can regenerate the winner at full size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .images import as_image_list, load_image, to_tensor
+from .pipelines import Sampler, SamplerConfig, compose, renoise
+
+
+class BudgetError(ValueError):
+    """The compute budget is too small for the smallest run asked for."""
+
+
+def _pixels(images) -> torch.Tensor:
+    """Anything a generator returns (a ``[B, 3, H, W]`` tensor, PIL images, arrays) -> ``[B, 3, H, W]`` float32."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return images.detach().float().cpu().clamp(0, 1)
+    items = [to_tensor(load_image(x, name=f"generated image {i}")) for i, x in enumerate(as_image_list(images))]
+    if len({tuple(t.shape) for t in items}) > 1:
+        return items  # different sizes: keep a list, the reward model takes lists
+    return torch.stack(items)
+
+
+def _is_pipeline(obj) -> bool:
+    return hasattr(obj, "components") and hasattr(obj, "scheduler") and callable(obj)
+
+
+def _pipeline_generate(pipe, pipe_kwargs: dict) -> Callable:
+    def generate(prompt: str, seeds: list[int]):
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        out = pipe(prompt=[prompt] * len(seeds), generator=gens, output_type="pt", **pipe_kwargs)
+        return out.images
+
+    return generate
+
+
+# ------------------------------------------------------------------------------------------------------ best-of-N
+@dataclass
+class BestOfN:
+    """Result of :func:`best_of_n`: all candidates in generation order, their scores, and the chosen ones."""
+
+    images: list  # [3, H, W] float tensors in [0, 1]
+    scores: torch.Tensor  # [N] float32 p_yes (or margin)
+    seeds: list[int]
+    order: list[int]  # indices sorted best first
+    top_k: list[int]
+    rm_calls: int = 0
+
+    @property
+    def best(self) -> torch.Tensor:
+        return self.images[self.order[0]]
+
+    @property
+    def best_seed(self) -> int:
+        return self.seeds[self.order[0]]
+
+    @property
+    def top_images(self) -> list:
+        return [self.images[i] for i in self.top_k]
+
+
+def best_of_n(
+    generator,
+    rm,
+    prompt: str,
+    n: int = 4,
+    top_k: int = 1,
+    seed: int = 0,
+    batch_size: int = 4,
+    context=None,
+    references=None,
+    score: str = "p_yes",
+    progress: bool = False,
+    **pipe_kwargs,
+) -> BestOfN:
+    """Generate ``n`` candidates with seeds ``seed .. seed + n - 1`` and keep the ``top_k`` by reward.
+
+    ``generator`` is a diffusers pipeline (called with ``output_type="pt"``, one ``torch.Generator`` per image, and
+    ``pipe_kwargs``) or any callable ``(prompt, seeds) -> images``. Candidates are generated and scored
+    ``batch_size`` at a time; with ``references`` the score is pairwise (is the candidate better than the reference?).
+    """
+    from tqdm.auto import tqdm
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 1 <= top_k <= n:
+        raise ValueError(f"top_k must be between 1 and n = {n}, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if score not in ("p_yes", "margin"):
+        raise ValueError(f"score must be 'p_yes' or 'margin', got {score!r}")
+    generate = _pipeline_generate(generator, pipe_kwargs) if _is_pipeline(generator) else generator
+    if not callable(generate):
+        raise TypeError(f"generator must be a diffusers pipeline or a callable, got {type(generator).__name__}")
+    seeds = [seed + i for i in range(n)]
+    images, scores, calls = [], [], 0
+    for start in tqdm(range(0, n, batch_size), desc="best-of-N", disable=not progress):
+        chunk = seeds[start : start + batch_size]
+        pix = _pixels(generate(prompt, chunk))
+        if len(pix) != len(chunk):
+            raise ValueError(f"the generator returned {len(pix)} images for {len(chunk)} seeds")
+        if references is not None:
+            out = rm.compare(pix, references, prompt, context=context)
+        else:
+            out = rm.score(pix, prompt, context=context)
+        calls += 1
+        images += list(pix)
+        scores.append(getattr(out, score).float().cpu())
+    scores_t = torch.cat(scores)
+    order = sorted(range(n), key=lambda i: (-float(scores_t[i]), i))
+    return BestOfN(images=images, scores=scores_t, seeds=seeds, order=order, top_k=order[:top_k], rm_calls=calls)
+
+
+# ------------------------------------------------------------------------------------------------------ tournament
+@dataclass
+class Tournament:
+    """Result of :func:`tournament`: ``ranking`` best first; ``wins[i]`` win count of image ``i`` (a draw is
+    half a win); ``strength[i]`` the sum of its order-averaged win probabilities (the tie-breaker);
+    ``matches`` (i, j, P(j beats i)) with both orders averaged."""
+
+    ranking: list[int]
+    wins: torch.Tensor
+    strength: torch.Tensor
+    matches: list[tuple[int, int, float]] = field(default_factory=list)
+    top_k: list[int] = field(default_factory=list)
+    rm_calls: int = 0
+
+
+def _round_robin(n: int) -> list[list[tuple[int, int]]]:
+    return [[(i, j) for i in range(n) for j in range(i + 1, n)]]
+
+
+def _swiss_round(n: int, wins: list[float], strength: list[float], played: set, rng: random.Random):
+    """Pair players with similar scores who have not met yet; one may sit out when ``n`` is odd."""
+    order = sorted(range(n), key=lambda i: (-wins[i], -strength[i], rng.random()))
+    pairs, free = [], order[:]
+    while len(free) > 1:
+        i = free.pop(0)
+        j = next((x for x in free if (min(i, x), max(i, x)) not in played), free[0])
+        free.remove(j)
+        pairs.append((i, j))
+    return pairs
+
+
+def tournament(
+    images,
+    rm,
+    prompt: str,
+    top_k: int = 2,
+    context=None,
+    schedule: str = "auto",
+    rounds: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> Tournament:
+    """Rank images by pairwise wins under the reward model, each pair judged in both orders to cancel position bias.
+
+    ``schedule``: ``round_robin`` (every pair; the default up to 8 images), ``swiss`` (``rounds`` rounds, default
+    ``ceil(log2 n) + 2``, pairing images with similar records; the default above 8), or ``auto``.
+    """
+    imgs = list(_pixels(images)) if not isinstance(images, list) else images
+    n = len(imgs)
+    if n < 2:
+        raise ValueError(f"a tournament needs at least 2 images, got {n}")
+    if not 1 <= top_k <= n:
+        raise ValueError(f"top_k must be between 1 and the number of images ({n}), got {top_k}")
+    if schedule == "auto":
+        schedule = "round_robin" if n <= 8 else "swiss"
+    if schedule not in ("round_robin", "swiss"):
+        raise ValueError(f"schedule must be 'auto', 'round_robin' or 'swiss', got {schedule!r}")
+    rng = random.Random(seed)
+    wins, strength = [0.0] * n, [0.0] * n
+    played: set = set()
+    matches, calls = [], 0
+    n_rounds = 1 if schedule == "round_robin" else (rounds or math.ceil(math.log2(n)) + 2)
+    for _ in range(n_rounds):
+        pairs = _round_robin(n)[0] if schedule == "round_robin" else _swiss_round(n, wins, strength, played, rng)
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            refs = [imgs[i] for i, _ in chunk] + [imgs[j] for _, j in chunk]
+            cands = [imgs[j] for _, j in chunk] + [imgs[i] for i, _ in chunk]
+            p = rm.compare(cands, refs, prompt, context=context).p_yes.float().cpu()
+            calls += 1
+            m = len(chunk)
+            for (i, j), p_ij, p_ji in zip(chunk, p[:m].tolist(), p[m:].tolist()):
+                p_j = (p_ij + 1.0 - p_ji) / 2  # P(j beats i), averaged over both orders
+                matches.append((i, j, p_j))
+                played.add((min(i, j), max(i, j)))
+                strength[j] += p_j
+                strength[i] += 1.0 - p_j
+                if p_j > 0.5:
+                    wins[j] += 1
+                elif p_j < 0.5:
+                    wins[i] += 1
+                else:
+                    wins[i] += 0.5
+                    wins[j] += 0.5
+    ranking = sorted(range(n), key=lambda i: (-wins[i], -strength[i], i))
+    return Tournament(
+        ranking=ranking,
+        wins=torch.tensor(wins),
+        strength=torch.tensor(strength),
+        matches=matches,
+        top_k=ranking[:top_k],
+        rm_calls=calls,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ references
+def _slug(text: str, limit: int = 48) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def build_references(
+    pipe,
+    rm,
+    prompts: Sequence[str],
+    out_dir: str | os.PathLike,
+    n: int = 16,
+    top_k: int = 2,
+    seed: int = 0,
+    context=None,
+    batch_size: int = 4,
+    progress: bool = True,
+    **pipe_kwargs,
+) -> Path:
+    """The cached reference set of the ReFL trainer, as in the paper: per prompt, ``n`` base-model samples ranked
+    by a pairwise tournament, the ``top_k`` kept as PNGs. Writes ``out_dir/manifest.jsonl`` (one line per finished
+    prompt: ``prompt``, ``images``, ``seeds``, ``wins``) and returns its path. Resumable: prompts already in the
+    manifest are skipped, and a prompt is appended only once its images are on disk."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.jsonl"
+    done = set()
+    if manifest.exists():
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                done.add(json.loads(line)["prompt"])
+    generate = _pipeline_generate(pipe, pipe_kwargs) if _is_pipeline(pipe) else pipe
+    for p_index, prompt in enumerate(tqdm(list(prompts), desc="references", disable=not progress)):
+        if prompt in done:
+            continue
+        p_seed = seed + 1_000_003 * p_index  # prompt i's seeds do not depend on which prompts were done before
+        seeds = [p_seed + i for i in range(n)]
+        imgs = []
+        for start in range(0, n, batch_size):
+            imgs += list(_pixels(generate(prompt, seeds[start : start + batch_size])))
+        result = tournament(imgs, rm, prompt, top_k=top_k, context=context, seed=seed)
+        files = []
+        for rank, i in enumerate(result.top_k):
+            name = f"images/{p_index:05d}-{_slug(prompt)}-top{rank}.png"
+            arr = (imgs[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+            tmp = out / (name + ".tmp")
+            Image.fromarray(arr).save(tmp, format="PNG")
+            os.replace(tmp, out / name)
+            files.append(name)
+        row = {
+            "prompt": prompt,
+            "images": files,
+            "seeds": [seeds[i] for i in result.top_k],
+            "wins": [float(result.wins[i]) for i in result.top_k],
+            "n": n,
+        }
+        with open(manifest, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        done.add(prompt)
+    return manifest
+
+
+def load_references(out_dir: str | os.PathLike) -> dict[str, list[Path]]:
+    """``prompt -> [reference image paths]`` from a folder written by :func:`build_references`."""
+    out = Path(out_dir)
+    refs = {}
+    for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            refs[row["prompt"]] = [out / f for f in row["images"]]
+    return refs
+
+
+# ------------------------------------------------------------------------------------------------ search over paths
+@dataclass
+class SearchResult:
+    """Result of :func:`search_over_paths`: the final images of the kept paths (best first), their scores, the
+    seed, and the compute spent (denoiser evaluations per sample, reward-model calls and images scored)."""
+
+    images: torch.Tensor  # [N, 3, H, W]
+    scores: torch.Tensor  # [N]
+    seed: int
+    evaluations: int
+    rm_calls: int
+    rm_images: int
+    budget: int | None
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def best(self) -> torch.Tensor:
+        return self.images[0]
+
+
+def plan_search(steps: int, n: int, m: int, start: int, forward: int, backward: int) -> list[tuple[int, int, int]]:
+    """The search rounds as ``(level, renoised to, denoised to)``: each re-noises the kept paths from ``level`` up
+    to ``max(0, level - forward)`` and denoises them ``backward`` levels (not past the last)."""
+    rounds, k = [], start
+    while k < steps:
+        lo = max(0, k - forward)
+        hi = min(steps, lo + backward)
+        rounds.append((k, lo, hi))
+        k = hi
+    return rounds
+
+
+def search_cost(steps: int, n: int, m: int, start: int, rounds) -> int:
+    """Denoiser evaluations (per sample) of a search: ``n`` paths to ``start``, ``n * m`` children per round, and
+    plain denoising of the ``n`` kept paths after the last round."""
+    cost, k = n * start, start
+    for _, lo, hi in rounds:
+        cost += n * m * (hi - lo)
+        k = hi
+    return cost + n * (steps - k)
+
+
+def search_over_paths(
+    pipe,
+    rm,
+    prompt: str,
+    n: int = 4,
+    m: int = 2,
+    num_inference_steps: int = 30,
+    start: int | None = None,
+    forward: int = 2,
+    backward: int = 4,
+    budget: int | None = None,
+    seed: int = 0,
+    context=None,
+    config: SamplerConfig | None = None,
+    progress: bool = False,
+) -> SearchResult:
+    """Search over paths: start ``n`` noises and denoise them to level ``start``; then, until the last level,
+    re-noise each kept path ``m`` ways ``forward`` levels back up, denoise ``backward`` levels, score the ``x0``
+    predictions with the reward model and keep the best ``n``; finally decode and score the ``n`` images.
+
+    ``budget`` caps the denoiser evaluations (per sample; a guided call counts once). When the planned search
+    would exceed it, fewer search rounds run (the remaining levels are plain denoising of the kept paths); a budget
+    below plain denoising of ``n`` paths is an error. Scores are ``p_yes``.
+    """
+    from tqdm.auto import tqdm
+
+    if n < 1 or m < 1:
+        raise ValueError(f"n and m must be at least 1, got n={n}, m={m}")
+    if not 0 < backward or forward < 0 or backward <= forward:
+        raise ValueError(f"need backward > forward >= 0, got forward={forward}, backward={backward}")
+    steps = num_inference_steps
+    start = steps // 4 if start is None else start
+    if not 0 <= start < steps:
+        raise ValueError(f"start must be in [0, {steps}), got {start}")
+    cfg = config or SamplerConfig()
+    cfg = SamplerConfig(**{**cfg.__dict__, "num_inference_steps": steps})
+    rounds = plan_search(steps, n, m, start, forward, backward)
+    floor = n * steps
+    if budget is not None and budget < floor:
+        raise BudgetError(f"budget {budget} is below plain denoising of n={n} paths ({floor} evaluations)")
+    while budget is not None and rounds and search_cost(steps, n, m, start, rounds) > budget:
+        rounds = rounds[:-1]  # drop the last round: its levels are then denoised plainly
+    sampler = Sampler(pipe, prompt, cfg)
+    g = torch.Generator().manual_seed(seed)
+    x = sampler.initial_latents([seed * 1000 + i for i in range(n)])
+    k = 0
+    rm_calls = rm_images = 0
+    history = []
+    bar = tqdm(total=steps, desc="search over paths", disable=not progress)
+
+    def run_to(x, k_from, k_to):
+        for kk in range(k_from, k_to):
+            x, _ = sampler.step(x, kk)
+        return x
+
+    x = run_to(x, 0, start)
+    k = start
+    bar.update(start)
+    for r, lo, hi in rounds:
+        kids = renoise(x.repeat_interleave(m, dim=0), sampler.levels[r], sampler.levels[lo], g)
+        kids = run_to(kids, lo, hi - 1)
+        x0, e = sampler.predict(kids, hi - 1)
+        kids = compose(x0, e, sampler.levels[hi])
+        scores = rm.score(sampler.decode(x0), prompt, context=context).p_yes.float().cpu()
+        rm_calls += 1
+        rm_images += len(scores)
+        keep = torch.argsort(scores, descending=True, stable=True)[:n]
+        x = kids[keep.to(kids.device)]
+        history.append({"level": hi, "scores": scores.tolist(), "kept": keep.tolist()})
+        bar.update(hi - k)
+        k = hi
+    x = run_to(x, k, steps)
+    bar.update(steps - k)
+    bar.close()
+    images = sampler.decode(x)
+    final = rm.score(images, prompt, context=context).p_yes.float().cpu()
+    rm_calls += 1
+    rm_images += len(final)
+    order = torch.argsort(final, descending=True, stable=True)
+    return SearchResult(
+        images=images[order.to(images.device)].cpu(),
+        scores=final[order],
+        seed=seed,
+        evaluations=sampler.evaluations,
+        rm_calls=rm_calls,
+        rm_images=rm_images,
+        budget=budget,
+        history=history,
+    )

@@ -1,0 +1,333 @@
+"""Inference-time scaling on tiny diffusers pipelines of each family (SD, SDXL, SD3, Flux) and a tiny reward model:
+the pipeline helpers reproduce the pipelines exactly, the guidance callback recovers x0 and resamples correctly,
+search over paths stays within its budget, best-of-N picks the argmax, tournaments rank a planted order, and the
+reference set resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from rewarddance.guidance import RewardGuidanceCallback, check_pipeline, run_guided
+from rewarddance.model import RewardOutput
+from rewarddance.pipelines import PipelineError, Sampler, SamplerConfig, decompose, levels
+from rewarddance.search import (
+    BudgetError,
+    best_of_n,
+    build_references,
+    load_references,
+    plan_search,
+    search_cost,
+    search_over_paths,
+    tournament,
+)
+from rewarddance.tiny_diffusion import build_tiny_pipeline
+
+PROMPT = "a red circle"
+SIZE = 32
+CASES = [("sd", "ddim"), ("sd", "euler"), ("sdxl", "euler"), ("sd3", None), ("flux", None)]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    built = {}
+
+    def get(kind, scheduler=None, prediction_type="epsilon"):
+        key = (kind, scheduler, prediction_type)
+        if key not in built:
+            pipe = build_tiny_pipeline(kind, scheduler, prediction_type=prediction_type)
+            pipe.set_progress_bar_config(disable=True)
+            built[key] = pipe
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def rm(rm_cache):
+    return rm_cache("llava")
+
+
+def _kw(kind, steps=6):
+    kw = dict(num_inference_steps=steps, height=SIZE, width=SIZE)
+    if kind == "flux":
+        kw["max_sequence_length"] = 32
+    return kw
+
+
+def _cfg(kind, steps=6):
+    return SamplerConfig(**_kw(kind, steps))
+
+
+@pytest.mark.parametrize(
+    "kind,scheduler,prediction",
+    [*[(k, s, "epsilon") for k, s in CASES], ("sd", "ddim", "v_prediction"), ("sd", "euler", "v_prediction")],
+)
+def test_sampler_reproduces_the_pipeline(pipes, kind, scheduler, prediction):
+    """Driving the denoiser level by level gives the pipeline's own images for the same seed."""
+    pipe = pipes(kind, scheduler, prediction)
+    ref = pipe(PROMPT, generator=[torch.Generator().manual_seed(7)], output_type="pt", **_kw(kind, 5)).images
+    sampler = Sampler(pipe, PROMPT, _cfg(kind, 5))
+    x = sampler.initial_latents([7])
+    for k in range(5):
+        x, _ = sampler.step(x, k)
+    assert (sampler.decode(x) - ref).abs().max() < 1e-4
+    assert sampler.evaluations == 5
+
+
+@pytest.mark.parametrize("kind,scheduler", CASES)
+def test_callback_x0_equals_the_denoiser_prediction(pipes, kind, scheduler):
+    """x0 recovered from two consecutive latents equals the denoiser's own x0 prediction at that step."""
+    pipe = pipes(kind, scheduler)
+    seen = {}
+
+    def grab(p, i, t, kw):
+        seen[i] = kw["latents"].clone()
+        return {}
+
+    pipe(
+        PROMPT,
+        generator=[torch.Generator().manual_seed(3)],
+        output_type="latent",
+        callback_on_step_end=grab,
+        **_kw(kind),
+    )
+    lv = levels(pipe.scheduler)
+    sampler = Sampler(pipe, PROMPT, _cfg(kind))
+    for i in (2, 4):
+        x0, _ = decompose(seen[i - 1], seen[i], lv[i], lv[i + 1])
+        want, _ = sampler.predict(seen[i - 1], i)
+        assert (x0 - want).abs().max() < 1e-4 * (1 + want.abs().max())
+
+
+@pytest.mark.parametrize("kind,scheduler", CASES)
+def test_prune_at_the_last_step_keeps_the_best(pipes, rm, kind, scheduler):
+    pipe = pipes(kind, scheduler)
+    steps = 6
+    cb = RewardGuidanceCallback(rm, PROMPT, steps=[steps - 1], mode="prune", keep=1, refresh=0.0)
+    gen = torch.Generator().manual_seed(0)
+    out = run_guided(pipe, PROMPT, cb, num_images_per_prompt=4, generator=gen, output_type="pt", **_kw(kind, steps))
+    assert out.images.shape == (4, 3, SIZE, SIZE)
+    assert cb.rm_calls == 1 and cb.images_scored == 4
+    scores = cb.history[0]["scores"]
+    best = max(range(4), key=lambda i: scores[i])
+    assert cb.history[0]["ancestors"] == [best] * 4
+    final = rm.score(out.images, PROMPT).p_yes
+    # the final latents are x0 for Euler and flow matching; DDIM ends at abar = alphas_cumprod[0] < 1, a hair away
+    tol = 2e-3 if scheduler == "ddim" else 1e-5
+    assert torch.allclose(final, torch.full((4,), scores[best]), atol=tol)
+
+
+@pytest.mark.parametrize("kind,scheduler", [("sd", "ddim"), ("sd3", None), ("flux", None)])
+def test_resampling_follows_the_weights(pipes, rm, kind, scheduler):
+    pipe = pipes(kind, scheduler)
+    cb = RewardGuidanceCallback(rm, PROMPT, every=2, mode="resample", potential="sum", lam=1e5, refresh=0.5)
+    gen = torch.Generator().manual_seed(1)
+    out = run_guided(pipe, PROMPT, cb, num_images_per_prompt=4, generator=gen, output_type="pt", **_kw(kind))
+    assert out.images.shape == (4, 3, SIZE, SIZE) and torch.isfinite(out.images).all()
+    assert [h["step"] for h in cb.history] == cb.scoring_steps(6) == [1, 3, 5]
+    for h in cb.history:  # a huge lambda puts all the weight on the best particle
+        best = max(range(4), key=lambda i: h["scores"][i])
+        assert h["ancestors"] == [best] * 4
+    assert cb.rm_calls == 3 and cb.images_scored == 12
+
+
+def test_guided_run_is_reproducible_and_copies_diverge(pipes, rm):
+    pipe = pipes("sd", "euler")
+    runs = []
+    for _ in range(2):
+        cb = RewardGuidanceCallback(rm, PROMPT, steps=[2], mode="prune", keep=1, refresh=0.5, seed=4)
+        gen = torch.Generator().manual_seed(2)
+        runs.append(run_guided(pipe, PROMPT, cb, num_images_per_prompt=3, generator=gen, output_type="pt", **_kw("sd")))
+    assert torch.equal(runs[0].images, runs[1].images)
+    imgs = runs[0].images
+    assert (imgs[0] - imgs[1]).abs().max() > 1e-3  # copies got fresh noise
+
+
+def test_callback_bad_input(pipes, rm):
+    with pytest.raises(ValueError, match="mode"):
+        RewardGuidanceCallback(rm, PROMPT, mode="greedy")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        RewardGuidanceCallback(rm, PROMPT, steps=[0])
+    pipe = pipes("sd", "ddim")
+
+    class OldStylePipeline(StableDiffusionPipeline):
+        def __call__(self, prompt, callback=None, callback_steps=1):  # the pre-2024 callback API only
+            raise AssertionError("not reached")
+
+    old = OldStylePipeline(**pipe.components, requires_safety_checker=False)
+    with pytest.raises(PipelineError, match="callback_on_step_end"):
+        check_pipeline(old)
+    no_vae = StableDiffusionPipeline(**{**pipe.components, "vae": None}, requires_safety_checker=False)
+    with pytest.raises(PipelineError, match="no VAE"):
+        check_pipeline(no_vae)
+    from diffusers import DPMSolverMultistepScheduler
+
+    other = StableDiffusionPipeline(
+        **{**pipe.components, "scheduler": DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)},
+        requires_safety_checker=False,
+    )
+    with pytest.raises(PipelineError, match="DPMSolverMultistepScheduler"):
+        check_pipeline(other)
+
+
+# --------------------------------------------------------------------------------------------- search over paths
+@pytest.mark.parametrize("kind,scheduler", [("sd", "ddim"), ("sd3", None), ("flux", None)])
+def test_search_over_paths_end_to_end_within_budget(pipes, rm, kind, scheduler):
+    pipe = pipes(kind, scheduler)
+    steps, n, m = 6, 2, 2
+    full = plan_search(steps, n, m, start=2, forward=1, backward=2)
+    assert full == [(2, 1, 3), (3, 2, 4), (4, 3, 5), (5, 4, 6)]
+    budget = 30  # the full plan costs search_cost(...) = 36 > 30: the last rounds are dropped
+    assert search_cost(steps, n, m, 2, full) == 36
+    res = search_over_paths(
+        pipe,
+        rm,
+        PROMPT,
+        n=n,
+        m=m,
+        num_inference_steps=steps,
+        start=2,
+        forward=1,
+        backward=2,
+        budget=budget,
+        seed=5,
+        config=_cfg(kind, steps),
+    )
+    assert res.images.shape == (n, 3, SIZE, SIZE)
+    assert res.evaluations <= budget
+    assert res.evaluations == search_cost(steps, n, m, 2, full[: len(res.history)])
+    assert res.rm_calls == len(res.history) + 1 and res.rm_images == n * m * len(res.history) + n
+    assert res.scores[0] >= res.scores[1]
+    assert torch.allclose(rm.score(res.images, PROMPT).p_yes, res.scores, atol=1e-5)
+    for h in res.history:  # each round keeps the n best of the n * m children
+        top = sorted(h["scores"], reverse=True)[:n]
+        assert [h["scores"][i] for i in h["kept"]] == top
+    again = search_over_paths(
+        pipe,
+        rm,
+        PROMPT,
+        n=n,
+        m=m,
+        num_inference_steps=steps,
+        start=2,
+        forward=1,
+        backward=2,
+        budget=budget,
+        seed=5,
+        config=_cfg(kind, steps),
+    )
+    assert torch.equal(again.images, res.images)
+
+
+def test_search_budget_errors(pipes, rm):
+    pipe = pipes("sd", "ddim")
+    with pytest.raises(BudgetError, match="below plain denoising"):
+        search_over_paths(pipe, rm, PROMPT, n=2, m=2, num_inference_steps=6, budget=11, config=_cfg("sd"))
+    with pytest.raises(ValueError, match="backward > forward"):
+        search_over_paths(pipe, rm, PROMPT, forward=3, backward=3, num_inference_steps=6, config=_cfg("sd"))
+    res = search_over_paths(pipe, rm, PROMPT, n=2, m=2, num_inference_steps=6, start=2, budget=12, config=_cfg("sd"))
+    assert res.evaluations == 12 and res.history == []  # the budget only allows plain denoising
+
+
+# ------------------------------------------------------------------------------------------------- best-of-N
+def test_best_of_n_with_a_pipeline_picks_the_argmax(pipes, rm):
+    pipe = pipes("sd", "ddim")
+    res = best_of_n(pipe, rm, PROMPT, n=5, top_k=2, seed=10, batch_size=2, **_kw("sd"))
+    assert len(res.images) == 5 and res.seeds == [10, 11, 12, 13, 14] and res.rm_calls == 3
+    again = rm.score(torch.stack(res.images), PROMPT).p_yes
+    assert torch.allclose(again, res.scores, atol=1e-5)
+    assert res.order[0] == int(torch.argmax(res.scores)) and res.top_k == res.order[:2]
+    # the seed regenerates the winner
+    gen = [torch.Generator().manual_seed(res.best_seed)]
+    regen = pipe(PROMPT, generator=gen, output_type="pt", **_kw("sd")).images[0]
+    assert (regen - res.best).abs().max() < 1e-5
+
+
+def test_best_of_n_with_a_callable_and_bad_input(rm):
+    def generate(prompt, seeds):  # flat colours; brightness from the seed
+        return torch.stack([torch.full((3, 40, 40), (s % 7) / 7) for s in seeds])
+
+    res = best_of_n(generate, rm, PROMPT, n=7, top_k=3)
+    assert res.scores.shape == (7,)
+    assert res.top_k == sorted(range(7), key=lambda i: -float(res.scores[i]))[:3]
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        best_of_n(generate, rm, PROMPT, n=0)
+    with pytest.raises(ValueError, match="top_k must be between 1 and n = 3"):
+        best_of_n(generate, rm, PROMPT, n=3, top_k=4)
+
+
+# ------------------------------------------------------------------------------------------------- tournament
+class PlantedJudge:
+    """A judge with a known order: image quality is its mean brightness; it also favours the second image
+    (position bias) by a fixed amount that only averaging both orders cancels."""
+
+    def __init__(self, bias: float = 0.35, sharpness: float = 4.0):
+        self.bias, self.sharpness, self.calls = bias, sharpness, 0
+
+    def compare(self, images, references, prompts, context=None, batch_size=None):
+        self.calls += 1
+        q = torch.stack([torch.as_tensor(x).float().mean() for x in images])
+        r = torch.stack([torch.as_tensor(x).float().mean() for x in references])
+        p = (torch.sigmoid(self.sharpness * (q - r)) + self.bias).clamp(0, 1)
+        return RewardOutput(p_yes=p, margin=torch.logit(p.clamp(1e-6, 1 - 1e-6)))
+
+
+@pytest.mark.parametrize("n,schedule", [(6, "round_robin"), (12, "swiss")])
+def test_tournament_ranks_a_planted_order(n, schedule):
+    levels_ = torch.randperm(n, generator=torch.Generator().manual_seed(n)).tolist()
+    images = [torch.full((3, 8, 8), (v + 1) / (n + 1)) for v in levels_]
+    truth = sorted(range(n), key=lambda i: -levels_[i])
+    judge = PlantedJudge()
+    res = tournament(images, judge, PROMPT, top_k=2, schedule=schedule, seed=0)
+    if schedule == "round_robin":
+        assert res.ranking == truth
+        assert len(res.matches) == n * (n - 1) // 2
+    else:
+        assert res.top_k == truth[:2]
+        assert len(res.matches) == (math.ceil(math.log2(n)) + 2) * (n // 2)
+    for i, j, p in res.matches:  # averaging both orders removed the bias exactly
+        assert (p > 0.5) == (levels_[j] > levels_[i])
+
+
+def test_tournament_with_the_reward_model_averages_both_orders(rm):
+    imgs = [torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    res = tournament(imgs, rm, PROMPT, top_k=1)
+    for i, j, p in res.matches:
+        ij = rm.compare([imgs[j]], [imgs[i]], PROMPT).p_yes.item()
+        ji = rm.compare([imgs[i]], [imgs[j]], PROMPT).p_yes.item()
+        assert p == pytest.approx((ij + 1 - ji) / 2, abs=1e-5)
+    assert sorted(res.ranking) == [0, 1, 2] and float(res.wins.sum()) == 3.0
+    with pytest.raises(ValueError, match="at least 2 images"):
+        tournament(imgs[:1], rm, PROMPT)
+    with pytest.raises(ValueError, match="top_k"):
+        tournament(imgs, rm, PROMPT, top_k=4)
+
+
+def test_build_references_resumes_without_recomputing(pipes, tmp_path):
+    pipe = pipes("sd", "ddim")
+    calls = []
+
+    def generate(prompt, seeds):
+        calls.append((prompt, tuple(seeds)))
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return pipe([prompt] * len(seeds), generator=gens, output_type="pt", **_kw("sd", 3)).images
+
+    judge = PlantedJudge()
+    out = tmp_path / "refs"
+    manifest = build_references(generate, judge, ["a red circle", "a blue square"], out, n=4, top_k=2, progress=False)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["a red circle", "a blue square"]
+    assert all(len(r["images"]) == 2 and (out / r["images"][0]).is_file() for r in rows)
+    first_calls = len(calls)
+    build_references(
+        generate, judge, ["a red circle", "a blue square", "a green triangle"], out, n=4, top_k=2, progress=False
+    )
+    assert {p for p, _ in calls[first_calls:]} == {"a green triangle"}  # finished prompts were skipped
+    refs = load_references(out)
+    assert set(refs) == {"a red circle", "a blue square", "a green triangle"}
+    assert all(len(v) == 2 and v[0].is_file() for v in refs.values())
