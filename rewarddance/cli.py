@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 MODEL_HELP = "model: a Hugging Face id or a local folder (bundled default models come in a later release)"
 
@@ -127,6 +128,47 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _overrides(extra: list[str]) -> dict:
+    """``--key value`` pairs after ``--config`` -> settings (values parsed as YAML: numbers, booleans, null)."""
+    import yaml
+
+    out, i = {}, 0
+    while i < len(extra):
+        key = extra[i]
+        if not key.startswith("--") or i + 1 >= len(extra):
+            raise ValueError(f"overrides must be --key value pairs, got {' '.join(extra[i:])!r}")
+        out[key[2:].replace("-", "_")] = yaml.safe_load(extra[i + 1])
+        i += 2
+    return out
+
+
+def cmd_train_rm(args, extra: list[str]) -> int:
+    from .training.rm import RMTrainConfig, train_rm
+
+    cfg = RMTrainConfig.from_yaml(args.config, _overrides(extra))
+    result = train_rm(cfg, progress=not args.no_progress)
+    if "stopped_at" in result:
+        print(f"stopped at step {result['stopped_at']}; a checkpoint was saved, run the same command to resume")
+        return 130
+    print(json.dumps({"step": result["step"], "eval": result["eval"], "final": str(Path(cfg.output_dir) / "final")}))
+    return 0
+
+
+def cmd_eval_rm(args) -> int:
+    from .context import RewardContext
+    from .model import RewardModel
+    from .training.data import read_pairs
+    from .training.rm import evaluate_pairs
+
+    pairs, skipped = read_pairs(args.data, skip_bad=args.skip_bad)
+    rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
+    ctx = RewardContext(task=args.task)
+    result = evaluate_pairs(rm, pairs, args.objective, ctx, args.batch_size)
+    result["skipped"] = skipped
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewarddance", description="Generative reward models: P(yes) from a VLM.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b", help="image B (image 2, the candidate)")
     _add_model_args(compare)
     compare.set_defaults(func=cmd_compare)
+    train = sub.add_parser("train-rm", help="train a reward model on preference pairs (YAML config)")
+    train.add_argument("--config", required=True, help="YAML file of RMTrainConfig settings; --key value overrides")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train_rm, takes_extra=True)
+    ev = sub.add_parser("eval-rm", help="pairwise accuracy, calibration and position bias on preference pairs")
+    ev.add_argument("--model", required=True, help=MODEL_HELP)
+    ev.add_argument("--data", required=True, help="a pairs.jsonl file or a folder holding one")
+    ev.add_argument("--objective", default="pairwise", choices=["pairwise", "pointwise"], help="how to ask")
+    ev.add_argument("--task", default="alignment", help="task preset")
+    ev.add_argument("--batch-size", type=int, default=16, help="pairs per batch")
+    ev.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs and report them")
+    ev.add_argument("--dtype", default=None, help="torch dtype")
+    ev.add_argument("--device", default=None, help="cpu, cuda ...")
+    ev.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantisation")
+    ev.set_defaults(func=cmd_eval_rm)
     from .shapes.cli import add_shapes_commands  # numpy + Pillow only
 
     add_shapes_commands(sub)
@@ -155,9 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rewarddance`` command; returns the exit code (2 for a user error)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     except (ValueError, OSError) as err:  # ImageError, ModelLoadError, PromptTooLongError ... are ValueErrors
         print(f"rewarddance: error: {err}", file=sys.stderr)
         return 2

@@ -82,7 +82,8 @@ class RewardModel:
         head = model.get_output_embeddings()
         self._head_weight = head.weight
         self._head_bias = getattr(head, "bias", None)
-        self._base = model.model
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper or not
+        self._base = inner.model
         self._cache_arg = _cache_kwarg(self._base)
         text_cfg = model.config.get_text_config()
         self.max_length = getattr(text_cfg, "max_position_embeddings", None)
@@ -121,6 +122,10 @@ class RewardModel:
         if local.exists():
             if not local.is_dir():
                 raise ModelLoadError(f"{name}: expected a model directory, got a file")
+            if (local / "adapter_config.json").exists() and not (local / "config.json").exists():
+                return cls._from_adapter(
+                    local, dtype, device, quantization, trust_remote_code, answer_tokens, prefix_cache
+                )
             if not (local / "config.json").exists():
                 raise ModelLoadError(f"{name}: no config.json in this directory")
             _check_local_weights(local)
@@ -157,6 +162,27 @@ class RewardModel:
             model = model.to(device)
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
         return cls(model, processor, family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
+
+    @classmethod
+    def _from_adapter(cls, folder: Path, dtype, device, quantization, trust_remote_code, answer_tokens, prefix_cache):
+        """A folder holding a peft LoRA adapter (as ``rewarddance train-rm`` saves with ``merge: false``): load the
+        base model it names, apply the adapter (merged into the weights unless the base is quantised), and use the
+        folder's processor when it has one."""
+        import json
+
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        _check_local_weights(folder)
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"{folder}: adapter_config.json does not name its base model")
+        rm = cls.from_pretrained(base, dtype, device, quantization, trust_remote_code, answer_tokens, prefix_cache)
+        model = PeftModel.from_pretrained(rm.model, str(folder))
+        model = model.merge_and_unload() if quantization is None else model
+        has_processor = any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json"))
+        processor = AutoProcessor.from_pretrained(str(folder)) if has_processor else rm.processor
+        return cls(model, processor, rm.family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
 
     @property
     def device(self) -> torch.device:

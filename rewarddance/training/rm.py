@@ -1,0 +1,426 @@
+"""Reward-model training, the RewardDance recipe, on one GPU (or a CPU): reads top to bottom.
+
+Objectives (``RMTrainConfig.objective``):
+
+- ``pointwise``: each pair gives two items, the preferred image labelled "yes" and the rejected one "no".
+  Loss = Bradley-Terry on the pair, ``-log sigmoid(s_chosen - s_rejected)`` with ``s`` the yes/no log-margin
+  (``bt_on="margin"``, default) or P(yes) (``bt_on="p_yes"``), plus ``ce_weight`` x the cross-entropy of the
+  verdicts (log P(yes ids) / log P(no ids) over the whole vocabulary).
+- ``pairwise``: "Is image 2 better than image 1?" asked in both orders, (rejected, chosen) -> "yes" and
+  (chosen, rejected) -> "no"; loss = the verdicts' cross-entropy.
+- Chain of thought (``cot``): the answer is teacher-forced. ``judgment_first``: "Yes. <reason>" -- the verdict at
+  the first answer token, the reason after it; ``reasoning_first``: "<reason>\\nFinal answer (yes or no):", then the
+  verdict. Reason tokens add ``reason_weight`` x their mean cross-entropy, computed by
+  :func:`rewarddance.kernels.selected_logprobs` (no full logits).
+
+Trainable parts (``train``): ``lora`` (peft LoRA on the language model; the default), ``projector`` (the
+vision-language connector only), ``lm`` (the whole language model) or ``all``. The base may be loaded in 8-bit or
+4-bit for QLoRA-style training. Checkpoints are atomic and resumable (``training.checkpoint``); SIGINT/SIGTERM save
+one before exiting. The final model is saved so that ``RewardModel.from_pretrained(output_dir)`` loads it: a LoRA
+adapter beside the processor (``merge=False``), or merged full weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..context import RewardContext
+from ..kernels import selected_logprobs, yes_prob
+from ..model import RewardModel
+from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from .data import PreferencePair, load_pair_images, read_pairs
+
+OBJECTIVES = ("pointwise", "pairwise")
+TRAIN_PARTS = ("lora", "projector", "lm", "all")
+LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+CHOSEN_REASON = "The image matches the prompt."
+
+
+@dataclass
+class RMTrainConfig:
+    """Settings of a reward-model training run; ``from_yaml`` reads them, every field has help text."""
+
+    model: str = field(metadata={"help": "base VLM: a Hugging Face id or a local folder"})
+    data: str = field(metadata={"help": "training pairs: a pairs.jsonl file or a folder holding one"})
+    output_dir: str = field(metadata={"help": "checkpoints, metrics.csv and the final model go here"})
+    eval_data: dict = field(
+        default_factory=dict, metadata={"help": "name -> pairs file/folder, e.g. {id: ..., ood: ...}"}
+    )
+    objective: str = field(default="pairwise", metadata={"help": "pointwise (BT + weighted CE) or pairwise"})
+    cot: str = field(default="none", metadata={"help": "none, judgment_first or reasoning_first"})
+    task: str = field(default="alignment", metadata={"help": "RewardContext task preset of the prompts"})
+    bt_on: str = field(default="margin", metadata={"help": "pointwise BT on the yes/no 'margin' or on 'p_yes'"})
+    ce_weight: float = field(default=0.1, metadata={"help": "pointwise: weight of the yes/no cross-entropy"})
+    reason_weight: float = field(default=1.0, metadata={"help": "chain of thought: weight of the reason tokens' CE"})
+    train: str = field(default="lora", metadata={"help": "lora, projector, lm or all"})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
+    lora_targets: str = field(default=LM_TARGETS, metadata={"help": "regex of the module names LoRA adapts"})
+    quantization: str | None = field(default=None, metadata={"help": "None, 8bit or 4bit base (QLoRA style)"})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ..."})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps, then cosine decay"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per optimiser step"})
+    max_steps: int = field(default=200, metadata={"help": "optimiser steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    seed: int = field(default=0, metadata={"help": "data order and initialisation seed"})
+    eval_every: int = field(
+        default=50, metadata={"help": "evaluate every N steps (and at the end); 0: only at the end"}
+    )
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0: only at the end"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    merge: bool = field(default=True, metadata={"help": "save merged full weights (else base + LoRA adapter)"})
+    skip_bad: bool = field(default=False, metadata={"help": "skip unreadable pairs (reported) instead of failing"})
+    eval_batch_size: int = field(default=16, metadata={"help": "pairs per evaluation batch"})
+    log_every: int = field(default=10, metadata={"help": "write metrics.csv every N steps"})
+
+    def __post_init__(self):
+        checks = [
+            (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
+            (self.train in TRAIN_PARTS, f"train must be one of {TRAIN_PARTS}, got {self.train!r}"),
+            (self.bt_on in ("margin", "p_yes"), f"bt_on must be 'margin' or 'p_yes', got {self.bt_on!r}"),
+            (self.batch_size >= 1 and self.max_steps >= 1, "batch_size and max_steps must be at least 1"),
+            (self.lora_rank >= 1, f"lora_rank must be at least 1, got {self.lora_rank}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"RMTrainConfig: {msg}")
+        RewardContext(task=self.task, cot=self.cot)  # validates task and cot
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: dict | None = None) -> RMTrainConfig:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        raw.update(overrides or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**raw)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+@dataclass
+class Item:
+    """One question to the judge: images (reference first when pairwise), the expected verdict, the answer text."""
+
+    prompt: str
+    images: list
+    yes: bool
+    reason: str | None = None
+
+
+def _items(pairs: list[PreferencePair], objective: str, cot: str) -> list[Item]:
+    items = []
+    for pair in pairs:
+        chosen, rejected = load_pair_images(pair)
+        why = pair.reason or "It does not match the prompt."
+        if objective == "pointwise":
+            items.append(Item(pair.prompt, [chosen], True, CHOSEN_REASON))
+            items.append(Item(pair.prompt, [rejected], False, why))
+        else:
+            items.append(Item(pair.prompt, [rejected, chosen], True, f"Image 1 is worse: {why}"))
+            items.append(Item(pair.prompt, [chosen, rejected], False, f"Image 2 is worse: {why}"))
+    return items
+
+
+def _answer_text(item: Item, cot: str) -> str:
+    if cot == "judgment_first":
+        return f"{'Yes' if item.yes else 'No'}. {item.reason}"
+    if cot == "reasoning_first":
+        return f"{item.reason}\nFinal answer (yes or no):"
+    return ""
+
+
+def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
+    """Model inputs for the items and, per row, the answer span: ``(inputs, verdict_pos, reason_targets)``.
+
+    ``verdict_pos[i]`` is the position whose hidden state predicts the verdict; ``reason_targets`` is ``[B, T]``
+    with the token id each position's hidden state should predict for the reason (``-100`` elsewhere).
+    """
+    pairwise = len(items[0].images) == 2
+    prompts = [it.prompt for it in items]
+    texts = rm._texts(prompts, context, pairwise)
+    ctx_imgs = [x for x in context.example_images(pairwise)]
+    lists = [ctx_imgs + it.images for it in items]
+    answers = [_answer_text(it, context.cot) for it in items]
+    full = rm._process([t + a for t, a in zip(texts, answers)], lists)
+    ids, mask = full["input_ids"], full["attention_mask"]
+    B, T = ids.shape
+    verdict_pos = torch.full((B,), T - 1, dtype=torch.long)
+    targets = torch.full((B, T), -100, dtype=torch.long)
+    if context.cot != "none":
+        prompt_only = rm._process(texts, lists)
+        p_len = prompt_only["attention_mask"].sum(1)
+        f_len = mask.sum(1)
+        for i in range(B):
+            k = int(f_len[i] - p_len[i])  # answer tokens at the end of row i (left padding)
+            head = ids[i, T - int(f_len[i]) : T - k]
+            if k <= 0 or not torch.equal(head, prompt_only["input_ids"][i, -int(p_len[i]) :]):
+                raise ValueError(f"item {i}: the answer text does not tokenize apart from the prompt")
+            answer = ids[i, T - k :]
+            if context.cot == "judgment_first":
+                verdict_pos[i] = T - k - 1  # predicts the verdict, the first answer token
+                targets[i, T - k : T - 1] = answer[1:]  # reason tokens after the verdict
+            else:
+                verdict_pos[i] = T - 1  # after "Final answer (yes or no):"
+                targets[i, T - k - 1 : T - 1] = answer  # the reasoning text
+    return full, verdict_pos, targets
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+def _log_p(p: torch.Tensor) -> torch.Tensor:
+    return torch.log(p.clamp_min(1e-30))
+
+
+def verdict_log_probs(rm: RewardModel, hidden_rows: torch.Tensor, context: RewardContext):
+    """``(log P(yes ids), log P(no ids), margin)`` for final hidden states ``[N, H]``, differentiable."""
+    yes, no = rm._answer_ids(context)
+    weight = rm._head_weight if rm._head_weight.requires_grad else rm._head_weight.detach()
+    p, margin = yes_prob(hidden_rows, weight, yes, no, bias=rm._head_bias, normalize=context.normalize)
+    log_yes = _log_p(p)
+    return log_yes, log_yes - margin, margin, p
+
+
+def compute_loss(rm: RewardModel, items: list[Item], cfg: RMTrainConfig, context: RewardContext) -> dict:
+    """The loss of one batch of items (see the module docstring) and its parts, as floats for logging."""
+    inputs, verdict_pos, targets = encode_items(rm, items, context)
+    out = rm._base(**rm._to_model(inputs), use_cache=False)
+    hidden = out.last_hidden_state  # [B, T, H]
+    B = hidden.shape[0]
+    rows = hidden[torch.arange(B, device=hidden.device), verdict_pos.to(hidden.device)]
+    log_yes, log_no, margin, p = verdict_log_probs(rm, rows, context)
+    labels = torch.tensor([it.yes for it in items], device=log_yes.device)
+    ce = -torch.where(labels, log_yes, log_no).mean()
+    parts = {"ce": ce}
+    if cfg.objective == "pointwise":
+        s = margin if cfg.bt_on == "margin" else p
+        bt = -F.logsigmoid(s[0::2] - s[1::2]).mean()  # items alternate chosen, rejected
+        parts["bt"] = bt
+        loss = bt + cfg.ce_weight * ce
+    else:
+        loss = ce
+    if context.cot != "none":
+        keep = targets != -100
+        if keep.any():
+            sel = hidden[keep.to(hidden.device)]
+            weight = rm._head_weight if rm._head_weight.requires_grad else rm._head_weight.detach()
+            lp = selected_logprobs(sel, weight, targets[keep].to(hidden.device), bias=rm._head_bias)
+            parts["reason_ce"] = -lp.mean()
+            loss = loss + cfg.reason_weight * parts["reason_ce"]
+    parts["loss"] = loss
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_pairs(rm: RewardModel, pairs: list[PreferencePair], objective: str, context=None, batch_size=16) -> dict:
+    """Pairwise accuracy, expected calibration error (10 bins) and position-bias rate on preference pairs.
+
+    Pointwise: a pair is right when P(yes | chosen) > P(yes | rejected); calibration is of the Bradley-Terry
+    probability sigmoid(margin_chosen - margin_rejected) over both orders of each pair. Pairwise: the order-averaged
+    P(chosen better) > 0.5; calibration is of P(yes) against the right verdict for both orders; the position-bias
+    rate is the share of pairs whose answers do not flip when the images swap (the same verdict both ways).
+    """
+    context = context or RewardContext()
+    probs, labels, right, biased = [], [], 0, 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        imgs = [load_pair_images(p) for p in chunk]
+        chosen, rejected = [c for c, _ in imgs], [r for _, r in imgs]
+        prompts = [p.prompt for p in chunk]
+        if objective == "pointwise":
+            oc = rm.score(chosen, prompts, context=context)
+            orj = rm.score(rejected, prompts, context=context)
+            right += int((oc.p_yes > orj.p_yes).sum())
+            pr = torch.sigmoid(oc.margin - orj.margin)
+            probs += pr.tolist() + (1 - pr).tolist()
+            labels += [1] * len(chunk) + [0] * len(chunk)
+        else:
+            fwd = rm.compare(chosen, rejected, prompts, context=context).p_yes  # yes is right
+            bwd = rm.compare(rejected, chosen, prompts, context=context).p_yes  # no is right
+            right += int(((fwd + 1 - bwd) / 2 > 0.5).sum())
+            biased += int(((fwd > 0.5) == (bwd > 0.5)).sum())
+            probs += fwd.tolist() + bwd.tolist()
+            labels += [1] * len(chunk) + [0] * len(chunk)
+    probs_t, labels_t = torch.tensor(probs), torch.tensor(labels, dtype=torch.float32)
+    result = {"pairs": len(pairs), "accuracy": right / len(pairs), "ece": expected_calibration_error(probs_t, labels_t)}
+    if objective == "pairwise":
+        result["position_bias_rate"] = biased / len(pairs)
+    return result
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> float:
+    """ECE of binary predictions: the mean over equal-width confidence bins of |accuracy - confidence|, weighted."""
+    conf = torch.where(probs >= 0.5, probs, 1 - probs)
+    correct = ((probs >= 0.5).float() == labels).float()
+    edges = torch.linspace(0.5, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0.5 else (conf >= lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.float().mean().item() * abs(correct[inside].mean().item() - conf[inside].mean().item())
+    return ece
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def _trainable(rm: RewardModel, cfg: RMTrainConfig) -> torch.nn.Module:
+    """Mark what trains; for LoRA wrap the model with peft. Returns the module whose parameters train."""
+    model = rm.model
+    if cfg.train == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets)
+        peft_model = get_peft_model(model, lora)  # injects adapters in place; rm's references stay valid
+        if not any(p.requires_grad for p in peft_model.parameters()):
+            raise ValueError(f"lora_targets {cfg.lora_targets!r} matched no module of {cfg.model}")
+        rm.model = peft_model
+        return peft_model
+    for name, p in model.named_parameters():
+        if cfg.train == "all":
+            p.requires_grad_(True)
+        elif cfg.train == "lm":
+            p.requires_grad_("language_model" in name or "lm_head" in name)
+        else:  # projector
+            p.requires_grad_(any(k in name for k in ("projector", "connector", "mlp1", "merger")))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"train={cfg.train!r} selects no parameter of {cfg.model}")
+    return model
+
+
+def _lr_lambda(cfg: RMTrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def _batch_pairs(pairs: list, step: int, batch_size: int, seed: int) -> list:
+    """Pairs of optimiser step ``step``: consecutive slices of per-epoch permutations (resumable from the step)."""
+    n = len(pairs)
+    out, pos = [], step * batch_size
+    while len(out) < batch_size:
+        epoch, k = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        out.append(pairs[perm[k]])
+        pos += 1
+    return out
+
+
+def save_reward_model(rm: RewardModel, out_dir: str | os.PathLike, merge: bool = True) -> Path:
+    """Save so that ``RewardModel.from_pretrained(out_dir)`` loads it: merged weights, or base + LoRA adapter."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = rm.model
+    if hasattr(model, "peft_config"):
+        if merge:
+            model = model.merge_and_unload()
+            rm.model = model
+            model.save_pretrained(out, safe_serialization=True)
+        else:
+            model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    rm.processor.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
+    """Run (or resume) a training run; returns the final evaluation per eval set and the last logged losses."""
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    pairs, skipped = read_pairs(cfg.data, skip_bad=cfg.skip_bad)
+    evals = {name: read_pairs(path, skip_bad=cfg.skip_bad)[0] for name, path in cfg.eval_data.items()}
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rm = RewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, quantization=cfg.quantization)
+    context = RewardContext(task=cfg.task, cot=cfg.cot)
+    module = _trainable(rm, cfg)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    ckpt_dir = out / "checkpoints"
+    step = 0
+    if cfg.resume and list_checkpoints(ckpt_dir):
+        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler)
+        step = state["step"]
+    metrics_path = out / "metrics.csv"
+    history: list[dict] = []
+    results: dict = {}
+
+    def evaluate(at: int) -> dict:
+        rm.model.eval()
+        res = {name: evaluate_pairs(rm, ps, cfg.objective, context, cfg.eval_batch_size) for name, ps in evals.items()}
+        with open(out / "eval.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": at, **res}) + "\n")
+        return res
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train-rm", disable=not progress)
+    with StopFlag() as flag:
+        while step < cfg.max_steps:
+            rm.model.train()
+            items = _items(_batch_pairs(pairs, step, cfg.batch_size, cfg.seed), cfg.objective, cfg.cot)
+            parts = compute_loss(rm, items, cfg, context)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            row = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: v.item() for k, v in parts.items()}}
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                _append_csv(metrics_path, history[-cfg.log_every :])
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and evals:
+                results = evaluate(step)
+            last = step == cfg.max_steps
+            if flag.stop or last or (cfg.save_every and step % cfg.save_every == 0):
+                save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, keep=cfg.keep_checkpoints)
+            if flag.stop:
+                bar.close()
+                return {"stopped_at": step, "history": history}
+    bar.close()
+    if evals:
+        results = evaluate(step)
+    save_reward_model(rm, out / "final", merge=cfg.merge)
+    return {"eval": results, "history": history, "skipped": skipped, "step": step}
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)

@@ -1,0 +1,251 @@
+"""Reward-model training on ShapesWorld pairs with a tiny LLaVA: losses, teacher-forced reasons, resume after a
+kill, saving and loading through the public API, bad configs. The accuracy runs are marked ``slow``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rewarddance import RewardModel
+from rewarddance.context import RewardContext
+from rewarddance.shapes import write_dataset
+from rewarddance.training.data import DataError, read_pairs
+from rewarddance.training.rm import (
+    Item,
+    RMTrainConfig,
+    _items,
+    compute_loss,
+    encode_items,
+    evaluate_pairs,
+    expected_calibration_error,
+    train_rm,
+)
+
+FAMILY = "llava"
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pairs") / "train"
+    write_dataset(out, n=16, size=48, pairs=True, seed=1)
+    return out
+
+
+def _cfg(model, data, out, **kw) -> RMTrainConfig:
+    base = dict(
+        model=model,
+        data=str(data),
+        output_dir=str(out),
+        batch_size=2,
+        max_steps=4,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=2,
+        eval_every=0,
+        log_every=1,
+        train="lora",
+        lora_rank=4,
+        seed=3,
+    )
+    base.update(kw)
+    return RMTrainConfig(**base)
+
+
+def test_reason_targets_are_the_answer_text(rm_cache, pairs_dir):
+    rm = rm_cache(FAMILY)
+    pairs, _ = read_pairs(pairs_dir)
+    for cot in ("judgment_first", "reasoning_first"):
+        ctx = RewardContext(cot=cot)
+        items = _items(pairs[:2], "pairwise", cot)
+        inputs, verdict_pos, targets = encode_items(rm, items, ctx)
+        for i, it in enumerate(items):
+            text = rm.tokenizer.decode(targets[i][targets[i] != -100])
+            if cot == "judgment_first":
+                assert text.strip().startswith(".") and it.reason in text  # "Yes" is the verdict; ". <reason>" follows
+                assert inputs["input_ids"][i, verdict_pos[i] + 1].item() in rm.yes_ids + rm.no_ids
+            else:
+                assert text == f"{it.reason}\nFinal answer (yes or no):"
+                assert verdict_pos[i] == inputs["input_ids"].shape[1] - 1
+
+
+@pytest.mark.parametrize("objective,cot", [("pointwise", "none"), ("pairwise", "none"), ("pairwise", "judgment_first")])
+def test_losses_have_gradients(tiny_vlm, pairs_dir, objective, cot):
+    rm = RewardModel.from_pretrained(tiny_vlm(FAMILY), device="cpu")
+    cfg = _cfg("unused", pairs_dir, "unused", objective=objective, cot=cot)
+    pairs, _ = read_pairs(pairs_dir)
+    parts = compute_loss(rm, _items(pairs[:2], objective, cot), cfg, RewardContext(cot=cot))
+    assert torch.isfinite(parts["loss"]) and parts["loss"] > 0
+    if objective == "pointwise":
+        assert set(parts) >= {"bt", "ce"}
+    if cot != "none":
+        assert parts["reason_ce"] > 0
+    parts["loss"].backward()
+    grads = [p.grad for p in rm.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_ece_and_eval_metrics(rm_cache, pairs_dir):
+    assert expected_calibration_error(torch.tensor([0.9, 0.1]), torch.tensor([1.0, 0.0])) == pytest.approx(0.1)
+    assert expected_calibration_error(torch.tensor([0.9, 0.9]), torch.tensor([0.0, 0.0])) == pytest.approx(0.9)
+    pairs, _ = read_pairs(pairs_dir)
+    res = evaluate_pairs(rm_cache(FAMILY), pairs[:4], "pairwise")
+    assert res["pairs"] == 4 and 0 <= res["accuracy"] <= 1 and 0 <= res["position_bias_rate"] <= 1
+
+
+def _train_cli(cfg_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rewarddance.cli", "train-rm", "--config", str(cfg_path), "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_vlm, pairs_dir, tmp_path):
+    """SIGINT mid-run saves a checkpoint; rerunning the command finishes with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    model = tiny_vlm(FAMILY)
+    settings = dict(
+        model=model,
+        data=str(pairs_dir),
+        batch_size=2,
+        max_steps=40,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=0,
+        eval_every=0,
+        train="lora",
+        lora_rank=4,
+        seed=3,
+        merge=False,
+    )
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    for out in (straight, broken):
+        (tmp_path / f"{out.name}.yaml").write_text(yaml.safe_dump({**settings, "output_dir": str(out)}))
+    proc = _train_cli(tmp_path / "straight.yaml")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    # the broken run: interrupt once training has started (metrics.csv gets a row per step), then resume
+    proc = _train_cli(tmp_path / "broken.yaml", "--log_every", "1")
+    deadline = time.time() + 300
+    while not (broken / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=300)
+    assert rc == 130, proc.stderr.read()[-2000:]
+    ckpts = sorted((broken / "checkpoints").iterdir())
+    stopped = json.loads((ckpts[-1] / "state.json").read_text())["step"]
+    assert 1 <= stopped < 40
+    proc = _train_cli(tmp_path / "broken.yaml", "--log_every", "1")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    a = load_file(straight / "final" / "adapter_model.safetensors")
+    b = load_file(broken / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_saved_model_loads_and_scores_as_trained(tiny_vlm, pairs_dir, tmp_path, merge):
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_vlm(FAMILY), pairs_dir, out, merge=merge, eval_data={"train": str(pairs_dir)}, max_steps=3)
+    result = train_rm(cfg, progress=False)
+    final = out / "final"
+    assert (final / ("model.safetensors" if merge else "adapter_model.safetensors")).exists()
+    loaded = RewardModel.from_pretrained(final, device="cpu")
+    pairs, _ = read_pairs(pairs_dir)
+    again = evaluate_pairs(loaded, pairs, "pairwise")
+    assert again["accuracy"] == result["eval"]["train"]["accuracy"]
+    assert again["ece"] == pytest.approx(result["eval"]["train"]["ece"], abs=1e-5)
+    base = RewardModel.from_pretrained(tiny_vlm(FAMILY), device="cpu")
+    img = pairs[0].chosen
+    assert abs(loaded.score([img], pairs[0].prompt).margin - base.score([img], pairs[0].prompt).margin).item() > 1e-4
+
+
+def test_bad_configs_fail_before_training(tiny_vlm, pairs_dir, tmp_path):
+    model = tiny_vlm(FAMILY)
+    with pytest.raises(ValueError, match="objective"):
+        _cfg(model, pairs_dir, tmp_path, objective="listwise")
+    with pytest.raises(ValueError, match="lora_rank"):
+        _cfg(model, pairs_dir, tmp_path, lora_rank=0)
+    with pytest.raises(ValueError, match="unknown cot"):
+        _cfg(model, pairs_dir, tmp_path, cot="sometimes")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"model": model, "data": "x", "output_dir": "y", "lr_max": 1}))
+    with pytest.raises(ValueError, match="unknown setting.*lr_max"):
+        RMTrainConfig.from_yaml(tmp_path / "cfg.yaml")
+    with pytest.raises(DataError, match="no such pairs file"):
+        train_rm(_cfg(model, tmp_path / "nothing", tmp_path / "o1"), progress=False)
+    broken = tmp_path / "broken"
+    write_dataset(broken, n=4, size=32, pairs=True, seed=2)
+    rows = (broken / "pairs.jsonl").read_text().splitlines()
+    (broken / json.loads(rows[1])["rejected"]).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: rejected image .* unreadable"):
+        train_rm(_cfg(model, broken, tmp_path / "o2"), progress=False)
+    pairs, skipped = read_pairs(broken, skip_bad=True)
+    assert len(pairs) == 3 and len(skipped) == 1 and "pairs.jsonl:2" in skipped[0]
+    assert not (tmp_path / "o2" / "checkpoints").exists()
+
+
+def test_cli_eval_rm(tiny_vlm, pairs_dir, capsys):
+    from rewarddance.cli import main
+
+    assert main(["eval-rm", "--model", tiny_vlm(FAMILY), "--data", str(pairs_dir), "--objective", "pointwise"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["pairs"] == 16 and "ece" in res and "position_bias_rate" not in res
+
+
+def test_item_order_is_chosen_then_rejected(pairs_dir):
+    pairs, _ = read_pairs(pairs_dir)
+    items = _items(pairs[:1], "pointwise", "none")
+    assert [it.yes for it in items] == [True, False] and isinstance(items[0], Item)
+    items = _items(pairs[:1], "pairwise", "none")
+    assert [it.yes for it in items] == [True, False]
+    assert items[0].images[1].tobytes() == items[1].images[0].tobytes()  # the chosen image is image 2, then image 1
+
+
+# --------------------------------------------------------------------------------------------- quality (slow)
+SLOW_STEPS = {"pairwise": 300, "pointwise": 300}
+
+
+@pytest.fixture(scope="module")
+def shapes_splits(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shapes-rm")
+    out = {}
+    for name, n, split, seed in (("train", 600, "id", 11), ("id", 100, "id", 12), ("ood", 100, "ood", 13)):
+        out[name] = root / name
+        write_dataset(out[name], n=n, size=56, pairs=True, split=split, seed=seed)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["pairwise", "pointwise"])
+def test_accuracy_rises_from_chance(tiny_vlm, shapes_splits, tmp_path, objective):
+    model = tiny_vlm(FAMILY, init_std=0.02, seed=5)
+    base = RewardModel.from_pretrained(model, device="cpu")
+    held_out, _ = read_pairs(shapes_splits["id"])
+    before = evaluate_pairs(base, held_out, objective)["accuracy"]
+    cfg = RMTrainConfig(
+        model=model,
+        data=str(shapes_splits["train"]),
+        output_dir=str(tmp_path / objective),
+        objective=objective,
+        eval_data={"id": str(shapes_splits["id"]), "ood": str(shapes_splits["ood"])},
+        train="all",
+        lr=1e-3,
+        batch_size=16,
+        max_steps=SLOW_STEPS[objective],
+        warmup_steps=20,
+        eval_every=0,
+        save_every=0,
+        seed=0,
+    )
+    result = train_rm(cfg, progress=False)
+    print(objective, "before", before, "after", result["eval"])
+    assert 0.3 <= before <= 0.7
+    assert result["eval"]["id"]["accuracy"] >= 0.8
