@@ -154,6 +154,19 @@ def cmd_train_rm(args, extra: list[str]) -> int:
     return 0
 
 
+def cmd_train_refl(args, extra: list[str]) -> int:
+    from .training.refl import ReFLConfig, train_refl
+
+    cfg = ReFLConfig.from_yaml(args.config, _overrides(extra))
+    result = train_refl(cfg, progress=not args.no_progress)
+    if "stopped_at" in result:
+        print(f"stopped at step {result['stopped_at']}; a checkpoint was saved, run the same command to resume")
+        return 130
+    keys = ("step", "reward_before", "reward_after", "lora", "nan_skipped")
+    print(json.dumps({k: result[k] for k in keys}))
+    return 0
+
+
 def cmd_eval_rm(args) -> int:
     from .context import RewardContext
     from .model import RewardModel
@@ -193,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML file of RMTrainConfig settings; --key value overrides")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train_rm, takes_extra=True)
+    refl = sub.add_parser("train-refl", help="ReFL: LoRA fine-tuning of a diffusion model with a frozen reward model")
+    refl.add_argument("--config", required=True, help="YAML file of ReFLConfig settings; --key value overrides")
+    refl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    refl.set_defaults(func=cmd_train_refl, takes_extra=True)
     ev = sub.add_parser("eval-rm", help="pairwise accuracy, calibration and position bias on preference pairs")
     ev.add_argument("--model", required=True, help=MODEL_HELP)
     ev.add_argument("--data", required=True, help="a pairs.jsonl file or a folder holding one")

@@ -159,6 +159,7 @@ class Sampler:
     def cfg_on(self) -> bool:
         return self.family != "flux" and self.guidance > 1.0
 
+    @torch.no_grad()
     def _encode(self) -> None:
         p, dev, neg = self.pipe, self.device, self.cfg.negative_prompt
         cond: dict = {}
@@ -246,9 +247,10 @@ class Sampler:
         neg, pos = run(torch.cat([x, x]), "both").chunk(2)
         return neg + self.guidance * (pos - neg)
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0, e)`` predicted from latents ``x`` at level ``k`` (one denoiser evaluation per sample)."""
+        """``(x0, e)`` predicted from latents ``x`` at level ``k`` (one denoiser evaluation per sample).
+
+        Differentiable: call it under ``torch.no_grad()`` when no gradient is wanted (as the search does)."""
         p, c, B = self.pipe, self.cond, x.shape[0]
         a, s = self.levels[k]
         t = self.timesteps[k]

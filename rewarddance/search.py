@@ -341,6 +341,7 @@ def search_cost(steps: int, n: int, m: int, start: int, rounds) -> int:
     return cost + n * (steps - k)
 
 
+@torch.no_grad()
 def search_over_paths(
     pipe,
     rm,

@@ -1,0 +1,477 @@
+"""ReFL: LoRA fine-tuning of a diffusion model against a frozen generative reward model (reads top to bottom).
+
+One step, for each prompt of the batch (as in ImageReward's ReFL and the RewardDance paper):
+
+1. sample a stop level ``k`` uniformly in ``stop_range`` (indices into the ``num_inference_steps`` schedule);
+2. denoise from fresh noise to level ``k`` without gradients;
+3. one denoiser call with gradients predicts ``x0`` (the LoRA weights are the only trainable parameters);
+4. decode ``x0`` with the VAE (gradients flow; checkpointed when asked) into pixels in [0, 1];
+5. reward ``r = rm.reward(pixels, prompt)``, pointwise, or pairwise against the cached best-of-N reference of the
+   prompt (``build_references``; the paper's default);
+6. loss ``relu(hinge_margin - r)`` (``loss="hinge"``) or ``-log r`` (``loss="log"``), times ``reward_scale``,
+   plus ``pretrain_weight`` x the plain diffusion loss on an image-caption folder (ImageReward's regulariser).
+
+Everything that makes a run reproducible and resumable is keyed on ``(seed, step)``: the prompts, the noise and
+the stop level of step ``s`` do not depend on what ran before, so a resumed run equals an uninterrupted one.
+Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..context import RewardContext
+from ..images import ImageError, load_image, to_tensor
+from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
+from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+
+MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
+LOSSES = ("hinge", "log")
+ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class ReFLConfig:
+    """Settings of a ReFL run; ``from_yaml`` reads them; every field has help text."""
+
+    pretrained: str = field(metadata={"help": "diffusers folder, hub id, or single-file checkpoint (.safetensors)"})
+    reward_model: str = field(metadata={"help": "reward model: a Hugging Face id or a local folder"})
+    prompts: list = field(metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"})
+    output_dir: str = field(metadata={"help": "checkpoints, metrics.csv, samples and the LoRA go here"})
+    model_type: str = field(default="auto", metadata={"help": "auto, sd, sdxl, sd3 or flux (single files need it)"})
+    single_file_config: str | None = field(default=None, metadata={"help": "diffusers folder/id for a single file"})
+    eval_prompts: list = field(default_factory=list, metadata={"help": "held-out prompts for the reward curve"})
+    mode: str = field(default="pointwise", metadata={"help": "pointwise, or pairwise against cached references"})
+    references: str | None = field(default=None, metadata={"help": "folder written by build_references (pairwise)"})
+    loss: str = field(default="hinge", metadata={"help": "hinge: relu(hinge_margin - r); log: -log r"})
+    hinge_margin: float = field(default=1.0, metadata={"help": "lambda of the hinge loss"})
+    reward_scale: float = field(default=1.0, metadata={"help": "multiplies the reward loss"})
+    task: str = field(default="alignment", metadata={"help": "reward context task preset"})
+    quantization: str | None = field(default=None, metadata={"help": "reward model in None, 8bit or 4bit"})
+    num_inference_steps: int = field(default=30, metadata={"help": "length of the sampling schedule"})
+    stop_range: list = field(default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"})
+    guidance_scale: float | None = field(default=None, metadata={"help": "CFG scale; None: the pipeline default"})
+    resolution: int | None = field(default=None, metadata={"help": "image side in px; None: the pipeline default"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha"})
+    lora_targets: list = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
+    batch_size: int = field(default=2, metadata={"help": "prompts per step"})
+    grad_accum: int = field(default=1, metadata={"help": "steps of gradient accumulation per optimiser step"})
+    max_steps: int = field(default=100, metadata={"help": "optimiser steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 autocast"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the denoiser and VAE decoder"})
+    offload_reward_model: bool = field(default=False, metadata={"help": "keep the RM on the CPU between steps"})
+    pretrain_data: str | None = field(default=None, metadata={"help": "image-caption folder (manifest.jsonl)"})
+    pretrain_weight: float = field(default=0.0, metadata={"help": "weight of the pretraining diffusion loss"})
+    seed: int = field(default=0, metadata={"help": "seed of prompts, noise and stop levels"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0: only at the end"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint"})
+    eval_every: int = field(default=0, metadata={"help": "score eval_prompts every N steps (0: start and end)"})
+    eval_images: int = field(default=2, metadata={"help": "images per eval prompt"})
+    sample_every: int = field(default=0, metadata={"help": "save a sample grid of eval prompts every N steps"})
+    window: int = field(default=20, metadata={"help": "sliding window of the reward mean / std"})
+    max_nan_steps: int = field(default=5, metadata={"help": "consecutive NaN/inf losses before the run stops"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda ..."})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
+
+    @classmethod
+    def from_yaml(cls, path, overrides: dict | None = None) -> ReFLConfig:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+        raw.update(overrides or {})
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**raw)
+
+    def __post_init__(self):
+        checks = [
+            (self.model_type in MODEL_TYPES, f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"),
+            (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
+            (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
+            (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
+            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
+            (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ReFLConfig: {msg}")
+        lo, hi = self.stop_range
+        if not 0 <= lo <= hi < self.num_inference_steps:
+            raise ValueError(
+                f"ReFLConfig: stop_range {self.stop_range} is outside the schedule of {self.num_inference_steps} "
+                f"steps (need 0 <= lo <= hi <= {self.num_inference_steps - 1})"
+            )
+        if self.mode == "pairwise" and not self.references:
+            raise ValueError("ReFLConfig: mode 'pairwise' needs `references` (a folder from build_references)")
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+def load_pipeline(cfg: ReFLConfig, dtype: torch.dtype):
+    """The diffusers pipeline of ``cfg.pretrained``: a folder / hub id, or a single-file checkpoint."""
+    import diffusers
+
+    classes = {
+        "sd": diffusers.StableDiffusionPipeline,
+        "sdxl": diffusers.StableDiffusionXLPipeline,
+        "sd3": diffusers.StableDiffusion3Pipeline,
+        "flux": diffusers.FluxPipeline,
+    }
+    path = Path(cfg.pretrained)
+    if path.is_file():
+        if cfg.model_type == "auto":
+            raise ValueError(f"{path}: a single-file checkpoint needs model_type (one of sd, sdxl, sd3, flux)")
+        kw = {"config": cfg.single_file_config} if cfg.single_file_config else {}
+        return classes[cfg.model_type].from_single_file(str(path), torch_dtype=dtype, **kw)
+    cls = diffusers.DiffusionPipeline if cfg.model_type == "auto" else classes[cfg.model_type]
+    return cls.from_pretrained(cfg.pretrained, torch_dtype=dtype)
+
+
+def read_prompts(source) -> list[str]:
+    """A list of prompts, or a .txt (one per line) or .jsonl (``prompt`` field) file of them."""
+    if isinstance(source, (list, tuple)):
+        prompts = [str(p) for p in source]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"prompts: no such file {path}")
+        if path.suffix == ".jsonl":
+            prompts = [json.loads(x)["prompt"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        else:
+            prompts = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ValueError("prompts: need at least one prompt, and no empty ones")
+    return prompts
+
+
+def read_pretrain_folder(folder) -> list[tuple[torch.Tensor, str]]:
+    """``(pixels [3, H, W], caption)`` of every item of an image-caption folder (``manifest.jsonl`` with ``image``
+    and ``prompt``, as ShapesWorld writes); any unreadable image is an error naming it, raised before training."""
+    from ..shapes.dataset import read_records, resolve_manifest
+
+    manifest = resolve_manifest(folder)
+    items = []
+    for lineno, rec in enumerate(read_records(manifest), 1):
+        if "image" not in rec or "prompt" not in rec:
+            raise ValueError(f"{manifest}:{lineno}: needs 'image' and 'prompt'")
+        try:
+            items.append((to_tensor(load_image(manifest.parent / rec["image"])), rec["prompt"]))
+        except ImageError as err:
+            raise ValueError(f"{manifest}:{lineno}: {err}") from err
+    if not items:
+        raise ValueError(f"{manifest}: no items")
+    return items
+
+
+def add_lora(denoiser, cfg: ReFLConfig) -> list[torch.nn.Parameter]:
+    """Freeze the denoiser, add a LoRA adapter on its attention, keep the LoRA parameters in fp32."""
+    from peft import LoraConfig
+
+    denoiser.requires_grad_(False)
+    denoiser.add_adapter(
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(cfg.lora_targets),
+        )
+    )
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"lora_targets {cfg.lora_targets} matched no module of the denoiser")
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def save_lora(pipe, denoiser, out_dir) -> Path:
+    """Write the LoRA in diffusers' format: ``pipe.load_lora_weights(out_dir)`` loads it."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    key = "unet_lora_layers" if pipeline_family(pipe) == "unet" else "transformer_lora_layers"
+    type(pipe).save_lora_weights(str(out), **{key: layers}, safe_serialization=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- one step
+def _step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + salt) % (2**63))
+
+
+def reward_of_prompt(pipe, rm, prompt, sampler_cfg, stop: int, noise_seed: int, reference, context):
+    """Steps 2-5 of the module docstring for one prompt: the reward ``[1]`` with gradients to the LoRA."""
+    sampler = Sampler(pipe, prompt, sampler_cfg)
+    x = sampler.initial_latents([noise_seed])
+    with torch.no_grad():
+        for k in range(stop):
+            x, _ = sampler.step(x, k)
+    x0, _ = sampler.predict(x, stop)
+    pixels = decode(pipe, x0, sampler.height, sampler.width)
+    refs = None if reference is None else [reference]
+    return rm.reward(pixels, [prompt], references=refs, context=context)
+
+
+def pretrain_loss(pipe, item, sampler_cfg, gen: torch.Generator) -> torch.Tensor:
+    """The plain diffusion loss on one image-caption item at a random level: noise MSE (VP) or velocity MSE (flow)."""
+    pixels, caption = item
+    sampler = Sampler(pipe, caption, sampler_cfg)
+    vae = pipe.vae
+    with torch.no_grad():
+        size = (sampler.height, sampler.width)
+        img = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False) * 2 - 1
+        lat = vae.encode(img.to(vae.device, vae.dtype)).latent_dist.sample(generator=gen)
+        shift = getattr(vae.config, "shift_factor", None) if sampler.family != "unet" else None
+        lat = (lat - (shift or 0.0)) * vae.config.scaling_factor
+        if sampler.family == "flux":
+            lat = pipe._pack_latents(lat, 1, lat.shape[1], lat.shape[2], lat.shape[3])
+    k = int(torch.randint(0, len(sampler.levels) - 1, (1,), generator=gen))
+    noise = torch.randn(lat.shape, generator=gen).to(lat.device, lat.dtype)
+    x = compose(lat, noise, sampler.levels[k])
+    x0_pred, e_pred = sampler.predict(x, k)
+    if sampler.scheduler_name == "FlowMatchEulerDiscreteScheduler":
+        return F.mse_loss((e_pred - x0_pred).float(), (noise - lat).float())
+    return F.mse_loss(e_pred.float(), noise.float())
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = None, pipe=None, rm=None) -> dict:
+    """Run or resume ReFL. ``pipe`` / ``rm`` may be passed already loaded (tests, notebooks); ``stop_at`` stops
+    after that step as an interruption would (a checkpoint is saved). Returns rewards before/after and the log."""
+    from tqdm.auto import tqdm
+
+    from ..model import RewardModel
+    from ..search import load_references
+
+    # --- everything that can be wrong with the config fails here, before any training
+    out = Path(cfg.output_dir)
+    prompts = read_prompts(cfg.prompts)
+    eval_prompts = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
+    refs = None
+    if cfg.mode == "pairwise":
+        ref_dir = Path(cfg.references)
+        if not (ref_dir / "manifest.jsonl").is_file():
+            raise ValueError(f"references: {ref_dir} has no manifest.jsonl; run build_references first")
+        refs = load_references(ref_dir)
+        missing = [p for p in prompts if p not in refs]
+        if missing:
+            raise ValueError(f"references: {len(missing)} prompts have no cached reference (first: {missing[0]!r})")
+    pretrain = read_pretrain_folder(cfg.pretrain_data) if cfg.pretrain_data and cfg.pretrain_weight > 0 else None
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if pipe is None:
+        pipe = load_pipeline(cfg, dtype).to(device)
+    family = pipeline_family(pipe)
+    check_scheduler(pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    if rm is None:
+        rm = RewardModel.from_pretrained(cfg.reward_model, device=device, quantization=cfg.quantization)
+    rm.model.requires_grad_(False)
+    context = RewardContext(task=cfg.task)
+    reference_images = {p: to_tensor(load_image(v[0])) for p, v in refs.items()} if refs else {}
+
+    # --- the trainable part
+    denoiser = pipe.unet if family == "unet" else pipe.transformer
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    params = add_lora(denoiser, cfg)
+    if cfg.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+        if hasattr(pipe.vae, "enable_gradient_checkpointing"):
+            pipe.vae.enable_gradient_checkpointing()
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    ckpt_dir = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
+    step = 0
+    if cfg.resume and list_checkpoints(ckpt_dir):
+        step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], denoiser, optimizer, scheduler)["step"]
+    size = cfg.resolution
+    sampler_cfg = SamplerConfig(
+        num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, height=size, width=size
+    )
+    if family == "flux":
+        sampler_cfg.max_sequence_length = min(sampler_cfg.max_sequence_length, pipe.tokenizer_2.model_max_length)
+
+    def evaluate(tag: str) -> float | None:
+        if not eval_prompts:
+            return None
+        scores = []
+        with torch.no_grad():
+            for i, prompt in enumerate(eval_prompts):
+                sampler = Sampler(pipe, prompt, sampler_cfg)
+                x = sampler.initial_latents([10_000 + i * 100 + j for j in range(cfg.eval_images)])
+                for k in range(cfg.num_inference_steps):
+                    x, _ = sampler.step(x, k)
+                images = sampler.decode(x)
+                scores.append(rm.score(images, prompt, context=context).p_yes)
+                if tag and cfg.sample_every:
+                    _save_grid(images, out / "samples" / f"{tag}-{i:03d}.png")
+        return float(torch.cat(scores).mean())
+
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
+        if cfg.mixed_precision != "no"
+        else _null()
+    )
+    reward_before = evaluate("") if step == 0 else None
+    window: deque = deque(maxlen=cfg.window)
+    history, nan_run, nan_total = [], 0, 0
+    metrics = out / "metrics.csv"
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
+    with StopFlag() as flag:
+        while step < cfg.max_steps:
+            gen = _step_generator(cfg.seed, step)
+            pre_gen = _step_generator(cfg.seed, step, salt=1)  # its own stream: the reward path stays the same
+            optimizer.zero_grad(set_to_none=True)
+            rewards, total = [], 0.0
+            for _micro in range(cfg.grad_accum):
+                for _b in range(cfg.batch_size):
+                    prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
+                    stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
+                    noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+                    if cfg.offload_reward_model and device.type == "cuda":
+                        rm.model.to(device)
+                    with autocast:
+                        r = reward_of_prompt(
+                            pipe, rm, prompt, sampler_cfg, stop, noise_seed, reference_images.get(prompt), context
+                        )
+                        if cfg.loss == "hinge":
+                            loss = F.relu(cfg.hinge_margin - r).mean()
+                        else:
+                            loss = -torch.log(r.clamp_min(1e-12)).mean()
+                        loss = cfg.reward_scale * loss
+                        if pretrain is not None:
+                            item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
+                            loss = loss + cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen)
+                    loss = loss / (cfg.batch_size * cfg.grad_accum)
+                    if torch.isfinite(loss):
+                        loss.backward()
+                    total += float(loss.detach())
+                    rewards.append(float(r.detach().mean()))
+                    if cfg.offload_reward_model and device.type == "cuda":
+                        rm.model.to("cpu")
+            if not math.isfinite(total):
+                nan_run += 1
+                nan_total += 1
+                optimizer.zero_grad(set_to_none=True)
+                if nan_run >= cfg.max_nan_steps:
+                    save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                    raise RuntimeError(
+                        f"ReFL stopped at step {step}: {nan_run} consecutive NaN/inf losses (lower lr or reward_scale; "
+                        "the last good state is checkpointed)"
+                    )
+            else:
+                nan_run = 0
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+            step += 1
+            window.extend(rewards)
+            row = {
+                "step": step,
+                "loss": total,
+                "reward_mean": sum(rewards) / len(rewards),
+                "reward_std": float(torch.tensor(rewards).std()) if len(rewards) > 1 else 0.0,
+                "window_mean": sum(window) / len(window),
+                "window_std": float(torch.tensor(list(window)).std()) if len(window) > 1 else 0.0,
+                "nan_skipped": nan_total,
+            }
+            history.append(row)
+            _append_csv(metrics, row)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['window_mean']:.4f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                evaluate(f"step-{step:06d}" if cfg.sample_every and step % cfg.sample_every == 0 else "")
+            stopping = flag.stop or (stop_at is not None and step >= stop_at)
+            if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+                save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+            if stopping and step < cfg.max_steps:
+                bar.close()
+                return {"stopped_at": step, "history": history}
+    bar.close()
+    reward_after = evaluate("final" if cfg.sample_every else "")
+    lora_dir = save_lora(pipe, denoiser, out / "lora")
+    _plot(history, out / "reward_curve.png")
+    return {
+        "step": step,
+        "reward_before": reward_before,
+        "reward_after": reward_after,
+        "history": history,
+        "lora": str(lora_dir),
+        "nan_skipped": nan_total,
+    }
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _save_grid(images: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = torch.cat(list(images.detach().float().cpu()), dim=2)  # [3, H, W * n]
+    arr = (row.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
+    Image.fromarray(arr).save(path)
+
+
+def _plot(history: list[dict], path: Path, width: int = 480, height: int = 240) -> None:
+    """A small PNG of the reward mean (blue) and its sliding-window std (orange) per step, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    if len(history) < 2:
+        return
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    for key, colour in (("window_mean", (31, 119, 180)), ("window_std", (255, 127, 14))):
+        vals = [h[key] for h in history]
+        lo, hi = min(vals), max(vals)
+        span = (hi - lo) or 1.0
+        pts = [
+            (10 + i * (width - 20) / (len(vals) - 1), height - 10 - (v - lo) / span * (height - 20))
+            for i, v in enumerate(vals)
+        ]
+        draw.line(pts, fill=colour, width=2)
+    draw.text((12, 8), "reward window mean (blue), std (orange); each scaled to its range", fill="black")
+    img.save(path)
