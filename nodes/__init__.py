@@ -1,0 +1,382 @@
+"""RewardDance ComfyUI nodes (V3 schema). Schemas and argument plumbing only; the logic is ``rewarddance.comfy``."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from ..rewarddance import comfy as rd
+from ..rewarddance.context import COT_MODES, TASK_NAMES
+
+RewardModelType = io.Custom("REWARDDANCE_MODEL")
+ContextType = io.Custom("REWARDDANCE_CONTEXT")
+CATEGORY = "RewardDance"
+
+# ComfyUI's models/rewarddance: each reward model is a folder (a Hugging Face checkpoint), listed by the loader.
+if rd.MODELS_FOLDER not in folder_paths.folder_names_and_paths:
+    folder_paths.add_model_folder_path(rd.MODELS_FOLDER, os.path.join(folder_paths.models_dir, rd.MODELS_FOLDER))
+
+
+def _roots() -> list[str]:
+    return folder_paths.get_folder_paths(rd.MODELS_FOLDER)
+
+
+def _prompt_input(tooltip="the text prompt the images were generated from"):
+    return io.String.Input("prompt", multiline=True, default="", tooltip=tooltip)
+
+
+def _rm_input():
+    return RewardModelType.Input("reward_model", tooltip="a reward model from Load Reward Model")
+
+
+def _ctx_input():
+    return ContextType.Input("context", optional=True, tooltip="task, criteria, chain of thought, reference image")
+
+
+class LoadRewardModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceLoadRewardModel",
+            display_name="Load Reward Model",
+            category=f"{CATEGORY}/loaders",
+            description="Load a vision-language model as a generative reward model (cached between runs).",
+            inputs=[
+                io.Combo.Input(
+                    "model",
+                    options=rd.list_models(_roots()) or ["(none found)"],
+                    tooltip="a model folder in models/rewarddance",
+                ),
+                io.String.Input(
+                    "hf_id", default="", tooltip="or a Hugging Face id (owner/name); when set it wins over `model`"
+                ),
+                io.Combo.Input("dtype", options=list(rd.DTYPES), default="auto", tooltip="weights dtype"),
+                io.Combo.Input(
+                    "quantization",
+                    options=list(rd.QUANTIZATION),
+                    default="none",
+                    tooltip="bitsandbytes 8-bit / 4-bit loading, to fit beside a diffusion model",
+                ),
+                io.Combo.Input("device", options=["auto", "cpu", "cuda"], default="auto", tooltip="where it runs"),
+                io.Boolean.Input(
+                    "offload_others", default=False, tooltip="move other cached reward models to the CPU first"
+                ),
+            ],
+            outputs=[RewardModelType.Output(display_name="reward_model")],
+        )
+
+    @classmethod
+    def execute(cls, model, hf_id, dtype, quantization, device, offload_others) -> io.NodeOutput:
+        name = hf_id.strip() or model
+        if offload_others:
+            rd.CACHE.offload()
+        return io.NodeOutput(rd.CACHE.get(rd.resolve_model(name, _roots()), dtype, quantization, device))
+
+
+class RewardContextNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceContext",
+            display_name="Reward Context",
+            category=CATEGORY,
+            description="What the judge is asked: task preset, criteria, chain of thought, optional reference.",
+            inputs=[
+                io.Combo.Input("task", options=list(TASK_NAMES), default="alignment", tooltip="task preset"),
+                io.String.Input("criteria", multiline=True, default="", tooltip="extra criteria for the judge"),
+                io.Combo.Input("cot", options=list(COT_MODES), default="none", tooltip="chain-of-thought mode"),
+                io.Image.Input("reference", optional=True, tooltip="score pairwise against this image"),
+            ],
+            outputs=[ContextType.Output(display_name="context")],
+        )
+
+    @classmethod
+    def execute(cls, task, criteria, cot, reference=None) -> io.NodeOutput:
+        return io.NodeOutput(rd.make_context(task, criteria, cot, reference))
+
+
+class ScoreImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceScoreImages",
+            display_name="Score Images",
+            category=CATEGORY,
+            description="P(yes) of each image for the prompt; the batch sorted best first.",
+            inputs=[_rm_input(), io.Image.Input("image", tooltip="images to score"), _prompt_input(), _ctx_input()],
+            outputs=[
+                io.Float.Output(display_name="scores", is_output_list=True),
+                io.Image.Output(display_name="sorted"),
+                io.String.Output(display_name="table"),
+                io.String.Output(display_name="reasons"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, reward_model, image, prompt, context=None) -> io.NodeOutput:
+        scores, ordered, table, reasons = rd.score_images(reward_model, image, prompt, context)
+        return io.NodeOutput(scores, ordered, table, reasons)
+
+
+class CompareImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceCompareImages",
+            display_name="Compare Images",
+            category=CATEGORY,
+            description="P(image b is better than image a) for the prompt, and the winner of each pair.",
+            inputs=[
+                _rm_input(),
+                io.Image.Input("image_a", tooltip="image 1 (the reference)"),
+                io.Image.Input("image_b", tooltip="image 2 (the candidate)"),
+                _prompt_input(),
+                _ctx_input(),
+            ],
+            outputs=[
+                io.Float.Output(display_name="p_b_better", is_output_list=True),
+                io.Image.Output(display_name="winner"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, reward_model, image_a, image_b, prompt, context=None) -> io.NodeOutput:
+        p, winners = rd.compare_images(reward_model, image_a, image_b, prompt, context)
+        return io.NodeOutput(p, winners)
+
+
+class BestOfNSelect(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceBestOfN",
+            display_name="Best-of-N Select",
+            category=CATEGORY,
+            description="Keep the top-k images of a batch by reward; latent and mask rows follow the images.",
+            inputs=[
+                _rm_input(),
+                io.Image.Input("image", tooltip="the candidates"),
+                _prompt_input(),
+                io.Int.Input("top_k", default=1, min=1, max=4096, tooltip="how many to keep"),
+                io.Float.Input(
+                    "threshold",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    tooltip="stop this branch when no kept image reaches this score (0: never)",
+                ),
+                io.Combo.Input(
+                    "mode",
+                    options=["pointwise", "tournament"],
+                    default="pointwise",
+                    tooltip="pointwise P(yes), or a pairwise tournament (both orders)",
+                ),
+                io.Latent.Input("latent", optional=True, tooltip="latents of the batch, passed through for the kept"),
+                io.Mask.Input("mask", optional=True, tooltip="masks of the batch, passed through for the kept"),
+                _ctx_input(),
+            ],
+            outputs=[
+                io.Image.Output(display_name="best"),
+                io.Latent.Output(display_name="latent"),
+                io.Mask.Output(display_name="mask"),
+                io.Float.Output(display_name="scores", is_output_list=True),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, reward_model, image, prompt, top_k, threshold, mode, latent=None, mask=None, context=None):
+        sel = rd.select_best(reward_model, image, prompt, top_k, threshold, mode, context)
+        if not sel.passed:
+            best = max(sel.scores[i] for i in sel.indices)
+            return io.NodeOutput(block_execution=f"no image reached the threshold {threshold} (best {best:.4f})")
+        B = image.shape[0]
+        lat = rd.slice_latent(latent, sel.indices, B)
+        msk = rd.slice_mask(mask, sel.indices, B)
+        if lat is None:
+            lat = {"samples": torch.zeros(len(sel.indices), 4, image.shape[1] // 8, image.shape[2] // 8)}
+        if msk is None:
+            msk = torch.zeros(len(sel.indices), image.shape[1], image.shape[2])
+        return io.NodeOutput(sel.images, lat, msk, sel.scores)
+
+
+class RewardGuidedSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="RewardDanceGuidedSampler",
+            display_name="Reward-Guided Sampler",
+            category=CATEGORY,
+            description="Sample with ComfyUI's samplers and let the reward model choose: best-of-N over seeds, or "
+            "search over paths.",
+            inputs=[
+                io.Model.Input("model", tooltip="the diffusion model"),
+                io.Conditioning.Input("positive", tooltip="positive conditioning"),
+                io.Conditioning.Input("negative", tooltip="negative conditioning"),
+                io.Latent.Input("latent_image", tooltip="the starting latent (one image)"),
+                io.Vae.Input("vae", tooltip="decodes candidates for the reward model"),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    tooltip="first seed; candidates use seed, seed+1, ...",
+                ),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="sampling steps"),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, tooltip="classifier-free guidance"),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="sampler"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="noise schedule"),
+                _rm_input(),
+                _prompt_input("the prompt for the reward model (the text of the positive conditioning)"),
+                io.Combo.Input(
+                    "strategy",
+                    options=["best_of_n", "search_over_paths"],
+                    default="best_of_n",
+                    tooltip="best-of-N over seeds, or search over paths (re-noise and denoise the best paths)",
+                ),
+                io.Int.Input(
+                    "budget",
+                    default=4,
+                    min=1,
+                    max=1024,
+                    tooltip="best_of_n: samples; search_over_paths: compute in full samplings (budget x steps)",
+                ),
+                _ctx_input(),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent"),
+                io.Image.Output(display_name="image"),
+                io.Float.Output(display_name="scores", is_output_list=True),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        latent_image,
+        vae,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        reward_model,
+        prompt,
+        strategy,
+        budget,
+        context=None,
+    ) -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.model_sampling
+        import comfy.sample
+        import comfy.samplers
+        import comfy.utils
+
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
+        pbar = comfy.utils.ProgressBar(budget if strategy == "best_of_n" else steps)
+        check = comfy.model_management.throw_exception_if_processing_interrupted
+
+        def run(x, noise_seed, lo, hi, add_noise):
+            noise = comfy.sample.prepare_noise(x, noise_seed) if add_noise else torch.zeros_like(x)
+            return comfy.sample.sample(
+                model,
+                noise,
+                steps,
+                cfg,
+                sampler_name,
+                scheduler,
+                positive,
+                negative,
+                x,
+                disable_noise=not add_noise,
+                start_step=lo,
+                last_step=hi,
+                force_full_denoise=hi >= steps,
+                disable_pbar=True,
+                seed=noise_seed,
+            )
+
+        def decode(x):
+            return vae.decode(x)
+
+        if strategy == "best_of_n":
+            res = rd.best_of_n_seeds(
+                lambda s: run(latent, s, 0, steps, True),
+                decode,
+                reward_model,
+                prompt,
+                seed,
+                budget,
+                steps,
+                context,
+                progress=lambda d, t: pbar.update_absolute(d, t),
+                check_interrupt=check,
+            )
+        else:
+            sampling = model.get_model_object("model_sampling")
+            sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).cpu()
+            const = isinstance(sampling, comfy.model_sampling.CONST)
+
+            def ve(k):  # the noise scale of ComfyUI's intermediate latents at step k
+                s = float(sigmas[k])
+                return s / (1 - s) if const and s < 1 else s
+
+            def renoise(x, level, lo, s):
+                extra = max(ve(lo) ** 2 - ve(level) ** 2, 0.0) ** 0.5
+                g = torch.Generator().manual_seed(s)
+                return x + extra * torch.randn(x.shape, generator=g).to(x.dtype)
+
+            def x0_of(x, k):
+                if k >= steps:
+                    return x
+                euler = comfy.samplers.sampler_object("euler")
+                return comfy.sample.sample_custom(
+                    model,
+                    torch.zeros_like(x),
+                    cfg,
+                    euler,
+                    torch.stack([sigmas[k], sigmas[k] * 0]),
+                    positive,
+                    negative,
+                    x,
+                    disable_pbar=True,
+                    seed=seed,
+                )
+
+            res = rd.search_paths(
+                denoise=lambda x, lo, hi, s: run(x, s, lo, hi, lo == 0),
+                renoise=renoise,
+                x0_of=x0_of,
+                decode=decode,
+                init=lambda s: latent,
+                rm=reward_model,
+                prompt=prompt,
+                seed=seed,
+                steps=steps,
+                n=2,
+                m=2,
+                budget=budget * steps,
+                context=context,
+                progress=lambda d, t: pbar.update_absolute(d, t),
+                check_interrupt=check,
+            )
+        return io.NodeOutput({"samples": res.latent}, res.image, res.scores)
+
+
+class RewardDanceExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [LoadRewardModel, RewardContextNode, ScoreImages, CompareImages, BestOfNSelect, RewardGuidedSampler]
+
+
+async def comfy_entrypoint() -> RewardDanceExtension:
+    return RewardDanceExtension()

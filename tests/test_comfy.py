@@ -1,0 +1,160 @@
+"""The ComfyUI nodes' logic (``rewarddance.comfy``) with ComfyUI-shaped tensors and a tiny reward model; no ComfyUI."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from rewarddance import comfy as rd
+from rewarddance.comfy import NodeInputError
+
+PROMPT = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def rm(rm_cache):
+    return rm_cache("llava")
+
+
+def _images(n, h=40, w=40, seed=0):
+    return torch.rand(n, h, w, 3, generator=torch.Generator().manual_seed(seed))  # ComfyUI IMAGE [B, H, W, C]
+
+
+def test_conversions_round_trip_and_reject_bad_shapes():
+    img = _images(2, 8, 12)
+    px = rd.to_bchw(img)
+    assert px.shape == (2, 3, 8, 12) and torch.equal(rd.to_bhwc(px), img)
+    assert rd.to_bchw(torch.rand(1, 8, 8, 4)).shape == (1, 3, 8, 8)  # alpha dropped
+    with pytest.raises(NodeInputError, match="the batch is empty"):
+        rd.to_bchw(torch.rand(0, 8, 8, 3))
+    with pytest.raises(NodeInputError, match=r"image_b: expected an IMAGE batch \[B, H, W, 3\]"):
+        rd.to_bchw(torch.rand(3, 8, 8), "image_b")
+    bad = _images(1)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NodeInputError, match="NaN"):
+        rd.to_bchw(bad)
+
+
+def test_score_images_sorts_and_matches_the_api(rm):
+    img = _images(3)
+    scores, ordered, table, reasons = rd.score_images(rm, img, PROMPT)
+    want = rm.score(rd.to_bchw(img), PROMPT).p_yes.tolist()
+    assert scores == pytest.approx(want, abs=1e-6)
+    order = sorted(range(3), key=lambda i: -want[i])
+    assert torch.equal(ordered, img[order])
+    assert table.splitlines()[1].split()[1] == str(order[0]) and reasons == ""
+    ctx = rd.make_context(reference=_images(1, seed=9))
+    pw, _, _, _ = rd.score_images(rm, img, PROMPT, ctx)
+    ref = rd.to_bchw(_images(1, seed=9))[0]
+    assert pw == pytest.approx(rm.compare(rd.to_bchw(img), [ref] * 3, PROMPT).p_yes.tolist(), abs=1e-6)
+
+
+def test_compare_images_broadcasts_and_checks_batches(rm):
+    a, b = _images(1, seed=1), _images(2, seed=2)
+    p, winners = rd.compare_images(rm, a, b, PROMPT)
+    want = rm.compare(list(rd.to_bchw(b)), [rd.to_bchw(a)[0]] * 2, PROMPT).p_yes.tolist()
+    assert p == pytest.approx(want, abs=1e-6) and winners.shape == (2, 40, 40, 3)
+    for i in range(2):
+        assert torch.allclose(winners[i], (b[i] if want[i] > 0.5 else a[0]), atol=1e-6)
+    with pytest.raises(NodeInputError, match="image_a has 2 images and image_b 3"):
+        rd.compare_images(rm, _images(2), _images(3), PROMPT)
+
+
+def test_select_best_with_latent_and_mask_passthrough(rm):
+    img = _images(4, seed=3)
+    latent = {"samples": torch.arange(4.0).view(4, 1, 1, 1).expand(4, 4, 5, 5).clone()}
+    mask = torch.arange(4.0).view(4, 1, 1).expand(4, 40, 40).clone()
+    sel = rd.select_best(rm, img, PROMPT, top_k=2)
+    scores = rm.score(rd.to_bchw(img), PROMPT).p_yes.tolist()
+    assert sel.indices == sorted(range(4), key=lambda i: -scores[i])[:2] and sel.passed
+    lat = rd.slice_latent(latent, sel.indices, 4)
+    assert lat["samples"][:, 0, 0, 0].tolist() == [float(i) for i in sel.indices]
+    assert rd.slice_mask(mask, sel.indices, 4)[:, 0, 0].tolist() == [float(i) for i in sel.indices]
+    assert not rd.select_best(rm, img, PROMPT, top_k=1, threshold=0.99).passed  # stops the branch
+    tour = rd.select_best(rm, img, PROMPT, top_k=1, mode="tournament")
+    assert len(tour.scores) == 4 and tour.indices[0] in range(4)
+    with pytest.raises(NodeInputError, match="top_k = 5 but the batch holds 4 images"):
+        rd.select_best(rm, img, PROMPT, top_k=5)
+    with pytest.raises(NodeInputError, match="latent batch 3 does not match the image batch 4"):
+        rd.slice_latent({"samples": torch.zeros(3, 4, 5, 5)}, [0], 4)
+
+
+def test_model_lookup_and_cache(tiny_vlm, tmp_path):
+    root = tmp_path / "models" / "rewarddance"
+    shutil.copytree(tiny_vlm("llava"), root / "tiny-llava")
+    (root / "not-a-model").mkdir()
+    roots = [str(root)]
+    assert rd.list_models(roots) == ["tiny-llava"]
+    path = rd.resolve_model("tiny-llava", roots)
+    cache = rd.ModelCache()
+    first = cache.get(path, "float32", "none", "cpu")
+    assert cache.get(path, "float32", "none", "cpu") is first  # cached between runs
+    assert rd.resolve_model("Qwen/Qwen2-VL-2B-Instruct", roots) == "Qwen/Qwen2-VL-2B-Instruct"
+    with pytest.raises(NodeInputError, match="outside the models folder"):
+        rd.resolve_model("../../etc", roots)
+    with pytest.raises(NodeInputError, match="not found"):
+        rd.resolve_model("missing-model", roots)
+    with pytest.raises(NodeInputError, match="quantization must be one of"):
+        cache.get(path, "float32", "3bit", "cpu")
+
+
+def test_best_of_n_seeds_keeps_the_best(rm):
+    def sample(seed):  # a "sampler": a latent whose decoded image depends on the seed
+        return torch.full((1, 4, 5, 5), float(seed))
+
+    def decode(latent):
+        v = (latent[0, 0, 0, 0].item() % 5) / 5
+        return torch.full((1, 40, 40, 3), v)
+
+    calls = []
+    res = rd.best_of_n_seeds(
+        sample, decode, rm, PROMPT, seed=10, n=5, steps=20, progress=lambda d, t: calls.append((d, t))
+    )
+    assert res.seeds == [10, 11, 12, 13, 14] and calls[-1] == (5, 5) and res.evaluations == 100
+    best = max(range(5), key=lambda i: res.scores[i])
+    assert res.latent[0, 0, 0, 0].item() == 10 + best
+    with pytest.raises(NodeInputError, match="at least one sample"):
+        rd.best_of_n_seeds(sample, decode, rm, PROMPT, seed=0, n=0, steps=20)
+
+    def interrupted():
+        raise KeyboardInterrupt("stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        rd.best_of_n_seeds(sample, decode, rm, PROMPT, seed=0, n=3, steps=20, check_interrupt=interrupted)
+
+
+def test_search_paths_with_host_callbacks(rm):
+    """The search loop with a toy host sampler: a latent is a level counter plus a value; budget respected."""
+    steps, spent = 8, []
+
+    def denoise(x, lo, hi, seed):
+        spent.append(hi - lo)
+        return x + (hi - lo) * 0.01
+
+    res = rd.search_paths(
+        denoise=denoise,
+        renoise=lambda x, level, lo, s: x + 0.001 * (s % 7),
+        x0_of=lambda x, k: x,
+        decode=lambda x: x.mean().clamp(0, 1).expand(1, 40, 40, 3),
+        init=lambda s: torch.full((2, 3, 3), 0.1 * (s % 3)),
+        rm=rm,
+        prompt=PROMPT,
+        seed=1,
+        steps=steps,
+        n=2,
+        m=2,
+        start=2,
+        forward=1,
+        backward=3,
+        budget=4 * steps,
+    )
+    from rewarddance.search import plan_search, search_cost
+
+    rounds = plan_search(steps, 2, 2, 2, 1, 3)
+    while search_cost(steps, 2, 2, 2, rounds) > 4 * steps:
+        rounds = rounds[:-1]
+    assert rounds and sum(spent) == search_cost(steps, 2, 2, 2, rounds) <= 4 * steps  # denoising within budget
+    assert res.evaluations == sum(spent) + 4 * len(rounds)  # plus one x0 estimate per child
+    assert res.image.shape == (1, 40, 40, 3) and len(res.scores) > 2
