@@ -17,8 +17,7 @@ ContextType = io.Custom("REWARDDANCE_CONTEXT")
 CATEGORY = "RewardDance"
 
 # ComfyUI's models/rewarddance: each reward model is a folder (a Hugging Face checkpoint), listed by the loader.
-if rd.MODELS_FOLDER not in folder_paths.folder_names_and_paths:
-    folder_paths.add_model_folder_path(rd.MODELS_FOLDER, os.path.join(folder_paths.models_dir, rd.MODELS_FOLDER))
+folder_paths.add_model_folder_path(rd.MODELS_FOLDER, os.path.join(folder_paths.models_dir, rd.MODELS_FOLDER))
 
 
 def _roots() -> list[str]:
