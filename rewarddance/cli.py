@@ -22,7 +22,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="torch dtype, e.g. float32 or bfloat16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantisation")
-    p.add_argument("--batch-size", type=int, default=None, help="items per forward pass (default: all)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="items per forward pass (default: all on a GPU, 4 on the CPU)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 
