@@ -144,29 +144,31 @@ def _overrides(extra: list[str]) -> dict:
     return out
 
 
-def cmd_train_rm(args, extra: list[str]) -> int:
-    from .training.rm import RMTrainConfig, train_rm
-
-    cfg = RMTrainConfig.from_yaml(args.config, _overrides(extra))
-    result = train_rm(cfg, progress=not args.no_progress)
+def _train(config_cls, train_fn, args, extra: list[str], summary) -> int:
+    """A trainer command: YAML config plus ``--key value`` overrides; 130 when interrupted (a checkpoint is saved)."""
+    cfg = config_cls.from_yaml(args.config, _overrides(extra))
+    result = train_fn(cfg, progress=not args.no_progress)
     if "stopped_at" in result:
         print(f"stopped at step {result['stopped_at']}; a checkpoint was saved, run the same command to resume")
         return 130
-    print(json.dumps({"step": result["step"], "eval": result["eval"], "final": str(Path(cfg.output_dir) / "final")}))
+    print(json.dumps(summary(cfg, result)))
     return 0
+
+
+def cmd_train_rm(args, extra: list[str]) -> int:
+    from .training.rm import RMTrainConfig, train_rm
+
+    def summary(cfg, r):
+        return {"step": r["step"], "eval": r["eval"], "final": str(Path(cfg.output_dir) / "final")}
+
+    return _train(RMTrainConfig, train_rm, args, extra, summary)
 
 
 def cmd_train_refl(args, extra: list[str]) -> int:
     from .training.refl import ReFLConfig, train_refl
 
-    cfg = ReFLConfig.from_yaml(args.config, _overrides(extra))
-    result = train_refl(cfg, progress=not args.no_progress)
-    if "stopped_at" in result:
-        print(f"stopped at step {result['stopped_at']}; a checkpoint was saved, run the same command to resume")
-        return 130
     keys = ("step", "reward_before", "reward_after", "lora", "nan_skipped")
-    print(json.dumps({k: result[k] for k in keys}))
-    return 0
+    return _train(ReFLConfig, train_refl, args, extra, lambda cfg, r: {k: r[k] for k in keys})
 
 
 def cmd_eval_rm(args) -> int:

@@ -22,7 +22,7 @@ import csv
 import json
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from ..context import RewardContext
 from ..images import ImageError, load_image, to_tensor
 from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import config_from_yaml
 
 MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
 LOSSES = ("hinge", "log")
@@ -88,15 +89,7 @@ class ReFLConfig:
 
     @classmethod
     def from_yaml(cls, path, overrides: dict | None = None) -> ReFLConfig:
-        import yaml
-
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-        raw.update(overrides or {})
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**raw)
+        return config_from_yaml(cls, path, overrides)
 
     def __post_init__(self):
         checks = [

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from ..context import RewardContext
 from ..kernels import selected_logprobs, yes_prob
 from ..model import RewardModel
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import config_from_yaml
 from .data import PreferencePair, load_pair_images, read_pairs
 
 OBJECTIVES = ("pointwise", "pairwise")
@@ -102,19 +103,8 @@ class RMTrainConfig:
         RewardContext(task=self.task, cot=self.cot)  # validates task and cot
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: dict | None = None) -> RMTrainConfig:
-        import yaml
-
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-        raw.update(overrides or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**raw)
+    def from_yaml(cls, path, overrides: dict | None = None) -> RMTrainConfig:
+        return config_from_yaml(cls, path, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- batches
