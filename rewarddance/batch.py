@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .distributed import process_state, sum_over_processes
 from .images import ImageError, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -208,18 +209,6 @@ def _score_chunk(rm, chunk: Sequence[BatchItem], context, skip_bad: bool, bad: l
     return rows
 
 
-def _distributed_state():
-    """accelerate's process state when launched with several processes, else None (no accelerate import)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    from accelerate import PartialState
-
-    # accelerate only starts a gloo (CPU) group when asked for the CPU; torchrun-style launches on machines without
-    # CUDA (``accelerate launch --multi_gpu`` there, or ``torchrun``) need that said.
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
 def score_files(
     rm,
     items: Sequence[BatchItem],
@@ -237,7 +226,7 @@ def score_files(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     errors_path = Path(errors_path) if errors_path else output.with_name(output.name + ".errors.jsonl")
-    state = _distributed_state()
+    state = process_state()
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     parts = sorted(output.parent.glob(output.name + ".part*"))
     done = _done_ids(output).union(*(_done_ids(p) for p in parts))
@@ -261,7 +250,7 @@ def score_files(
             _merge_parts(output, errors_path, world)
         state.wait_for_everyone()
         report.bad = [json.loads(x) for x in errors_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        report.written = _gather_sum(state, report.written)
+        report.written = sum_over_processes(report.written, state)
     else:
         errors_path.write_text("".join(json.dumps(b) + "\n" for b in report.bad), encoding="utf-8")
     if not report.bad:
@@ -284,12 +273,3 @@ def _merge_parts(output: Path, errors_path: Path, world: int) -> None:
             bad += [x for x in part.read_text(encoding="utf-8").splitlines() if x.strip()]
             part.unlink()
     errors_path.write_text("".join(x + "\n" for x in bad), encoding="utf-8")
-
-
-def _gather_sum(state, n: int) -> int:
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([n], dtype=torch.long, device=state.device)
-    dist.all_reduce(t)
-    return int(t.item())

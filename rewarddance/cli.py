@@ -159,7 +159,14 @@ def cmd_train_rm(args, extra: list[str]) -> int:
     from .training.rm import RMTrainConfig, train_rm
 
     def summary(cfg, r):
-        return {"step": r["step"], "eval": r["eval"], "final": str(Path(cfg.output_dir) / "final")}
+        final = str(Path(cfg.output_dir) / "final")
+        return {
+            "step": r["step"],
+            "eval": r["eval"],
+            "final": final,
+            "processes": r["processes"],
+            "checksum": r["checksum"],
+        }
 
     return _train(RMTrainConfig, train_rm, args, extra, summary)
 
@@ -167,7 +174,7 @@ def cmd_train_rm(args, extra: list[str]) -> int:
 def cmd_train_refl(args, extra: list[str]) -> int:
     from .training.refl import ReFLConfig, train_refl
 
-    keys = ("step", "reward_before", "reward_after", "lora", "nan_skipped")
+    keys = ("step", "reward_before", "reward_after", "lora", "nan_skipped", "processes", "lora_checksum")
     return _train(ReFLConfig, train_refl, args, extra, lambda cfg, r: {k: r[k] for k in keys})
 
 

@@ -168,3 +168,48 @@ def test_bad_configs_fail_before_training(smooth_rm, tmp_path):
     with pytest.raises(ValueError, match=r"manifest.jsonl:2: .*id-000001.png"):
         train_refl(_cfg(tmp_path / "o2", pretrain_data=str(data), pretrain_weight=0.5), pipe=_pipe("sd"), rm=smooth_rm)
     assert not (tmp_path / "o2" / "checkpoints").exists()
+
+
+def test_two_processes_train_in_step(tiny_vlm, tmp_path):
+    """``accelerate launch`` with 2 CPU processes: each draws its own prompts and noise, gradients are averaged, so
+    both end with the same LoRA; the main process alone writes checkpoints, metrics and the LoRA."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    pipe_dir = tmp_path / "pipe"
+    build_tiny_pipeline("sd", "ddim").save_pretrained(pipe_dir)
+    out = tmp_path / "out"
+    settings = dict(
+        pretrained=str(pipe_dir),
+        reward_model=tiny_vlm("llava", init_std=0.02),
+        prompts=PROMPTS,
+        output_dir=str(out),
+        num_inference_steps=6,
+        stop_range=[4, 5],
+        resolution=32,
+        lora_rank=4,
+        lora_alpha=4,
+        lr=3e-2,
+        batch_size=1,
+        max_steps=3,
+        save_every=0,
+        eval_prompts=[],
+        device="cpu",
+    )
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    cmd += ["-m", "rewarddance.cli", "train-refl", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert len(rows) == 2 and all(r["processes"] == 2 and r["step"] == 3 for r in rows)
+    assert rows[0]["lora_checksum"] == pytest.approx(rows[1]["lora_checksum"], rel=1e-9)
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 steps, written once

@@ -255,3 +255,38 @@ def test_accuracy_rises_from_chance(tiny_vlm, shapes_splits, tmp_path, objective
     print(objective, "before", before, "after", result["eval"])
     assert 0.3 <= before <= 0.7
     assert result["eval"]["id"]["accuracy"] >= 0.8
+
+
+def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path):
+    """``accelerate launch`` with 2 CPU processes: each takes half of a global batch, gradients are averaged, both
+    end with the same weights; only the main process writes checkpoints and the final model."""
+    import shutil
+
+    out = tmp_path / "out"
+    settings = dict(
+        model=tiny_vlm(FAMILY),
+        data=str(pairs_dir),
+        output_dir=str(out),
+        batch_size=2,
+        max_steps=3,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=0,
+        eval_every=0,
+        train="lora",
+        lora_rank=4,
+        seed=3,
+    )
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541"]
+    cmd += ["-m", "rewarddance.cli", "train-rm", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert len(rows) == 2 and all(r["processes"] == 2 and r["step"] == 3 for r in rows)
+    assert rows[0]["checksum"] == pytest.approx(rows[1]["checksum"], rel=1e-9)
+    assert (out / "final" / "model.safetensors").is_file()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..context import RewardContext
+from ..distributed import any_process, average_gradients, process_state
 from ..images import ImageError, load_image, to_tensor
 from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
@@ -269,7 +270,10 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         if missing:
             raise ValueError(f"references: {len(missing)} prompts have no cached reference (first: {missing[0]!r})")
     pretrain = read_pretrain_folder(cfg.pretrain_data) if cfg.pretrain_data and cfg.pretrain_weight > 0 else None
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = process_state()  # several processes under accelerate launch: data parallel, gradients averaged
+    rank = state.process_index if state else 0
+    main = rank == 0
+    device = torch.device(cfg.device or (state.device if state else ("cuda" if torch.cuda.is_available() else "cpu")))
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if pipe is None:
         pipe = load_pipeline(cfg, dtype).to(device)
@@ -288,6 +292,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the LoRA's random init: the same on every process and every run
     params = add_lora(denoiser, cfg)
     if cfg.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
@@ -302,7 +307,8 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     ckpt_dir = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
+    if main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
     step = 0
     if cfg.resume and list_checkpoints(ckpt_dir):
         step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], denoiser, optimizer, scheduler)["step"]
@@ -314,7 +320,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         sampler_cfg.max_sequence_length = min(sampler_cfg.max_sequence_length, pipe.tokenizer_2.model_max_length)
 
     def evaluate(tag: str) -> float | None:
-        if not eval_prompts:
+        if not eval_prompts or not main:
             return None
         scores = []
         with torch.no_grad():
@@ -341,8 +347,8 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
     with StopFlag() as flag:
         while step < cfg.max_steps:
-            gen = _step_generator(cfg.seed, step)
-            pre_gen = _step_generator(cfg.seed, step, salt=1)  # its own stream: the reward path stays the same
+            gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
+            pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # its own stream: the reward path is unchanged
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
             for _micro in range(cfg.grad_accum):
@@ -371,18 +377,20 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                     rewards.append(float(r.detach().mean()))
                     if cfg.offload_reward_model and device.type == "cuda":
                         rm.model.to("cpu")
-            if not math.isfinite(total):
+            if any_process(not math.isfinite(total), state):
                 nan_run += 1
                 nan_total += 1
                 optimizer.zero_grad(set_to_none=True)
                 if nan_run >= cfg.max_nan_steps:
-                    save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                    if main:
+                        save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
                     raise RuntimeError(
                         f"ReFL stopped at step {step}: {nan_run} consecutive NaN/inf losses (lower lr or reward_scale; "
                         "the last good state is checkpointed)"
                     )
             else:
                 nan_run = 0
+                average_gradients(params, state)
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
@@ -398,22 +406,32 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 "nan_skipped": nan_total,
             }
             history.append(row)
-            _append_csv(metrics, row)
+            if main:
+                _append_csv(metrics, row)
             bar.update(1)
             bar.set_postfix(reward=f"{row['window_mean']:.4f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 evaluate(f"step-{step:06d}" if cfg.sample_every and step % cfg.sample_every == 0 else "")
-            stopping = flag.stop or (stop_at is not None and step >= stop_at)
+            stopping = any_process(flag.stop or (stop_at is not None and step >= stop_at), state)
             if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-                save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                if main:
+                    save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                if state:
+                    state.wait_for_everyone()
             if stopping and step < cfg.max_steps:
                 bar.close()
                 return {"stopped_at": step, "history": history}
     bar.close()
     reward_after = evaluate("final" if cfg.sample_every else "")
-    lora_dir = save_lora(pipe, denoiser, out / "lora")
-    _plot(history, out / "reward_curve.png")
+    lora_dir = out / "lora"
+    if main:
+        save_lora(pipe, denoiser, lora_dir)
+        _plot(history, out / "reward_curve.png")
+    if state:
+        state.wait_for_everyone()
     return {
+        "processes": state.num_processes if state else 1,
+        "lora_checksum": float(sum(p.detach().double().abs().sum() for p in params)),
         "step": step,
         "reward_before": reward_before,
         "reward_after": reward_after,

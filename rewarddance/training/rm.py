@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..context import RewardContext
+from ..distributed import any_process, average_gradients, process_state
 from ..kernels import selected_logprobs, yes_prob
 from ..model import RewardModel
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
@@ -349,7 +350,10 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    rm = RewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=cfg.device, quantization=cfg.quantization)
+    state = process_state()  # several processes: each takes its slice of a batch_size x processes global batch
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    device = cfg.device or (str(state.device) if state else None)
+    rm = RewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=device, quantization=cfg.quantization)
     context = RewardContext(task=cfg.task, cot=cfg.cot)
     module = _trainable(rm, cfg)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -358,13 +362,14 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     ckpt_dir = out / "checkpoints"
     step = 0
     if cfg.resume and list_checkpoints(ckpt_dir):
-        state = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler)
-        step = state["step"]
+        step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler)["step"]
     metrics_path = out / "metrics.csv"
     history: list[dict] = []
     results: dict = {}
 
     def evaluate(at: int) -> dict:
+        if rank != 0:
+            return {}
         rm.model.eval()
         res = {name: evaluate_pairs(rm, ps, cfg.objective, context, cfg.eval_batch_size) for name, ps in evals.items()}
         with open(out / "eval.jsonl", "a", encoding="utf-8") as f:
@@ -375,10 +380,12 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     with StopFlag() as flag:
         while step < cfg.max_steps:
             rm.model.train()
-            items = _items(_batch_pairs(pairs, step, cfg.batch_size, cfg.seed), cfg.objective, cfg.cot)
+            batch = _batch_pairs(pairs, step, cfg.batch_size * world, cfg.seed)
+            items = _items(batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size], cfg.objective, cfg.cot)
             parts = compute_loss(rm, items, cfg, context)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
+            average_gradients(params, state)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -387,21 +394,36 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            if rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
                 _append_csv(metrics_path, history[-cfg.log_every :])
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and evals:
                 results = evaluate(step)
             last = step == cfg.max_steps
-            if flag.stop or last or (cfg.save_every and step % cfg.save_every == 0):
-                save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, keep=cfg.keep_checkpoints)
-            if flag.stop:
+            stop = any_process(flag.stop, state)
+            if stop or last or (cfg.save_every and step % cfg.save_every == 0):
+                if rank == 0:
+                    save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                if state:
+                    state.wait_for_everyone()
+            if stop:
                 bar.close()
                 return {"stopped_at": step, "history": history}
     bar.close()
     if evals:
         results = evaluate(step)
-    save_reward_model(rm, out / "final", merge=cfg.merge)
-    return {"eval": results, "history": history, "skipped": skipped, "step": step}
+    if rank == 0:
+        save_reward_model(rm, out / "final", merge=cfg.merge)
+    if state:
+        state.wait_for_everyone()
+    checksum = float(sum(p.detach().double().abs().sum() for p in params))
+    return {
+        "eval": results,
+        "history": history,
+        "skipped": skipped,
+        "step": step,
+        "processes": world,
+        "checksum": checksum,
+    }
 
 
 def _append_csv(path: Path, rows: list[dict]) -> None:
