@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -347,6 +348,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
     with StopFlag() as flag:
         while step < cfg.max_steps:
+            started = time.perf_counter()
             gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
             pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # its own stream: the reward path is unchanged
             optimizer.zero_grad(set_to_none=True)
@@ -404,6 +406,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 "window_mean": sum(window) / len(window),
                 "window_std": float(torch.tensor(list(window)).std()) if len(window) > 1 else 0.0,
                 "nan_skipped": nan_total,
+                "seconds": time.perf_counter() - started,
             }
             history.append(row)
             if main:
