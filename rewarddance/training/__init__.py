@@ -1,5 +1,4 @@
-"""Trainers: reward-model training (``rm``) and, in a later release, ReFL alignment of diffusion models.
-
-``rewarddance train-rm --config cfg.yaml`` runs :func:`rm.train_rm`; checkpoints are atomic and resumable
-(:mod:`.checkpoint`); preference data is ShapesWorld's ``pairs.jsonl`` format (:mod:`.data`).
+"""Trainers: reward-model training (:mod:`.rm`, ``rewarddance train-rm``) and ReFL alignment of diffusion models
+(:mod:`.refl`, ``rewarddance train-refl``). Checkpoints are atomic and resumable (:mod:`.checkpoint`); preference
+data is ShapesWorld's ``pairs.jsonl`` format (:mod:`.data`).
 """
