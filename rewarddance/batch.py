@@ -50,6 +50,7 @@ class BatchReport:
     bad: list[dict] = field(default_factory=list)
     errors_path: Path | None = None
     processes: int = 1
+    main: bool = True  # the main process (the one that reports)
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -235,7 +236,9 @@ def score_files(
     pending = sorted((it for it in items if it.id not in done), key=lambda it: (it.reference or "", it.prompt or ""))
     mine = pending[rank::world]
     target = output.with_name(f"{output.name}.part{rank}") if state else output
-    report = BatchReport(already_done=len(items) - len(pending), errors_path=errors_path, processes=world)
+    report = BatchReport(
+        already_done=len(items) - len(pending), errors_path=errors_path, processes=world, main=rank == 0
+    )
     bar = tqdm(total=len(mine), desc="scoring", unit="img", disable=not progress or rank != 0)
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]

@@ -109,7 +109,8 @@ def cmd_score_batch(args) -> int:
             msg += f"\n  {b['error']}"
         if len(bad) > 20:
             msg += f"\n  ... {len(bad) - 20} more in {report.errors_path}"
-    print(msg, file=sys.stderr)
+    if report.main:
+        print(msg, file=sys.stderr)
     return 0
 
 
@@ -151,7 +152,8 @@ def _train(config_cls, train_fn, args, extra: list[str], summary) -> int:
     if "stopped_at" in result:
         print(f"stopped at step {result['stopped_at']}; a checkpoint was saved, run the same command to resume")
         return 130
-    print(json.dumps(summary(cfg, result)))
+    sys.stdout.write(json.dumps(summary(cfg, result)) + "\n")  # one write: processes share stdout
+    sys.stdout.flush()
     return 0
 
 

@@ -286,8 +286,23 @@ def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    rows = _json_objects(proc.stdout)  # the two processes share stdout: their lines may interleave
     assert len(rows) == 2 and all(r["processes"] == 2 and r["step"] == 3 for r in rows)
     assert rows[0]["checksum"] == pytest.approx(rows[1]["checksum"], rel=1e-9)
     assert (out / "final" / "model.safetensors").is_file()
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
+
+
+def _json_objects(text: str) -> list[dict]:
+    """Every JSON object in ``text``, wherever the lines were cut."""
+    decoder, out, i = json.JSONDecoder(), [], text.find("{")
+    while i != -1:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(obj, dict) and "processes" in obj:
+            out.append(obj)
+        i = text.find("{", end)
+    return out
