@@ -158,3 +158,24 @@ def test_search_paths_with_host_callbacks(rm):
     assert rounds and sum(spent) == search_cost(steps, 2, 2, 2, rounds) <= 4 * steps  # denoising within budget
     assert res.evaluations == sum(spent) + 4 * len(rounds)  # plus one x0 estimate per child
     assert res.image.shape == (1, 40, 40, 3) and len(res.scores) > 2
+
+
+def test_pack_entry_point_is_light():
+    """ComfyUI imports the repository root as a package; that import must not pull in torch or the nodes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('rewarddance_pack', {str(root / '__init__.py')!r},"
+        f" submodule_search_locations=[{str(root)!r}])\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules['rewarddance_pack'] = mod\n"
+        "spec.loader.exec_module(mod)\n"
+        "import inspect\n"
+        "assert inspect.iscoroutinefunction(mod.comfy_entrypoint)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'rewarddance_pack.nodes') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
