@@ -510,6 +510,9 @@ class RewardModel:
                 **self._to_model(inputs), max_new_tokens=context.max_reason_tokens, do_sample=False
             )
             reasons = [r.strip() for r in self.tokenizer.batch_decode(gen[:, L:], skip_special_tokens=True)]
+            if context.cot == "reasoning_first":
+                # a judge trained by train-rm writes "<reason>\nFinal answer (yes or no): ..."; keep the reason only
+                reasons = [r.split("Final answer")[0].strip() for r in reasons]
             if context.cot == "judgment_first":
                 p, m = self._read(self._last_hidden(inputs), context)
             else:
