@@ -306,3 +306,18 @@ def _json_objects(text: str) -> list[dict]:
             out.append(obj)
         i = text.find("{", end)
     return out
+
+
+def test_lora_on_an_8bit_base(tiny_vlm, pairs_dir, tmp_path):
+    """QLoRA style: the base loads in 8-bit (bitsandbytes, on the CPU here), LoRA trains in full precision, and the
+    adapter folder loads back over an 8-bit base."""
+    cfg = _cfg(tiny_vlm(FAMILY), pairs_dir, tmp_path / "q", quantization="8bit", merge=False, max_steps=2)
+    res = train_rm(cfg, progress=False)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res["history"])
+    loaded = RewardModel.from_pretrained(tmp_path / "q" / "final", device="cpu", quantization="8bit")
+    base = RewardModel.from_pretrained(tiny_vlm(FAMILY), device="cpu", quantization="8bit")
+    assert any("Linear8bitLt" in type(m).__name__ for m in loaded.model.modules())
+    pairs, _ = read_pairs(pairs_dir)
+    a = loaded.score([pairs[0].chosen], pairs[0].prompt).margin
+    b = base.score([pairs[0].chosen], pairs[0].prompt).margin
+    assert torch.isfinite(a).all() and (a - b).abs().item() > 1e-4  # the adapter is applied
