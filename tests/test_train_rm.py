@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,8 +262,6 @@ def test_accuracy_rises_from_chance(tiny_vlm, shapes_splits, tmp_path, objective
 def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path):
     """``accelerate launch`` with 2 CPU processes: each takes half of a global batch, gradients are averaged, both
     end with the same weights; only the main process writes checkpoints and the final model."""
-    import shutil
-
     out = tmp_path / "out"
     settings = dict(
         model=tiny_vlm(FAMILY),
@@ -321,3 +320,45 @@ def test_lora_on_an_8bit_base(tiny_vlm, pairs_dir, tmp_path):
     a = loaded.score([pairs[0].chosen], pairs[0].prompt).margin
     b = base.score([pairs[0].chosen], pairs[0].prompt).margin
     assert torch.isfinite(a).all() and (a - b).abs().item() > 1e-4  # the adapter is applied
+
+
+def test_parquet_pairs_in_pick_a_pic_and_hpd_layouts(tiny_vlm, pairs_dir, tmp_path):
+    """Parquet preference data: Pick-a-Pic columns (image bytes, label_0; ties skipped) and HPDv2 columns (paths,
+    human_preference); a broken image is an error naming the file and row, or a reported skip; training runs on it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pairs, _ = read_pairs(pairs_dir)
+    raw = [(p.prompt, Path(p.chosen).read_bytes(), Path(p.rejected).read_bytes()) for p in pairs[:6]]
+    folder = tmp_path / "pick"
+    folder.mkdir()
+    table = {
+        "caption": [r[0] for r in raw],
+        "jpg_0": [r[1] if i % 2 == 0 else r[2] for i, r in enumerate(raw)],  # the preferred image alternates sides
+        "jpg_1": [r[2] if i % 2 == 0 else r[1] for i, r in enumerate(raw)],
+        "label_0": [1.0, 0.0, 1.0, 0.0, 0.5, 1.0],  # row 5 is a tie
+    }
+    table["jpg_1"][5] = b"\x89PNG\r\n\x1a\n broken"
+    pq.write_table(pa.table(table), folder / "part-0.parquet")
+    with pytest.raises(DataError, match=r"part-0.parquet:row 6: rejected image bytes are unreadable"):
+        read_pairs(folder)
+    got, bad = read_pairs(folder, skip_bad=True)
+    assert len(got) == 4 and len(bad) == 1  # 6 rows - a tie - a broken one
+    for pair, (prompt, chosen, rejected) in zip(got, raw):
+        assert pair.prompt == prompt and pair.chosen == chosen and pair.rejected == rejected
+    hpd = tmp_path / "hpd.parquet"
+    rel = [
+        (p.prompt, str(Path(p.chosen).relative_to(pairs_dir)), str(Path(p.rejected).relative_to(pairs_dir)))
+        for p in pairs[:3]
+    ]
+    shutil.copytree(pairs_dir / "images", tmp_path / "images")
+    pq.write_table(
+        pa.table(
+            {"prompt": [r[0] for r in rel], "image": [[r[2], r[1]] for r in rel], "human_preference": [[0, 1]] * 3}
+        ),
+        hpd,
+    )
+    got, _ = read_pairs(hpd)
+    assert [Path(p.chosen).name for p in got] == [Path(r[1]).name for r in rel]
+    res = train_rm(_cfg(tiny_vlm(FAMILY), folder, tmp_path / "o", skip_bad=True, max_steps=2), progress=False)
+    assert res["step"] == 2 and len(res["skipped"]) == 1
