@@ -44,3 +44,48 @@ def rm_cache(tiny_vlm):
         return loaded[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def launch_two():
+    """``launch_two(cli_args, port)``: ``accelerate launch`` of ``rewarddance.cli`` in 2 CPU processes.
+
+    On a machine without CUDA, accelerate's multi-process launch without MPI is its torchrun launcher
+    (``--multi_gpu``); ``--cpu --num_processes 2`` would start a single process.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    assert accelerate, "accelerate is a dependency; its launcher should be installed beside python"
+
+    def run(args: list[str], port: int, timeout: int = 600):
+        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+        cmd += ["-m", "rewarddance.cli", *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def json_objects():
+    """``json_objects(text)``: every JSON summary object in ``text``, however the processes' lines interleaved."""
+    import json
+
+    def find(text: str) -> list[dict]:
+        decoder, out, i = json.JSONDecoder(), [], text.find("{")
+        while i != -1:
+            try:
+                obj, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError:
+                i = text.find("{", i + 1)
+                continue
+            if isinstance(obj, dict) and "processes" in obj:
+                out.append(obj)
+            i = text.find("{", end)
+        return out
+
+    return find

@@ -4,10 +4,7 @@ and data parallel under ``accelerate launch`` with two CPU processes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -132,27 +129,11 @@ def test_folder_of_images_and_references(rm_cache, tmp_path):
         read_items(tmp_path / "missing")
 
 
-def test_accelerate_two_cpu_processes(shapes_dir, expected, tiny_vlm, tmp_path):
+def test_accelerate_two_cpu_processes(shapes_dir, expected, tiny_vlm, tmp_path, launch_two):
     """``accelerate launch`` with 2 CPU processes: each scores half, the main process merges, every id once."""
     out = tmp_path / "res.jsonl"
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    assert accelerate, "accelerate is a dependency; its launcher should be installed beside python"
-    # On a machine without CUDA, accelerate's multi-process CPU launch without MPI is its torchrun launcher.
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += [
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        "-m",
-        "rewarddance.cli",
-        "score",
-    ]
-    cmd += ["--model", tiny_vlm(FAMILY), "--input", str(shapes_dir), "--output", str(out), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    args = ["score", "--model", tiny_vlm(FAMILY), "--input", str(shapes_dir), "--output", str(out), "--no-progress"]
+    proc = launch_two(args, port=29517)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scored 10 images" in proc.stderr and "with 2 processes" in proc.stderr
     rows = _rows(out)

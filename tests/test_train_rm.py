@@ -259,7 +259,7 @@ def test_accuracy_rises_from_chance(tiny_vlm, shapes_splits, tmp_path, objective
     assert result["eval"]["id"]["accuracy"] >= 0.8
 
 
-def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path):
+def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path, launch_two, json_objects):
     """``accelerate launch`` with 2 CPU processes: each takes half of a global batch, gradients are averaged, both
     end with the same weights; only the main process writes checkpoints and the final model."""
     out = tmp_path / "out"
@@ -278,33 +278,13 @@ def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path):
         seed=3,
     )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541"]
-    cmd += ["-m", "rewarddance.cli", "train-rm", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = launch_two(["train-rm", "--config", str(tmp_path / "cfg.yaml"), "--no-progress"], port=29541)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = _json_objects(proc.stdout)  # the two processes share stdout: their lines may interleave
+    rows = json_objects(proc.stdout)  # the two processes share stdout: their lines may interleave
     assert len(rows) == 2 and all(r["processes"] == 2 and r["step"] == 3 for r in rows)
     assert rows[0]["checksum"] == pytest.approx(rows[1]["checksum"], rel=1e-9)
     assert (out / "final" / "model.safetensors").is_file()
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
-
-
-def _json_objects(text: str) -> list[dict]:
-    """Every JSON object in ``text``, wherever the lines were cut."""
-    decoder, out, i = json.JSONDecoder(), [], text.find("{")
-    while i != -1:
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            i = text.find("{", i + 1)
-            continue
-        if isinstance(obj, dict) and "processes" in obj:
-            out.append(obj)
-        i = text.find("{", end)
-    return out
 
 
 def test_lora_on_an_8bit_base(tiny_vlm, pairs_dir, tmp_path):
