@@ -204,3 +204,24 @@ def test_two_processes_train_in_step(tiny_vlm, tmp_path, launch_two, json_object
     assert rows[0]["lora_checksum"] == pytest.approx(rows[1]["lora_checksum"], rel=1e-9)
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 steps, written once
+
+
+def test_memory_options_run_and_train(smooth_rm, tmp_path):
+    """8-bit AdamW (bitsandbytes, on the CPU too), bf16 autocast and gradient checkpointing together still train."""
+    res = train_refl(
+        _cfg(
+            tmp_path,
+            max_steps=2,
+            eval_prompts=[],
+            optimizer="adamw8bit",
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+        ),
+        progress=False,
+        pipe=_pipe("sd"),
+        rm=smooth_rm,
+    )
+    weights = load_file(f"{res['lora']}/pytorch_lora_weights.safetensors")
+    ups = [v for k, v in weights.items() if "lora_B" in k or "lora.up" in k]
+    assert ups and all(torch.isfinite(v).all() for v in ups)
+    assert max(v.abs().max().item() for v in ups) > 0  # B starts at zero: the optimiser moved it
