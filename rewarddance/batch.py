@@ -265,9 +265,9 @@ def _merge_parts(output: Path, errors_path: Path, world: int) -> None:
     """Main process: append every part file's new rows to the output, then remove the parts."""
     done = _done_ids(output)
     for part in sorted(output.parent.glob(output.name + ".part*")):
-        rows = [x for x in part.read_text(encoding="utf-8").splitlines() if x.strip()]
-        _append(output, (r for r in map(json.loads, rows) if str(r["id"]) not in done))
-        done.update(str(json.loads(r)["id"]) for r in rows)
+        rows = [json.loads(x) for x in part.read_text(encoding="utf-8").splitlines() if x.strip()]
+        _append(output, (r for r in rows if str(r["id"]) not in done))
+        done.update(str(r["id"]) for r in rows)
         part.unlink()
     bad = []
     for rank in range(world):

@@ -387,7 +387,6 @@ def search_over_paths(
     sampler = Sampler(pipe, prompt, cfg)
     g = torch.Generator().manual_seed(seed)
     x = sampler.initial_latents([seed * 1000 + i for i in range(n)])
-    k = 0
     rm_calls = rm_images = 0
     history = []
     bar = tqdm(total=steps, desc="search over paths", disable=not progress)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from safetensors.torch import load_file
 from rewarddance import RewardModel
 from rewarddance.search import build_references
 from rewarddance.shapes import write_dataset
-from rewarddance.tiny import build_tiny_vlm
 from rewarddance.tiny_diffusion import build_tiny_pipeline
 from rewarddance.training.refl import ReFLConfig, train_refl
 
@@ -21,11 +19,10 @@ HELD_OUT = ["a yellow circle", "a red square"]
 
 
 @pytest.fixture(scope="module")
-def smooth_rm():
+def smooth_rm(tiny_vlm):
     """A tiny LLaVA judge with small initial weights: its P(yes) changes little with the image but smoothly, so the
     direction that raises it is shared across prompts and noises (a large init makes it too rough to climb)."""
-    path = build_tiny_vlm("llava", tempfile.mkdtemp(), init_std=0.02)
-    return RewardModel.from_pretrained(path, device="cpu")
+    return RewardModel.from_pretrained(tiny_vlm("llava", init_std=0.02), device="cpu")
 
 
 def _pipe(kind):

@@ -18,7 +18,7 @@ Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDX
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import math
 import time
@@ -35,6 +35,7 @@ from ..images import ImageError, load_image, to_tensor
 from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import config_from_yaml
+from .metrics import append_csv
 
 MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
 LOSSES = ("hinge", "log")
@@ -339,7 +340,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
         if cfg.mixed_precision != "no"
-        else _null()
+        else contextlib.nullcontext()
     )
     reward_before = evaluate("") if step == 0 else None
     window: deque = deque(maxlen=cfg.window)
@@ -410,7 +411,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             }
             history.append(row)
             if main:
-                _append_csv(metrics, row)
+                append_csv(metrics, [row])
             bar.update(1)
             bar.set_postfix(reward=f"{row['window_mean']:.4f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -442,23 +443,6 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         "lora": str(lora_dir),
         "nan_skipped": nan_total,
     }
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
 
 
 def _save_grid(images: torch.Tensor, path: Path) -> None:

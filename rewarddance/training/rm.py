@@ -22,7 +22,6 @@ adapter beside the processor (``merge=False``), or merged full weights.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -41,6 +40,7 @@ from ..model import RewardModel
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import config_from_yaml
 from .data import PreferencePair, load_pair_images, read_pairs
+from .metrics import append_csv
 
 OBJECTIVES = ("pointwise", "pairwise")
 TRAIN_PARTS = ("lora", "projector", "lm", "all")
@@ -395,7 +395,7 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                _append_csv(metrics_path, history[-cfg.log_every :])
+                append_csv(metrics_path, history[-cfg.log_every :])
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and evals:
                 results = evaluate(step)
             last = step == cfg.max_steps
@@ -424,15 +424,3 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
         "processes": world,
         "checksum": checksum,
     }
-
-
-def _append_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
