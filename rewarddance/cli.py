@@ -247,10 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
+        code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     except (ValueError, OSError) as err:  # ImageError, ModelLoadError, PromptTooLongError ... are ValueErrors
         print(f"rewarddance: error: {err}", file=sys.stderr)
         return 2
+    if "torch.distributed" in sys.modules:  # (never import torch just for this: `shapes` commands do not need it)
+        from .distributed import shutdown
+
+        shutdown()  # under accelerate launch: leave the process group cleanly
+    return code
 
 
 if __name__ == "__main__":

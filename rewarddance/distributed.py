@@ -52,3 +52,14 @@ def sum_over_processes(n: int, state) -> int:
     t = torch.tensor([n], dtype=torch.long, device=state.device)
     dist.all_reduce(t)
     return int(t.item())
+
+
+def shutdown() -> None:
+    """Tear down the process group, if one was started, before the interpreter exits: left to exit-time cleanup,
+    gloo can abort a finished process ("terminate called without an active exception") and fail the launch."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
