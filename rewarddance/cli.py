@@ -173,6 +173,13 @@ def cmd_train_rm(args, extra: list[str]) -> int:
     return _train(RMTrainConfig, train_rm, args, extra, summary)
 
 
+def cmd_train_captions(args, extra: list[str]) -> int:
+    from .training.caption import CaptionTrainConfig, train_captions
+
+    keys = ("step", "eval", "final", "processes", "checksum")
+    return _train(CaptionTrainConfig, train_captions, args, extra, lambda cfg, r: {k: r[k] for k in keys})
+
+
 def cmd_train_refl(args, extra: list[str]) -> int:
     from .training.refl import ReFLConfig, train_refl
 
@@ -219,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML file of RMTrainConfig settings; --key value overrides")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train_rm, takes_extra=True)
+    cap = sub.add_parser("train-captions", help="caption pretraining of a VLM before it is trained as a judge")
+    cap.add_argument("--config", required=True, help="YAML file of CaptionTrainConfig settings; --key value overrides")
+    cap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cap.set_defaults(func=cmd_train_captions, takes_extra=True)
     refl = sub.add_parser("train-refl", help="ReFL: LoRA fine-tuning of a diffusion model with a frozen reward model")
     refl.add_argument("--config", required=True, help="YAML file of ReFLConfig settings; --key value overrides")
     refl.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -181,11 +181,14 @@ def build_tiny_vlm(
     vocab_size: int = 1024,
     seed: int = 0,
     init_std: float = 0.02,
+    vision_layers: int = 2,
+    patch_size: int | None = None,
 ) -> Path:
     """Build a random ``family`` VLM with its tokenizer and processor, save it to ``out_dir`` and return the path.
 
     ``image_size`` (pixels) sets the processor's working resolution; the defaults give a few dozen image tokens.
-    ``init_std`` is the weights' initialisation scale: raise it (e.g. 0.2) so that random outputs depend visibly on
+    ``patch_size`` (LLaVA only; default 14, CLIP's) sets the vision patch: smaller patches give more image tokens
+    and let the vision tower see small shapes. ``init_std`` is the weights' initialisation scale: raise it (e.g. 0.2) so that random outputs depend visibly on
     the image, as tests comparing code paths want.
     """
     import torch
@@ -197,7 +200,11 @@ def build_tiny_vlm(
     vocab = len(tokenizer)
     text = _text_config(family, vocab, hidden, layers, heads)
     tid = tokenizer.convert_tokens_to_ids
-    config_kwargs, processor = _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, tid)
+    if patch_size is not None and family != "llava":
+        raise ValueError(f"patch_size is only supported for llava, not {family!r}")
+    config_kwargs, processor = _family_parts(
+        family, tokenizer, text, vision_hidden, hidden, image_size, tid, vision_layers, patch_size or 14
+    )
     config = AutoConfig.for_model(family, **config_kwargs)
     for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
         if sub is not None and hasattr(sub, "initializer_range"):
@@ -211,15 +218,15 @@ def build_tiny_vlm(
     return out
 
 
-def _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, tid):
+def _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, tid, vision_layers=2, llava_patch=14):
     """Config kwargs and a processor for one family, kept small: a few dozen image tokens per image."""
     import transformers as tf
 
     chat = tokenizer.chat_template
-    vision_common = dict(num_hidden_layers=2, num_attention_heads=2, intermediate_size=vision_hidden * 2)
+    vision_common = dict(num_hidden_layers=vision_layers, num_attention_heads=2, intermediate_size=vision_hidden * 2)
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         patch = 16 if family == "qwen3_vl" else 14
-        vision = dict(depth=2, num_heads=2, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
+        vision = dict(depth=vision_layers, num_heads=2, patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
         if family == "qwen2_vl":
             vision.update(embed_dim=vision_hidden, hidden_size=hidden, mlp_ratio=2)
         elif family == "qwen2_5_vl":
@@ -302,7 +309,7 @@ def _family_parts(family, tokenizer, text, vision_hidden, hidden, image_size, ti
             )
         return kwargs, processor
     if family == "llava":
-        patch = 14
+        patch = llava_patch
         side = image_size // patch * patch
         vision = dict(
             model_type="clip_vision_model",

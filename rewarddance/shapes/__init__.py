@@ -26,7 +26,7 @@ Example::
 from .corrupt import CORRUPTIONS, corrupt
 from .dataset import EvalResult, evaluate, read_records, write_dataset
 from .pairs import NEGATIVES, Pair, iter_pairs, make_pair, sample_pairs
-from .prompts import CATEGORIES, RELATIONS, ObjectReq, PromptSpec, check, parse_prompt
+from .prompts import CATEGORIES, RELATIONS, ObjectReq, PromptSpec, caption, check, parse_prompt
 from .render import render, render_array
 from .sample import (
     SPLITS,
@@ -73,6 +73,7 @@ __all__ = [
     "ShapesError",
     "Verdict",
     "VerifierConfig",
+    "caption",
     "check",
     "corrupt",
     "detect",

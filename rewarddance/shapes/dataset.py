@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .pairs import iter_pairs
-from .prompts import CATEGORIES, parse_prompt
+from .prompts import CATEGORIES, caption, parse_prompt
 from .render import MIN_SIZE, render
 from .sample import check_split, iter_examples
 from .scene import ShapesError
@@ -105,6 +105,7 @@ def write_dataset(
                     "image": image,
                     "split": split,
                     "size": size,
+                    "caption": caption(ex.scene.objects),
                     "scene": ex.scene.to_dict(),
                 }
                 manifest.write(json.dumps(record) + "\n")

@@ -173,6 +173,19 @@ def dominant_relation(a, b) -> str:
     return "above" if dy < 0 else "below"
 
 
+def caption(objects) -> str:
+    """A scene's description for caption pretraining: the objects left to right, grouped by colour and shape with
+    counts, and for two objects the relation between them, e.g. ``"a red circle and a blue square; the red circle
+    is left of the blue square"``. Ordered by position so that the text is a function of the image; taken from the
+    verifier's ground truth, so a model that learns to write it has learnt to see what prompts ask about."""
+    objects = sorted(objects, key=lambda o: (o.x, o.y))
+    text = describe_objects(objects)
+    if len(objects) == 2:
+        a, b = objects
+        text += f"; the {a.colour} {a.shape} is {dominant_relation(a, b)} the {b.colour} {b.shape}"
+    return text
+
+
 def _assign(reqs: list[ObjectReq], objects: list, used: set[int]) -> bool:
     """Backtracking: can each requirement (``count`` objects each) be met by distinct, unused objects?"""
     if not reqs:

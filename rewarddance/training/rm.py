@@ -141,6 +141,26 @@ def _answer_text(item: Item, cot: str) -> str:
     return ""
 
 
+def encode_answers(rm: RewardModel, texts: list[str], answers: list[str], image_lists: list[list]):
+    """Model inputs for ``text + answer`` per row and where each answer starts: ``(inputs, starts)``.
+
+    The rows are left padded, so row ``i``'s answer is ``input_ids[i, starts[i]:]``. The answer must tokenize apart
+    from its prompt (the prompt's tokens are a prefix of the full row's), else a ``ValueError`` names the row.
+    """
+    full = rm._process([t + a for t, a in zip(texts, answers)], image_lists)
+    prompt_only = rm._process(texts, image_lists)
+    ids, T = full["input_ids"], full["input_ids"].shape[1]
+    p_len, f_len = prompt_only["attention_mask"].sum(1), full["attention_mask"].sum(1)
+    starts = torch.empty(len(texts), dtype=torch.long)
+    for i in range(len(texts)):
+        k = int(f_len[i] - p_len[i])  # answer tokens at the end of row i
+        head = ids[i, T - int(f_len[i]) : T - k]
+        if k <= 0 or not torch.equal(head, prompt_only["input_ids"][i, -int(p_len[i]) :]):
+            raise ValueError(f"item {i}: the answer text does not tokenize apart from the prompt")
+        starts[i] = T - k
+    return full, starts
+
+
 def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
     """Model inputs for the items and, per row, the answer span: ``(inputs, verdict_pos, reason_targets)``.
 
@@ -148,32 +168,24 @@ def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
     with the token id each position's hidden state should predict for the reason (``-100`` elsewhere).
     """
     pairwise = len(items[0].images) == 2
-    prompts = [it.prompt for it in items]
-    texts = rm._texts(prompts, context, pairwise)
+    texts = rm._texts([it.prompt for it in items], context, pairwise)
     ctx_imgs = [x for x in context.example_images(pairwise)]
     lists = [ctx_imgs + it.images for it in items]
-    answers = [_answer_text(it, context.cot) for it in items]
-    full = rm._process([t + a for t, a in zip(texts, answers)], lists)
-    ids, mask = full["input_ids"], full["attention_mask"]
+    if context.cot == "none":
+        full = rm._process(texts, lists)
+        B, T = full["input_ids"].shape
+        return full, torch.full((B,), T - 1, dtype=torch.long), torch.full((B, T), -100, dtype=torch.long)
+    full, starts = encode_answers(rm, texts, [_answer_text(it, context.cot) for it in items], lists)
+    ids = full["input_ids"]
     B, T = ids.shape
-    verdict_pos = torch.full((B,), T - 1, dtype=torch.long)
     targets = torch.full((B, T), -100, dtype=torch.long)
-    if context.cot != "none":
-        prompt_only = rm._process(texts, lists)
-        p_len = prompt_only["attention_mask"].sum(1)
-        f_len = mask.sum(1)
-        for i in range(B):
-            k = int(f_len[i] - p_len[i])  # answer tokens at the end of row i (left padding)
-            head = ids[i, T - int(f_len[i]) : T - k]
-            if k <= 0 or not torch.equal(head, prompt_only["input_ids"][i, -int(p_len[i]) :]):
-                raise ValueError(f"item {i}: the answer text does not tokenize apart from the prompt")
-            answer = ids[i, T - k :]
-            if context.cot == "judgment_first":
-                verdict_pos[i] = T - k - 1  # predicts the verdict, the first answer token
-                targets[i, T - k : T - 1] = answer[1:]  # reason tokens after the verdict
-            else:
-                verdict_pos[i] = T - 1  # after "Final answer (yes or no):"
-                targets[i, T - k - 1 : T - 1] = answer  # the reasoning text
+    verdict_pos = torch.full((B,), T - 1, dtype=torch.long)  # reasoning_first: after "Final answer (yes or no):"
+    for i, s in enumerate(starts.tolist()):
+        if context.cot == "judgment_first":
+            verdict_pos[i] = s - 1  # predicts the verdict, the first answer token
+            targets[i, s : T - 1] = ids[i, s + 1 :]  # reason tokens after the verdict
+        else:
+            targets[i, s - 1 : T - 1] = ids[i, s:]  # the reasoning text
     return full, verdict_pos, targets
 
 

@@ -1,0 +1,266 @@
+"""Caption pretraining: teach a VLM to describe images before it is trained to judge them.
+
+A reward model is normally fine-tuned from a VLM that already sees: its vision tower, projector and language model
+were aligned on image-text data first. A VLM built from scratch (the tiny models of ``rewarddance.tiny``, the
+bundled ShapesWorld judges) has not been, and a yes/no verdict is one bit of supervision per image: measured on
+ShapesWorld pairs with a tiny LLaVA, reward training from random weights sat at the Bradley-Terry loss of chance
+for 2,000 steps. A caption is a dozen supervised tokens per image, each of which (a colour, a shape, a count, a
+relation) can only be predicted by looking. This trainer is that first stage: next-token cross-entropy on the
+caption after a fixed question, computed with :func:`rewarddance.kernels.selected_logprobs` (no full logits).
+
+Data: JSON Lines with ``image`` (a path relative to the file's folder) and ``caption``; a folder stands for its
+``manifest.jsonl``, so a ShapesWorld folder (``rewarddance shapes make``) is read as it is. Checkpoints, resume,
+SIGINT handling and data-parallel processes work as in the reward-model trainer. The final model is saved with
+``save_pretrained`` beside its processor, ready to be the ``model`` of ``rewarddance train-rm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..distributed import any_process, average_gradients, process_state
+from ..images import ImageError, load_image
+from ..kernels import selected_logprobs
+from ..model import RewardModel
+from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import config_from_yaml
+from .data import DataError
+from .metrics import append_csv
+from .rm import _batch_pairs, _lr_lambda, _trainable, encode_answers, save_reward_model
+
+MANIFEST = "manifest.jsonl"
+QUESTION = "Describe the image."
+
+
+@dataclass
+class CaptionTrainConfig:
+    """Settings of a caption-pretraining run; ``from_yaml`` reads them."""
+
+    model: str = field(metadata={"help": "the VLM to train: a Hugging Face id or a local folder"})
+    data: str = field(metadata={"help": "JSONL of {image, caption}, or a folder holding manifest.jsonl"})
+    output_dir: str = field(metadata={"help": "checkpoints, metrics.csv and the final model go here"})
+    eval_data: str | None = field(default=None, metadata={"help": "held-out captions: mean token loss and accuracy"})
+    question: str = field(default=QUESTION, metadata={"help": "the user turn the caption answers"})
+    train: str = field(default="all", metadata={"help": "all, lm, projector or lora"})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank (train: lora)"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
+    lora_targets: str = field(
+        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
+        metadata={"help": "regex of the module names LoRA adapts"},
+    )
+    quantization: str | None = field(default=None, metadata={"help": "None, 8bit or 4bit base (with train: lora)"})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ..."})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps, then cosine decay"})
+    batch_size: int = field(default=32, metadata={"help": "images per optimiser step (per process)"})
+    max_steps: int = field(default=2000, metadata={"help": "optimiser steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    seed: int = field(default=0, metadata={"help": "data order seed"})
+    save_every: int = field(default=500, metadata={"help": "checkpoint every N steps; 0: only at the end"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many checkpoints to keep"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    skip_bad: bool = field(default=False, metadata={"help": "skip unreadable rows (reported) instead of failing"})
+    log_every: int = field(default=50, metadata={"help": "write metrics.csv every N steps"})
+
+    def __post_init__(self):
+        if self.train not in ("all", "lm", "projector", "lora"):
+            raise ValueError(f"CaptionTrainConfig: train must be all, lm, projector or lora, got {self.train!r}")
+        if self.batch_size < 1 or self.max_steps < 1:
+            raise ValueError("CaptionTrainConfig: batch_size and max_steps must be at least 1")
+        if self.lr <= 0:
+            raise ValueError(f"CaptionTrainConfig: lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_yaml(cls, path, overrides: dict | None = None) -> CaptionTrainConfig:
+        return config_from_yaml(cls, path, overrides)
+
+
+@dataclass(frozen=True)
+class Captioned:
+    """One training example: an image file and what it shows."""
+
+    id: str
+    image: str
+    caption: str
+
+
+def read_captions(path: str | os.PathLike, skip_bad: bool = False) -> tuple[list[Captioned], list[str]]:
+    """The rows of a captions JSONL (or a folder's ``manifest.jsonl``) and the problems skipped with ``skip_bad``.
+
+    A malformed line, a missing or empty field, or a missing or unreadable image raises :class:`DataError` naming the file and
+    line (or, with ``skip_bad``, is reported in the second value).
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / MANIFEST
+    if not file.is_file():
+        raise DataError(f"{path}: no such captions file (a JSONL file, or a folder holding {MANIFEST})")
+    rows, problems = [], []
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{file}:{lineno}"
+            try:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{where}: not valid JSON ({err.msg})") from err
+                bad = [k for k in ("image", "caption") if not isinstance(row, dict) or not row.get(k)]
+                if bad:
+                    raise DataError(f"{where}: missing or empty field(s) {', '.join(bad)}")
+                image = file.parent / row["image"]
+                if not image.is_file():
+                    raise DataError(f"{where}: image not found: {image}")
+                try:
+                    with Image.open(image) as im:
+                        im.verify()
+                except Exception as err:  # PIL raises many types for broken files
+                    raise DataError(f"{where}: image {image} is unreadable ({err})") from err
+                rows.append(Captioned(str(row.get("id", lineno)), str(image), str(row["caption"])))
+            except DataError as err:
+                if not skip_bad:
+                    raise
+                problems.append(str(err))
+    if not rows:
+        raise DataError(f"{file}: no usable rows" + (f" ({len(problems)} skipped as bad)" if problems else ""))
+    return rows, problems
+
+
+def _prompt(rm: RewardModel, question: str) -> tuple[str, str]:
+    """The chat-template prompt and what goes before the caption: a space after "ASSISTANT:", nothing after a
+    newline (a byte-level tokenizer keeps a leading space with the word that follows it)."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = rm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text, "" if text.endswith((" ", "\n")) else " "
+
+
+def caption_batch(rm: RewardModel, rows: list[Captioned], question: str = QUESTION):
+    """Model inputs for ``rows`` and ``[B, T]`` next-token targets: each caption and an end-of-text token."""
+    images = []
+    for r in rows:
+        try:
+            images.append([load_image(r.image)])
+        except ImageError as err:
+            raise DataError(f"row {r.id}: {err}") from err
+    eos = rm.tokenizer.eos_token or ""
+    prompt, lead = _prompt(rm, question)
+    inputs, starts = encode_answers(rm, [prompt] * len(rows), [lead + r.caption + eos for r in rows], images)
+    ids = inputs["input_ids"]
+    targets = torch.full_like(ids, -100)
+    for i, s in enumerate(starts.tolist()):
+        targets[i, s - 1 : -1] = ids[i, s:]  # position t predicts token t + 1
+    return inputs, targets
+
+
+def caption_loss(rm: RewardModel, rows: list[Captioned], question: str = QUESTION):
+    """``(mean cross-entropy, token accuracy)`` of the captions of ``rows``; differentiable in the first."""
+    inputs, targets = caption_batch(rm, rows, question)
+    hidden = rm._base(**rm._to_model(inputs), use_cache=False).last_hidden_state
+    keep = (targets != -100).to(hidden.device)
+    sel, tgt = hidden[keep], targets.to(hidden.device)[keep]
+    weight = rm._head_weight if rm._head_weight.requires_grad else rm._head_weight.detach()
+    logp = selected_logprobs(sel, weight, tgt, bias=rm._head_bias)
+    right = 0
+    with torch.no_grad():  # greedy predictions, a block of rows at a time (no [T, V] logits for the whole batch)
+        for k in range(0, len(tgt), 256):
+            logits = sel[k : k + 256] @ weight.T + (rm._head_bias if rm._head_bias is not None else 0)
+            right += int((logits.argmax(-1) == tgt[k : k + 256]).sum())
+    return -logp.mean(), right / max(1, len(tgt))
+
+
+@torch.no_grad()
+def evaluate_captions(rm: RewardModel, rows: list[Captioned], question: str = QUESTION, batch_size: int = 32) -> dict:
+    """Mean caption cross-entropy per token and the share of caption tokens predicted exactly (greedy)."""
+    was = rm.model.training
+    rm.model.eval()
+    losses, accs = [], []
+    for start in range(0, len(rows), batch_size):
+        loss, acc = caption_loss(rm, rows[start : start + batch_size], question)
+        losses.append(float(loss))
+        accs.append(acc)
+    rm.model.train(was)
+    return {"rows": len(rows), "loss": float(np.mean(losses)), "token_accuracy": float(np.mean(accs))}
+
+
+def train_captions(cfg: CaptionTrainConfig, progress: bool = True) -> dict:
+    """Run (or resume) caption pretraining; returns the held-out evaluation, the history and the final folder."""
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
+    rows, skipped = read_captions(cfg.data, skip_bad=cfg.skip_bad)
+    held_out = read_captions(cfg.eval_data, skip_bad=cfg.skip_bad)[0] if cfg.eval_data else []
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    state = process_state()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    device = cfg.device or (str(state.device) if state else None)
+    rm = RewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=device, quantization=cfg.quantization)
+    module = _trainable(rm, cfg)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    ckpt_dir = out / "checkpoints"
+    step = 0
+    if cfg.resume and list_checkpoints(ckpt_dir):
+        step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler)["step"]
+    history: list[dict] = []
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train-captions", disable=not progress)
+    with StopFlag() as flag:
+        while step < cfg.max_steps:
+            rm.model.train()
+            batch = _batch_pairs(rows, step, cfg.batch_size * world, cfg.seed)
+            loss, acc = caption_loss(rm, batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size], cfg.question)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(params, state)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            history.append({"step": step, "lr": scheduler.get_last_lr()[0], "loss": loss.item(), "token_accuracy": acc})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                append_csv(out / "metrics.csv", history[-cfg.log_every :])
+            stop = any_process(flag.stop, state)
+            if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+                if rank == 0:
+                    save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                if state:
+                    state.wait_for_everyone()
+            if stop:
+                bar.close()
+                return {"stopped_at": step, "history": history}
+    bar.close()
+    result = evaluate_captions(rm, held_out, cfg.question) if held_out and rank == 0 else {}
+    final = out / "final"
+    if rank == 0:
+        save_reward_model(rm, final, merge=True)
+        if result:
+            (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if state:
+        state.wait_for_everyone()
+    checksum = float(sum(p.detach().double().abs().sum() for p in params))
+    return {
+        "eval": result,
+        "history": history,
+        "skipped": skipped,
+        "step": step,
+        "final": str(final),
+        "processes": world,
+        "checksum": checksum,
+    }
