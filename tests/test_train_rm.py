@@ -1,5 +1,5 @@
 """Reward-model training on ShapesWorld pairs with a tiny LLaVA: losses, teacher-forced reasons, resume after a
-kill, saving and loading through the public API, bad configs. The accuracy runs are marked ``slow``."""
+kill, saving and loading through the public API, bad configs. The accuracy runs are in test_rm_quality.py."""
 
 from __future__ import annotations
 
@@ -208,55 +208,6 @@ def test_item_order_is_chosen_then_rejected(pairs_dir):
     items = _items(pairs[:1], "pairwise", "none")
     assert [it.yes for it in items] == [True, False]
     assert items[0].images[1].tobytes() == items[1].images[0].tobytes()  # the chosen image is image 2, then image 1
-
-
-# --------------------------------------------------------------------------------------------- quality (slow)
-SLOW_STEPS = {"pairwise": 300, "pointwise": 300}
-
-
-@pytest.fixture(scope="module")
-def shapes_splits(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("shapes-rm")
-    out = {}
-    for name, n, split, seed in (("train", 600, "id", 11), ("id", 100, "id", 12), ("ood", 100, "ood", 13)):
-        out[name] = root / name
-        write_dataset(out[name], n=n, size=56, pairs=True, split=split, seed=seed)
-    return out
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="target not reached yet: measured 2026-11-30 with this setup (tiny LLaVA, hidden 64, 56 px, full training, "
-    "600 pairs): pairwise 50 % held-out after 200 steps (lr 1e-3), pointwise 64 % after 300 steps (lr 3e-3); "
-    "1000 steps on 600 pairs memorise them (train loss 0.50, held-out 46 %); 1000 steps on 8000 pairs plateau at "
-    "64 % (loss 0.76); colour-only pairs stay at chance (48 %): the tiny model does not bind colours to the prompt",
-    strict=False,
-)
-@pytest.mark.parametrize("objective", ["pairwise", "pointwise"])
-def test_accuracy_rises_from_chance(tiny_vlm, shapes_splits, tmp_path, objective):
-    model = tiny_vlm(FAMILY, init_std=0.02, seed=5)
-    base = RewardModel.from_pretrained(model, device="cpu")
-    held_out, _ = read_pairs(shapes_splits["id"])
-    before = evaluate_pairs(base, held_out, objective)["accuracy"]
-    cfg = RMTrainConfig(
-        model=model,
-        data=str(shapes_splits["train"]),
-        output_dir=str(tmp_path / objective),
-        objective=objective,
-        eval_data={"id": str(shapes_splits["id"]), "ood": str(shapes_splits["ood"])},
-        train="all",
-        lr=1e-3,
-        batch_size=16,
-        max_steps=SLOW_STEPS[objective],
-        warmup_steps=20,
-        eval_every=0,
-        save_every=0,
-        seed=0,
-    )
-    result = train_rm(cfg, progress=False)
-    print(objective, "before", before, "after", result["eval"])
-    assert 0.3 <= before <= 0.7
-    assert result["eval"]["id"]["accuracy"] >= 0.8
 
 
 def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path, launch_two, json_objects):

@@ -8,8 +8,8 @@ Objectives (``RMTrainConfig.objective``):
   verdicts (log P(yes ids) / log P(no ids) over the whole vocabulary).
 - ``pairwise``: "Is image 2 better than image 1?" asked in both orders, (rejected, chosen) -> "yes" and
   (chosen, rejected) -> "no"; loss = the verdicts' cross-entropy.
-- Chain of thought (``cot``): the answer is teacher-forced. ``judgment_first``: "Yes. <reason>" -- the verdict at
-  the first answer token, the reason after it; ``reasoning_first``: "<reason>\\nFinal answer (yes or no):", then the
+- Chain of thought (``cot``): the answer is teacher-forced. ``judgment_first``: "Yes. <reason>" and end-of-text --
+  the verdict at the first answer token, the reason after it; ``reasoning_first``: "<reason>\\nFinal answer (yes or no):", then the
   verdict. Reason tokens add ``reason_weight`` x their mean cross-entropy, computed by
   :func:`rewarddance.kernels.selected_logprobs` (no full logits).
 
@@ -175,7 +175,9 @@ def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
         full = rm._process(texts, lists)
         B, T = full["input_ids"].shape
         return full, torch.full((B,), T - 1, dtype=torch.long), torch.full((B, T), -100, dtype=torch.long)
-    full, starts = encode_answers(rm, texts, [_answer_text(it, context.cot) for it in items], lists)
+    # judgment first ends with end-of-text, so that a decoded reason stops where the trained one did
+    end = (rm.tokenizer.eos_token or "") if context.cot == "judgment_first" else ""
+    full, starts = encode_answers(rm, texts, [_answer_text(it, context.cot) + end for it in items], lists)
     ids = full["input_ids"]
     B, T = ids.shape
     targets = torch.full((B, T), -100, dtype=torch.long)
