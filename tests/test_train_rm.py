@@ -238,15 +238,20 @@ def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path, launch_two, 
     assert len((out / "metrics.csv").read_text().splitlines()) == 4
 
 
-def test_lora_on_an_8bit_base(tiny_vlm, pairs_dir, tmp_path):
-    """QLoRA style: the base loads in 8-bit (bitsandbytes, on the CPU here), LoRA trains in full precision, and the
-    adapter folder loads back over an 8-bit base."""
-    cfg = _cfg(tiny_vlm(FAMILY), pairs_dir, tmp_path / "q", quantization="8bit", merge=False, max_steps=2)
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_lora_on_a_quantized_base(tiny_vlm, pairs_dir, tmp_path, bits):
+    """QLoRA style: the base loads in 8-bit or 4-bit NF4 (bitsandbytes, on the CPU here), LoRA trains in full
+    precision, and the adapter folder loads back over a quantized base. (bitsandbytes' CPU 4-bit matmul needs
+    in_features divisible by 64, so that model's vision tower is 64 wide.)"""
+    model = tiny_vlm(FAMILY, vision_hidden=64) if bits == "4bit" else tiny_vlm(FAMILY)
+    cfg = _cfg(model, pairs_dir, tmp_path / "q", quantization=bits, merge=False, max_steps=2)
     res = train_rm(cfg, progress=False)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res["history"])
-    loaded = RewardModel.from_pretrained(tmp_path / "q" / "final", device="cpu", quantization="8bit")
-    base = RewardModel.from_pretrained(tiny_vlm(FAMILY), device="cpu", quantization="8bit")
-    assert any("Linear8bitLt" in type(m).__name__ for m in loaded.model.modules())
+    assert res["history"][0]["loss"] != res["history"][1]["loss"]
+    loaded = RewardModel.from_pretrained(tmp_path / "q" / "final", device="cpu", quantization=bits)
+    base = RewardModel.from_pretrained(model, device="cpu", quantization=bits)
+    kind = "Linear8bitLt" if bits == "8bit" else "Linear4bit"
+    assert any(kind in type(m).__name__ for m in loaded.model.modules())
     pairs, _ = read_pairs(pairs_dir)
     a = loaded.score([pairs[0].chosen], pairs[0].prompt).margin
     b = base.score([pairs[0].chosen], pairs[0].prompt).margin
