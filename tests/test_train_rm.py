@@ -298,3 +298,32 @@ def test_parquet_pairs_in_pick_a_pic_and_hpd_layouts(tiny_vlm, pairs_dir, tmp_pa
     assert [Path(p.chosen).name for p in got] == [Path(r[1]).name for r in rel]
     res = train_rm(_cfg(tiny_vlm(FAMILY), folder, tmp_path / "o", skip_bad=True, max_steps=2), progress=False)
     assert res["step"] == 2 and len(res["skipped"]) == 1
+
+
+def test_streamed_pairs_cover_each_epoch_once_in_a_seeded_order(pairs_dir):
+    from itertools import islice
+
+    from rewarddance.training.data import stream_pairs
+
+    ids = [p.id for p in read_pairs(pairs_dir)[0]]
+    first = [p.id for p in islice(stream_pairs(pairs_dir, seed=1, shuffle_buffer=5), 2 * len(ids))]
+    assert sorted(first[: len(ids)]) == sorted(ids) and sorted(first[len(ids) :]) == sorted(ids)
+    assert first[: len(ids)] != ids and first[: len(ids)] != first[len(ids) :]  # shuffled, differently per epoch
+    again = [p.id for p in islice(stream_pairs(pairs_dir, seed=1, shuffle_buffer=5), 2 * len(ids))]
+    assert again == first
+
+
+def test_streaming_training_resumes_to_the_same_weights(tiny_vlm, pairs_dir, tmp_path):
+    """stream: true reads pairs through a shuffle buffer; a run resumed from a checkpoint passes over the pairs
+    already used and ends with the uninterrupted run's weights."""
+    kw = dict(stream=True, shuffle_buffer=4, max_steps=4, save_every=2)
+    a = train_rm(_cfg(tiny_vlm(FAMILY), pairs_dir, tmp_path / "a", **kw), progress=False)
+    b_dir = tmp_path / "b"
+    train_rm(_cfg(tiny_vlm(FAMILY), pairs_dir, b_dir, **kw), progress=False)
+    shutil.rmtree(b_dir / "checkpoints" / "step-0000004")  # as if killed after step 2
+    shutil.rmtree(b_dir / "final")
+    b = train_rm(_cfg(tiny_vlm(FAMILY), pairs_dir, b_dir, **kw), progress=False)
+    assert [h["step"] for h in b["history"]] == [3, 4]
+    assert b["checksum"] == pytest.approx(a["checksum"], rel=1e-9)
+    with pytest.raises(DataError, match="no such pairs file"):
+        train_rm(_cfg(tiny_vlm(FAMILY), tmp_path / "nothing", tmp_path / "c", **kw), progress=False)

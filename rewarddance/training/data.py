@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +63,62 @@ def read_pairs(
     A malformed line, a missing field or (with ``check_images``) a missing or unreadable image raises
     :class:`DataError` naming the file and line, or with ``skip_bad`` is left out and reported in the second value.
     """
+    problems: list[str] = []
+    pairs = list(iter_pairs(path, skip_bad, check_images, problems))
+    if not pairs:
+        raise DataError(f"{path}: no usable pairs" + (f" ({len(problems)} skipped as bad)" if problems else ""))
+    return pairs, problems
+
+
+def iter_pairs(
+    path: str | os.PathLike, skip_bad: bool = False, check_images: bool = True, problems: list | None = None
+) -> Iterator[PreferencePair]:
+    """The pairs of a file or folder one at a time, in file order (Parquet read batch by batch); with ``skip_bad``
+    a bad row is appended to ``problems`` (when given) instead of raised."""
     file = _resolve(path)
-    if file.is_dir() or file.suffix == ".parquet":
-        return _read_parquet(file, skip_bad, check_images)
+    parquet = file.is_dir() or file.suffix == ".parquet"
+    for got in _parquet_rows(file, check_images) if parquet else _jsonl_rows(file, check_images):
+        if isinstance(got, DataError):
+            if not skip_bad:
+                raise got
+            if problems is not None:
+                problems.append(str(got))
+            continue
+        yield got
+
+
+def stream_pairs(
+    path: str | os.PathLike,
+    seed: int = 0,
+    shuffle_buffer: int = 1024,
+    skip_bad: bool = False,
+    problems: list | None = None,
+) -> Iterator[PreferencePair]:
+    """Pairs without end, epoch after epoch, for data sets too large to hold: each epoch reads the files in order
+    and yields from a buffer of ``shuffle_buffer`` pairs at random (seeded by ``seed`` and the epoch), so only the
+    buffer's images are in memory. The order depends only on the arguments, so a resumed run that skips the pairs
+    it already used sees the same ones. Problems are reported once, from the first epoch."""
+    epoch = 0
+    while True:
+        rng = random.Random(seed * 100_003 + epoch)
+        buffer: list[PreferencePair] = []
+        seen = 0
+        for pair in iter_pairs(path, skip_bad, True, problems if epoch == 0 else None):
+            seen += 1
+            buffer.append(pair)
+            if len(buffer) >= shuffle_buffer:
+                i = rng.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                yield buffer.pop()
+        if not seen:
+            raise DataError(f"{path}: no usable pairs")
+        rng.shuffle(buffer)
+        yield from buffer
+        epoch += 1
+
+
+def _jsonl_rows(file: Path, check_images: bool) -> Iterator[PreferencePair | DataError]:
     root = file.parent
-    pairs, problems = [], []
     with open(file, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -98,14 +151,9 @@ def read_pairs(
                         except Exception as err:  # PIL raises many types for broken files
                             raise DataError(f"{where}: {key} image {p} is unreadable ({err})") from err
             except DataError as err:
-                if not skip_bad:
-                    raise
-                problems.append(str(err))
+                yield err  # the caller raises it or, skipping bad rows, reports it
                 continue
-            pairs.append(pair)
-    if not pairs:
-        raise DataError(f"{file}: no usable pairs" + (f" ({len(problems)} skipped as bad)" if problems else ""))
-    return pairs, problems
+            yield pair
 
 
 def _open(src: str | bytes, name: str):
@@ -167,13 +215,12 @@ def _parquet_row(row: dict, root: Path, where: str) -> tuple[str, object, object
     raise DataError(f"{where}: unknown columns {sorted(row)}; see rewarddance.training.data for the layouts")
 
 
-def _read_parquet(path: Path, skip_bad: bool, check_images: bool):
+def _parquet_rows(path: Path, check_images: bool) -> Iterator[PreferencePair | DataError]:
     try:
         import pyarrow.parquet as pq
     except ImportError as err:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'rewarddance[data]')") from err
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    pairs, problems = [], []
     for file in files:
         n = 0
         for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
@@ -189,12 +236,7 @@ def _read_parquet(path: Path, skip_bad: bool, check_images: bool):
                         _check_image(chosen, where, "chosen")
                         _check_image(rejected, where, "rejected")
                 except DataError as err:
-                    if not skip_bad:
-                        raise
-                    problems.append(str(err))
+                    yield err
                     continue
                 rid = str(row.get("id", row.get("ranking_id", f"{file.stem}-{n}")))
-                pairs.append(PreferencePair(rid, str(prompt), chosen, rejected, row.get("reason"), row.get("split")))
-    if not pairs:
-        raise DataError(f"{path}: no usable pairs" + (f" ({len(problems)} skipped as bad)" if problems else ""))
-    return pairs, problems
+                yield PreferencePair(rid, str(prompt), chosen, rejected, row.get("reason"), row.get("split"))

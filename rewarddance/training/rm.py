@@ -39,7 +39,7 @@ from ..kernels import selected_logprobs, yes_prob
 from ..model import RewardModel
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import config_from_yaml
-from .data import PreferencePair, load_pair_images, read_pairs
+from .data import PreferencePair, iter_pairs, load_pair_images, read_pairs, stream_pairs
 from .metrics import append_csv
 
 OBJECTIVES = ("pointwise", "pairwise")
@@ -86,6 +86,10 @@ class RMTrainConfig:
     resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})
     merge: bool = field(default=True, metadata={"help": "save merged full weights (else base + LoRA adapter)"})
     skip_bad: bool = field(default=False, metadata={"help": "skip unreadable pairs (reported) instead of failing"})
+    stream: bool = field(
+        default=False, metadata={"help": "read the training pairs as a stream (a shuffle buffer), not all at once"}
+    )
+    shuffle_buffer: int = field(default=1024, metadata={"help": "stream: pairs held and drawn from at random"})
     eval_batch_size: int = field(default=16, metadata={"help": "pairs per evaluation batch"})
     log_every: int = field(default=10, metadata={"help": "write metrics.csv every N steps"})
 
@@ -97,6 +101,7 @@ class RMTrainConfig:
             (self.batch_size >= 1 and self.max_steps >= 1, "batch_size and max_steps must be at least 1"),
             (self.lora_rank >= 1, f"lora_rank must be at least 1, got {self.lora_rank}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.shuffle_buffer >= 1, f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -359,7 +364,11 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
-    pairs, skipped = read_pairs(cfg.data, skip_bad=cfg.skip_bad)
+    if cfg.stream:  # the pairs of a step come from a shuffle buffer; only the buffer is in memory
+        pairs, skipped = None, []
+        next(iter_pairs(cfg.data, cfg.skip_bad), None) or read_pairs(cfg.data, cfg.skip_bad)  # fail before training
+    else:
+        pairs, skipped = read_pairs(cfg.data, skip_bad=cfg.skip_bad)
     evals = {name: read_pairs(path, skip_bad=cfg.skip_bad)[0] for name, path in cfg.eval_data.items()}
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -390,11 +399,18 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
             f.write(json.dumps({"step": at, **res}) + "\n")
         return res
 
+    if cfg.stream:
+        stream = stream_pairs(cfg.data, cfg.seed, cfg.shuffle_buffer, cfg.skip_bad, skipped)
+        for _ in range(step * cfg.batch_size * world):  # resumed: pass over the pairs earlier steps used
+            next(stream)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train-rm", disable=not progress)
     with StopFlag() as flag:
         while step < cfg.max_steps:
             rm.model.train()
-            batch = _batch_pairs(pairs, step, cfg.batch_size * world, cfg.seed)
+            if cfg.stream:
+                batch = [next(stream) for _ in range(cfg.batch_size * world)]
+            else:
+                batch = _batch_pairs(pairs, step, cfg.batch_size * world, cfg.seed)
             items = _items(batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size], cfg.objective, cfg.cot)
             parts = compute_loss(rm, items, cfg, context)
             optimizer.zero_grad(set_to_none=True)
