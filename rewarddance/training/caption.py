@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,15 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..distributed import any_process, average_gradients, process_state
 from ..images import ImageError, load_image
 from ..kernels import selected_logprobs
 from ..model import RewardModel
-from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from . import loop
 from .config import config_from_yaml
 from .data import DataError
-from .metrics import append_csv
-from .rm import _batch_pairs, _lr_lambda, _trainable, encode_answers, save_reward_model
+from .loop import LM_TARGETS
+from .rm import encode_answers, save_reward_model
 
 MANIFEST = "manifest.jsonl"
 QUESTION = "Describe the image."
@@ -53,7 +51,7 @@ class CaptionTrainConfig:
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank (train: lora)"})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
     lora_targets: str = field(
-        default=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$",
+        default=LM_TARGETS,
         metadata={"help": "regex of the module names LoRA adapts"},
     )
     quantization: str | None = field(default=None, metadata={"help": "None, 8bit or 4bit base (with train: lora)"})
@@ -195,72 +193,37 @@ def evaluate_captions(rm: RewardModel, rows: list[Captioned], question: str = QU
 
 def train_captions(cfg: CaptionTrainConfig, progress: bool = True) -> dict:
     """Run (or resume) caption pretraining; returns the held-out evaluation, the history and the final folder."""
-    from tqdm.auto import tqdm
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
     rows, skipped = read_captions(cfg.data, skip_bad=cfg.skip_bad)
     held_out = read_captions(cfg.eval_data, skip_bad=cfg.skip_bad)[0] if cfg.eval_data else []
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    state = process_state()
-    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
-    device = cfg.device or (str(state.device) if state else None)
-    rm = RewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=device, quantization=cfg.quantization)
-    module = _trainable(rm, cfg)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    ckpt_dir = out / "checkpoints"
-    step = 0
-    if cfg.resume and list_checkpoints(ckpt_dir):
-        step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler)["step"]
-    history: list[dict] = []
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train-captions", disable=not progress)
-    with StopFlag() as flag:
-        while step < cfg.max_steps:
-            rm.model.train()
-            batch = _batch_pairs(rows, step, cfg.batch_size * world, cfg.seed)
-            loss, acc = caption_loss(rm, batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size], cfg.question)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(params, state)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            history.append({"step": step, "lr": scheduler.get_last_lr()[0], "loss": loss.item(), "token_accuracy": acc})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                append_csv(out / "metrics.csv", history[-cfg.log_every :])
-            stop = any_process(flag.stop, state)
-            if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-                if rank == 0:
-                    save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, keep=cfg.keep_checkpoints)
-                if state:
-                    state.wait_for_everyone()
-            if stop:
-                bar.close()
-                return {"stopped_at": step, "history": history}
-    bar.close()
-    result = evaluate_captions(rm, held_out, cfg.question) if held_out and rank == 0 else {}
+    run = loop.start(cfg, out)
+
+    def loss_fn(step: int) -> dict:
+        batch = loop.batch_of(rows, step, cfg.batch_size * run.world, cfg.seed)
+        loss, acc = caption_loss(
+            run.rm, batch[run.rank * cfg.batch_size : (run.rank + 1) * cfg.batch_size], cfg.question
+        )
+        return {"loss": loss, "token_accuracy": acc}
+
+    history, stopped = loop.run(run, cfg, out, loss_fn, "train-captions", progress)
+    if stopped:
+        return {"stopped_at": run.step, "history": history}
+    result = evaluate_captions(run.rm, held_out, cfg.question) if held_out and run.rank == 0 else {}
     final = out / "final"
-    if rank == 0:
-        save_reward_model(rm, final, merge=True)
+    if run.rank == 0:
+        save_reward_model(run.rm, final, merge=True)
         if result:
             (out / "eval.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    if state:
-        state.wait_for_everyone()
-    checksum = float(sum(p.detach().double().abs().sum() for p in params))
+    if run.state:
+        run.state.wait_for_everyone()
     return {
         "eval": result,
         "history": history,
         "skipped": skipped,
-        "step": step,
+        "step": run.step,
         "final": str(final),
-        "processes": world,
-        "checksum": checksum,
+        "processes": run.world,
+        "checksum": loop.checksum(run),
     }

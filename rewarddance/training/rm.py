@@ -23,28 +23,23 @@ adapter beside the processor (``merge=False``), or merged full weights.
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..context import RewardContext
-from ..distributed import any_process, average_gradients, process_state
 from ..kernels import selected_logprobs, yes_prob
 from ..model import RewardModel
-from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from . import loop
 from .config import config_from_yaml
 from .data import PreferencePair, iter_pairs, load_pair_images, read_pairs, stream_pairs
-from .metrics import append_csv
+from .loop import LM_TARGETS
 
 OBJECTIVES = ("pointwise", "pairwise")
 TRAIN_PARTS = ("lora", "projector", "lm", "all")
-LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 CHOSEN_REASON = "The image matches the prompt."
 
 
@@ -292,52 +287,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def _trainable(rm: RewardModel, cfg: RMTrainConfig) -> torch.nn.Module:
-    """Mark what trains; for LoRA wrap the model with peft. Returns the module whose parameters train."""
-    model = rm.model
-    if cfg.train == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=cfg.lora_targets)
-        peft_model = get_peft_model(model, lora)  # injects adapters in place; rm's references stay valid
-        if not any(p.requires_grad for p in peft_model.parameters()):
-            raise ValueError(f"lora_targets {cfg.lora_targets!r} matched no module of {cfg.model}")
-        rm.model = peft_model
-        return peft_model
-    for name, p in model.named_parameters():
-        if cfg.train == "all":
-            p.requires_grad_(True)
-        elif cfg.train == "lm":
-            p.requires_grad_("language_model" in name or "lm_head" in name)
-        else:  # projector
-            p.requires_grad_(any(k in name for k in ("projector", "connector", "mlp1", "merger")))
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"train={cfg.train!r} selects no parameter of {cfg.model}")
-    return model
-
-
-def _lr_lambda(cfg: RMTrainConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return f
-
-
-def _batch_pairs(pairs: list, step: int, batch_size: int, seed: int) -> list:
-    """Pairs of optimiser step ``step``: consecutive slices of per-epoch permutations (resumable from the step)."""
-    n = len(pairs)
-    out, pos = [], step * batch_size
-    while len(out) < batch_size:
-        epoch, k = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        out.append(pairs[perm[k]])
-        pos += 1
-    return out
-
-
 def save_reward_model(rm: RewardModel, out_dir: str | os.PathLike, merge: bool = True) -> Path:
     """Save so that ``RewardModel.from_pretrained(out_dir)`` loads it: merged weights, or base + LoRA adapter."""
     out = Path(out_dir)
@@ -359,39 +308,21 @@ def save_reward_model(rm: RewardModel, out_dir: str | os.PathLike, merge: bool =
 # ---------------------------------------------------------------------------------------------------- training
 def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     """Run (or resume) a training run; returns the final evaluation per eval set and the last logged losses."""
-    from tqdm.auto import tqdm
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
     if cfg.stream:  # the pairs of a step come from a shuffle buffer; only the buffer is in memory
         pairs, skipped = None, []
         next(iter_pairs(cfg.data, cfg.skip_bad), None) or read_pairs(cfg.data, cfg.skip_bad)  # fail before training
     else:
         pairs, skipped = read_pairs(cfg.data, skip_bad=cfg.skip_bad)
     evals = {name: read_pairs(path, skip_bad=cfg.skip_bad)[0] for name, path in cfg.eval_data.items()}
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    state = process_state()  # several processes: each takes its slice of a batch_size x processes global batch
-    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
-    device = cfg.device or (str(state.device) if state else None)
-    rm = RewardModel.from_pretrained(cfg.model, dtype=cfg.dtype, device=device, quantization=cfg.quantization)
-    context = RewardContext(task=cfg.task, cot=cfg.cot)
-    module = _trainable(rm, cfg)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    ckpt_dir = out / "checkpoints"
-    step = 0
-    if cfg.resume and list_checkpoints(ckpt_dir):
-        step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], module, optimizer, scheduler)["step"]
-    metrics_path = out / "metrics.csv"
-    history: list[dict] = []
+    run = loop.start(cfg, out)
+    rm, context = run.rm, RewardContext(task=cfg.task, cot=cfg.cot)
     results: dict = {}
 
     def evaluate(at: int) -> dict:
-        if rank != 0:
+        if run.rank != 0:
             return {}
         rm.model.eval()
         res = {name: evaluate_pairs(rm, ps, cfg.objective, context, cfg.eval_batch_size) for name, ps in evals.items()}
@@ -399,58 +330,40 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
             f.write(json.dumps({"step": at, **res}) + "\n")
         return res
 
+    def after_step(step: int) -> None:
+        nonlocal results
+        if cfg.eval_every and step % cfg.eval_every == 0 and evals:
+            results = evaluate(step)
+
+    global_batch = cfg.batch_size * run.world
     if cfg.stream:
         stream = stream_pairs(cfg.data, cfg.seed, cfg.shuffle_buffer, cfg.skip_bad, skipped)
-        for _ in range(step * cfg.batch_size * world):  # resumed: pass over the pairs earlier steps used
+        for _ in range(run.step * global_batch):  # resumed: pass over the pairs earlier steps used
             next(stream)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train-rm", disable=not progress)
-    with StopFlag() as flag:
-        while step < cfg.max_steps:
-            rm.model.train()
-            if cfg.stream:
-                batch = [next(stream) for _ in range(cfg.batch_size * world)]
-            else:
-                batch = _batch_pairs(pairs, step, cfg.batch_size * world, cfg.seed)
-            items = _items(batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size], cfg.objective, cfg.cot)
-            parts = compute_loss(rm, items, cfg, context)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            average_gradients(params, state)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            row = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: v.item() for k, v in parts.items()}}
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                append_csv(metrics_path, history[-cfg.log_every :])
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and evals:
-                results = evaluate(step)
-            last = step == cfg.max_steps
-            stop = any_process(flag.stop, state)
-            if stop or last or (cfg.save_every and step % cfg.save_every == 0):
-                if rank == 0:
-                    save_checkpoint(ckpt_dir, step, module, optimizer, scheduler, keep=cfg.keep_checkpoints)
-                if state:
-                    state.wait_for_everyone()
-            if stop:
-                bar.close()
-                return {"stopped_at": step, "history": history}
-    bar.close()
+
+    def loss_fn(step: int) -> dict:
+        batch = (
+            [next(stream) for _ in range(global_batch)]
+            if cfg.stream
+            else loop.batch_of(pairs, step, global_batch, cfg.seed)
+        )
+        items = _items(batch[run.rank * cfg.batch_size : (run.rank + 1) * cfg.batch_size], cfg.objective, cfg.cot)
+        return compute_loss(rm, items, cfg, context)
+
+    history, stopped = loop.run(run, cfg, out, loss_fn, "train-rm", progress, after_step)
+    if stopped:
+        return {"stopped_at": run.step, "history": history}
     if evals:
-        results = evaluate(step)
-    if rank == 0:
+        results = evaluate(run.step)
+    if run.rank == 0:
         save_reward_model(rm, out / "final", merge=cfg.merge)
-    if state:
-        state.wait_for_everyone()
-    checksum = float(sum(p.detach().double().abs().sum() for p in params))
+    if run.state:
+        run.state.wait_for_everyone()
     return {
         "eval": results,
         "history": history,
         "skipped": skipped,
-        "step": step,
-        "processes": world,
-        "checksum": checksum,
+        "step": run.step,
+        "processes": run.world,
+        "checksum": loop.checksum(run),
     }
