@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..images import ImageError, load_image
 from ..kernels import selected_logprobs
 from ..model import RewardModel
 from . import loop
 from .config import config_from_yaml
-from .data import DataError
+from .data import DataError, check_image_file, jsonl_lines
 from .loop import LM_TARGETS
 from .rm import encode_answers, save_reward_model
 
@@ -95,8 +94,8 @@ class Captioned:
 def read_captions(path: str | os.PathLike, skip_bad: bool = False) -> tuple[list[Captioned], list[str]]:
     """The rows of a captions JSONL (or a folder's ``manifest.jsonl``) and the problems skipped with ``skip_bad``.
 
-    A malformed line, a missing or empty field, or a missing or unreadable image raises :class:`DataError` naming the file and
-    line (or, with ``skip_bad``, is reported in the second value).
+    A malformed line, a missing or empty field, or a missing or unreadable image raises :class:`DataError` naming
+    the file and line (or, with ``skip_bad``, is reported in the second value).
     """
     file = Path(path)
     if file.is_dir():
@@ -104,32 +103,20 @@ def read_captions(path: str | os.PathLike, skip_bad: bool = False) -> tuple[list
     if not file.is_file():
         raise DataError(f"{path}: no such captions file (a JSONL file, or a folder holding {MANIFEST})")
     rows, problems = [], []
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{file}:{lineno}"
-            try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: not valid JSON ({err.msg})") from err
-                bad = [k for k in ("image", "caption") if not isinstance(row, dict) or not row.get(k)]
-                if bad:
-                    raise DataError(f"{where}: missing or empty field(s) {', '.join(bad)}")
-                image = file.parent / row["image"]
-                if not image.is_file():
-                    raise DataError(f"{where}: image not found: {image}")
-                try:
-                    with Image.open(image) as im:
-                        im.verify()
-                except Exception as err:  # PIL raises many types for broken files
-                    raise DataError(f"{where}: image {image} is unreadable ({err})") from err
-                rows.append(Captioned(str(row.get("id", lineno)), str(image), str(row["caption"])))
-            except DataError as err:
-                if not skip_bad:
-                    raise
-                problems.append(str(err))
+    for where, row in jsonl_lines(file):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            empty = [k for k in ("image", "caption") if not row.get(k)]
+            if empty:
+                raise DataError(f"{where}: missing or empty field(s) {', '.join(empty)}")
+            image = file.parent / row["image"]
+            check_image_file(image, where)
+            rows.append(Captioned(str(row.get("id", where.rsplit(":", 1)[1])), str(image), str(row["caption"])))
+        except DataError as err:
+            if not skip_bad:
+                raise
+            problems.append(str(err))
     if not rows:
         raise DataError(f"{file}: no usable rows" + (f" ({len(problems)} skipped as bad)" if problems else ""))
     return rows, problems

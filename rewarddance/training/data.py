@@ -117,43 +117,57 @@ def stream_pairs(
         epoch += 1
 
 
-def _jsonl_rows(file: Path, check_images: bool) -> Iterator[PreferencePair | DataError]:
-    root = file.parent
+def jsonl_lines(file: Path) -> Iterator[tuple[str, dict | DataError]]:
+    """``(where, row)`` for each non-blank line of a JSON Lines file, ``where`` being ``file:line``; a line that is
+    not a JSON object comes as a :class:`DataError` naming it, for the caller to raise or report."""
     with open(file, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{file}:{lineno}"
             try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: not valid JSON ({err.msg})") from err
-                missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or k not in row]
-                if missing:
-                    raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-                pair = PreferencePair(
-                    id=str(row.get("id", lineno)),
-                    prompt=str(row["prompt"]),
-                    chosen=str(root / row["chosen"]),
-                    rejected=str(root / row["rejected"]),
-                    reason=row.get("reason"),
-                    split=row.get("split"),
-                )
-                if check_images:
-                    for key in ("chosen", "rejected"):
-                        p = Path(getattr(pair, key))
-                        if not p.is_file():
-                            raise DataError(f"{where}: {key} image not found: {p}")
-                        try:
-                            with Image.open(p) as im:
-                                im.verify()
-                        except Exception as err:  # PIL raises many types for broken files
-                            raise DataError(f"{where}: {key} image {p} is unreadable ({err})") from err
-            except DataError as err:
-                yield err  # the caller raises it or, skipping bad rows, reports it
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield where, DataError(f"{where}: not valid JSON ({err.msg})")
                 continue
-            yield pair
+            yield where, row if isinstance(row, dict) else DataError(f"{where}: not a JSON object")
+
+
+def check_image_file(path: Path, where: str, key: str = "image") -> None:
+    """:class:`DataError` naming ``where`` unless ``path`` is a file that PIL can read the header of."""
+    if not path.is_file():
+        raise DataError(f"{where}: {key} image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as err:  # PIL raises many types for broken files
+        raise DataError(f"{where}: {key} image {path} is unreadable ({err})") from err
+
+
+def _jsonl_rows(file: Path, check_images: bool) -> Iterator[PreferencePair | DataError]:
+    root = file.parent
+    for where, row in jsonl_lines(file):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+            if missing:
+                raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+            pair = PreferencePair(
+                id=str(row.get("id", where.rsplit(":", 1)[1])),
+                prompt=str(row["prompt"]),
+                chosen=str(root / row["chosen"]),
+                rejected=str(root / row["rejected"]),
+                reason=row.get("reason"),
+                split=row.get("split"),
+            )
+            if check_images:
+                check_image_file(Path(pair.chosen), where, "chosen")
+                check_image_file(Path(pair.rejected), where, "rejected")
+        except DataError as err:
+            yield err  # the caller raises it or, skipping bad rows, reports it
+            continue
+        yield pair
 
 
 def _open(src: str | bytes, name: str):
