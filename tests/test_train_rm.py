@@ -70,9 +70,10 @@ def test_reason_targets_are_the_answer_text(rm_cache, pairs_dir):
         inputs, verdict_pos, targets = encode_items(rm, items, ctx)
         for i, it in enumerate(items):
             text = rm.tokenizer.decode(targets[i][targets[i] != -100])
-            if cot == "judgment_first":
-                assert text.strip().startswith(".") and it.reason in text  # "Yes" is the verdict; ". <reason>" follows
+            if cot == "judgment_first":  # the verdict as written, ". <reason>", end-of-text
+                assert text == f"{'Yes' if it.yes else 'No'}. {it.reason}{rm.tokenizer.eos_token}"
                 assert inputs["input_ids"][i, verdict_pos[i] + 1].item() in rm.yes_ids + rm.no_ids
+                assert targets[i, verdict_pos[i]] == inputs["input_ids"][i, verdict_pos[i] + 1]
             else:
                 assert text == f"{it.reason}\nFinal answer (yes or no):"
                 assert verdict_pos[i] == inputs["input_ids"].shape[1] - 1

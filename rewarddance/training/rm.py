@@ -165,7 +165,8 @@ def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
     """Model inputs for the items and, per row, the answer span: ``(inputs, verdict_pos, reason_targets)``.
 
     ``verdict_pos[i]`` is the position whose hidden state predicts the verdict; ``reason_targets`` is ``[B, T]``
-    with the token id each position's hidden state should predict for the reason (``-100`` elsewhere).
+    with the token id each position's hidden state should predict for the answer text (``-100`` elsewhere): for
+    judgment first the verdict word as written, the reason and end-of-text; for reasoning first the reasoning.
     """
     pairwise = len(items[0].images) == 2
     texts = rm._texts([it.prompt for it in items], context, pairwise)
@@ -185,7 +186,10 @@ def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
     for i, s in enumerate(starts.tolist()):
         if context.cot == "judgment_first":
             verdict_pos[i] = s - 1  # predicts the verdict, the first answer token
-            targets[i, s : T - 1] = ids[i, s + 1 :]  # reason tokens after the verdict
+            # the whole answer is teacher-forced, the verdict's own spelling too: the verdict loss only asks for the
+            # yes (or no) set, and a decoder that starts with a spelling never followed by a reason in training
+            # (" Yes" for "Yes") writes no reason after it
+            targets[i, s - 1 : T - 1] = ids[i, s:]
         else:
             targets[i, s - 1 : T - 1] = ids[i, s:]  # the reasoning text
     return full, verdict_pos, targets
