@@ -140,7 +140,7 @@ def run(
             run.scheduler.step()
             run.step += 1
             row = {"step": run.step, "lr": run.scheduler.get_last_lr()[0]}
-            row.update({k: float(v) for k, v in parts.items()})
+            row.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()})
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
