@@ -31,7 +31,8 @@ def _pipe(kind):
     return pipe
 
 
-def _cfg(out, **kw) -> ReFLConfig:
+def _settings(out, **kw) -> dict:
+    """Small, fast ReFL settings (as a config file would hold them), with ``kw`` overriding."""
     base = dict(
         pretrained="in-process",
         reward_model="in-process",
@@ -52,7 +53,11 @@ def _cfg(out, **kw) -> ReFLConfig:
         seed=0,
     )
     base.update(kw)
-    return ReFLConfig(**base)
+    return base
+
+
+def _cfg(out, **kw) -> ReFLConfig:
+    return ReFLConfig(**_settings(out, **kw))
 
 
 @pytest.mark.parametrize("kind", ["sd", "sdxl", "sd3", "flux"])
@@ -176,20 +181,12 @@ def test_two_processes_train_in_step(tiny_vlm, tmp_path, launch_two, json_object
     pipe_dir = tmp_path / "pipe"
     build_tiny_pipeline("sd", "ddim").save_pretrained(pipe_dir)
     out = tmp_path / "out"
-    settings = dict(
+    settings = _settings(
+        out,
         pretrained=str(pipe_dir),
         reward_model=tiny_vlm("llava", init_std=0.02),
-        prompts=PROMPTS,
-        output_dir=str(out),
-        num_inference_steps=6,
-        stop_range=[4, 5],
-        resolution=32,
-        lora_rank=4,
-        lora_alpha=4,
-        lr=3e-2,
         batch_size=1,
         max_steps=3,
-        save_every=0,
         eval_prompts=[],
         device="cpu",
     )

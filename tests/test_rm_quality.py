@@ -3,7 +3,7 @@
 The judges start where real reward models start, from a VLM that sees: a tiny LLaVA (hidden 96, 4 layers; CLIP
 vision tower 64 wide, 3 layers; ~0.6 M parameters) caption-pretrained on 16,000 ShapesWorld scenes (4,000 steps)
 by ``training.caption``. It has never been asked a yes/no question, so its verdicts start at chance; reward training
-must take them to 80 % on held-out pairs. Measured here (2 cores): caption pretraining ~7 min, each judge ~6-10 min.
+must take them to 80 % on held-out pairs. Measured here (2 cores): data and caption pretraining 8.5 min, each judge 5.5-9 min, 30 min in all.
 From random weights the same reward training sat at chance loss for 2,000 steps (see the README).
 """
 

@@ -80,12 +80,14 @@ def lr_lambda(cfg) -> Callable[[int], float]:
 def batch_of(rows: list, step: int, batch_size: int, seed: int) -> list:
     """Rows of optimiser step ``step``: consecutive slices of per-epoch permutations (resumable from the step)."""
     n = len(rows)
-    out, pos = [], step * batch_size
-    while len(out) < batch_size:
+    perms: dict[int, list[int]] = {}  # a batch spans one or two epochs: draw each permutation once
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
         epoch, k = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        out.append(rows[perm[k]])
-        pos += 1
+        if epoch not in perms:
+            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=gen).tolist()
+        out.append(rows[perms[epoch][k]])
     return out
 
 
