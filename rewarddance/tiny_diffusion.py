@@ -227,6 +227,63 @@ def build_tiny_pipeline(kind: str = "sd", scheduler: str | None = None, seed: in
     )
 
 
+def build_sd15_layout_pipeline(seed: int = 0):
+    """The smallest SD 1.x pipeline that ComfyUI's checkpoint loader accepts as SD 1.5, for integration tests.
+
+    ComfyUI tells models apart by their weights: it wants a UNet with 320 base channels and 768-wide cross-attention,
+    and it builds its own full-size CLIP-L text encoder and SD VAE whatever the file holds. So those two have the real
+    shapes here (random, about 200 M parameters together) and only the UNet is cut to one level with one block. The
+    tokenizer is the tiny one (its ids fit CLIP-L's vocabulary). Write it with
+    :func:`rewarddance.single_file.save_single_file`.
+    """
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = _tokenizer(77)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(320,),
+        layers_per_block=1,
+        sample_size=8,
+        down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ).eval()
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=64,
+    ).eval()
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
+    return diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in KINDS:

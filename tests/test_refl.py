@@ -12,7 +12,7 @@ from rewarddance import RewardModel
 from rewarddance.search import build_references
 from rewarddance.shapes import write_dataset
 from rewarddance.tiny_diffusion import build_tiny_pipeline
-from rewarddance.training.refl import ReFLConfig, train_refl
+from rewarddance.training.refl import COMFY_LORA_FILE, ReFLConfig, train_refl
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles"]
 HELD_OUT = ["a yellow circle", "a red square"]
@@ -75,7 +75,8 @@ def test_refl_raises_the_held_out_reward(smooth_rm, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["sd", "flux"])
 def test_exported_lora_reproduces_the_trained_model(smooth_rm, tmp_path, kind):
     pipe = _pipe(kind)
-    res = train_refl(_cfg(tmp_path, max_steps=3, eval_prompts=[]), progress=False, pipe=pipe, rm=smooth_rm)
+    cfg = _cfg(tmp_path, max_steps=3, eval_prompts=[], lora_alpha=8)  # scale alpha / rank = 2: must carry over
+    res = train_refl(cfg, progress=False, pipe=pipe, rm=smooth_rm)
     kw = dict(num_inference_steps=4, height=32, width=32, output_type="pt")
     if kind == "flux":
         kw["max_sequence_length"] = 32
@@ -86,6 +87,16 @@ def test_exported_lora_reproduces_the_trained_model(smooth_rm, tmp_path, kind):
     loaded = fresh(PROMPTS[0], generator=[torch.Generator().manual_seed(1)], **kw).images
     assert (loaded - trained).abs().max() < 1e-4
     assert (base - trained).abs().max() > 1e-3  # the LoRA changed the model
+    # the ComfyUI file (kohya names for a UNet, with alpha) also reproduces it when diffusers reads it
+    comfy = load_file(f"{res['lora']}/{COMFY_LORA_FILE}")
+    alphas = {k: v for k, v in comfy.items() if k.endswith(".alpha")}
+    assert alphas and all(float(v) == 8.0 for v in alphas.values())
+    prefix = "lora_unet_" if kind == "sd" else "transformer."
+    assert all(k.startswith(prefix) for k in comfy)
+    other = _pipe(kind)
+    other.load_lora_weights(f"{res['lora']}/{COMFY_LORA_FILE}")
+    loaded = other(PROMPTS[0], generator=[torch.Generator().manual_seed(1)], **kw).images
+    assert (loaded - trained).abs().max() < 1e-4
 
 
 def test_interrupted_run_resumes_exactly(smooth_rm, tmp_path):

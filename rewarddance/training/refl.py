@@ -196,16 +196,41 @@ def add_lora(denoiser, cfg: ReFLConfig) -> list[torch.nn.Parameter]:
     return params
 
 
-def save_lora(pipe, denoiser, out_dir) -> Path:
-    """Write the LoRA in diffusers' format: ``pipe.load_lora_weights(out_dir)`` loads it."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+COMFY_LORA_FILE = "lora_comfyui.safetensors"
+
+
+def save_lora(pipe, denoiser, out_dir, alpha: float) -> Path:
+    """Write the LoRA twice: in diffusers' format (``pipe.load_lora_weights(out_dir)`` loads it) and as
+    ``lora_comfyui.safetensors`` for ComfyUI's LoraLoader (``models/loras``).
+
+    The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets and
+    ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers; each module carries its ``alpha``, so
+    strength 1.0 there applies the same ``alpha / rank`` scale as the trained model.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
-    key = "unet_lora_layers" if pipeline_family(pipe) == "unet" else "transformer_lora_layers"
-    type(pipe).save_lora_weights(str(out), **{key: layers}, safe_serialization=True)
+    peft_sd = get_peft_model_state_dict(denoiser)
+    layers = convert_state_dict_to_diffusers(peft_sd)
+    unet = pipeline_family(pipe) == "unet"
+    key = "unet" if unet else "transformer"
+    # the adapter config travels in the file's metadata; without it a loader assumes alpha = rank (scale 1)
+    meta = {f"{key}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict()}
+    type(pipe).save_lora_weights(str(out), **{f"{key}_lora_layers": layers}, **meta, safe_serialization=True)
+    if unet:
+        comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
+    else:
+        comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
+    for name in [k[: -len(".lora_down.weight")] for k in comfy if k.endswith(".lora_down.weight")] + [
+        k[: -len(".lora_A.weight")] for k in comfy if k.endswith(".lora_A.weight")
+    ]:
+        comfy[f"{name}.alpha"] = torch.tensor(float(alpha))
+    tmp = out / (COMFY_LORA_FILE + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in comfy.items()}, str(tmp))
+    tmp.replace(out / COMFY_LORA_FILE)
     return out
 
 
@@ -429,7 +454,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     reward_after = evaluate("final" if cfg.sample_every else "")
     lora_dir = out / "lora"
     if main:
-        save_lora(pipe, denoiser, lora_dir)
+        save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha)
         _plot(history, out / "reward_curve.png")
     if state:
         state.wait_for_everyone()

@@ -1,0 +1,155 @@
+"""Write a Stable Diffusion 1.x diffusers pipeline as one single-file checkpoint in the original (LDM) layout, the
+layout of the files in ComfyUI's ``models/checkpoints`` and of ``from_single_file``.
+
+Use: ship a ReFL result with its LoRA fused in (``pipe.fuse_lora()`` first) to tools that read only single files;
+the tests also build their single-file checkpoints with it, since none can be downloaded offline. diffusers reads
+such files back with ``StableDiffusionPipeline.from_single_file(path, config=<diffusers folder or id>)``.
+
+Only what an SD 1.x pipeline holds is mapped (UNet2DConditionModel, AutoencoderKL, CLIPTextModel); anything else is
+an error naming the component, never a silently incomplete file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+
+# diffusers ResnetBlock2D names -> LDM ResBlock names (UNet)
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+# diffusers VAE attention names -> LDM AttnBlock names (1x1 convolutions there)
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _rename_resnet(rest: str) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{_UNET_RESNET.get(head, head)}.{tail}"
+
+
+def unet_to_ldm(state_dict: dict, config) -> dict:
+    """Rename a diffusers SD 1.x UNet state dict to the LDM ``UNetModel`` layout (keys without a prefix)."""
+    unsupported = [
+        name
+        for name in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type")
+        if getattr(config, name, None) is not None
+    ]
+    if unsupported:
+        raise ValueError(f"unet: {unsupported} are not part of the SD 1.x layout this writer maps")
+    per_block = config.layers_per_block
+    if not isinstance(per_block, int):
+        raise ValueError(f"unet: layers_per_block must be one number for the LDM layout, got {per_block}")
+    levels = len(config.block_out_channels)
+    fixed = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+    }
+    out = {}
+    for key, value in state_dict.items():
+        new = None
+        for old, ldm in fixed.items():
+            if key.startswith(old):
+                new = ldm + key[len(old) :]
+        if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            index = 1 + i * (per_block + 1) + j
+            new = (
+                f"input_blocks.{index}.0.{_rename_resnet(rest)}"
+                if kind == "resnets"
+                else f"input_blocks.{index}.1.{rest}"
+            )
+        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+            new = f"input_blocks.{(int(m[1]) + 1) * (per_block + 1)}.0.op.{m[2]}"
+        elif m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            kind, j, rest = m[1], int(m[2]), m[3]
+            new = f"middle_block.{2 * j}.{_rename_resnet(rest)}" if kind == "resnets" else f"middle_block.1.{rest}"
+        elif m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+            index = i * (per_block + 1) + j
+            new = (
+                f"output_blocks.{index}.0.{_rename_resnet(rest)}"
+                if kind == "resnets"
+                else f"output_blocks.{index}.1.{rest}"
+            )
+        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+            i = int(m[1])
+            has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in state_dict)
+            index = i * (per_block + 1) + per_block
+            new = f"output_blocks.{index}.{2 if has_attention else 1}.conv.{m[2]}"
+        if new is None:
+            raise ValueError(f"unet: no LDM name for {key!r} (levels={levels})")
+        out[new] = value
+    return out
+
+
+def vae_to_ldm(state_dict: dict, config) -> dict:
+    """Rename a diffusers ``AutoencoderKL`` state dict to the LDM autoencoder layout (keys without a prefix)."""
+    levels = len(config.block_out_channels)
+    out = {}
+    for key, value in state_dict.items():
+        new = key.replace("conv_norm_out.", "norm_out.")
+        if m := re.match(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", new):
+            side, i = m[1], int(m[3])
+            level = i if side == "encoder" else levels - 1 - i  # the LDM decoder counts its levels upward
+            new = f"{side}.{m[2]}.{level}.block.{m[4]}.{m[5].replace('conv_shortcut', 'nin_shortcut')}"
+        elif m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", new):
+            new = f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", new):
+            new = f"decoder.up.{levels - 1 - int(m[1])}.upsample.conv.{m[2]}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", new):
+            new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)$", new):
+            if m[2] not in _VAE_ATTN:
+                raise ValueError(f"vae: no LDM name for {key!r}")
+            new = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}.{m[3]}"
+            if m[3] == "weight" and m[2] != "group_norm":
+                value = value.reshape(*value.shape, 1, 1)  # linear -> 1x1 convolution
+        elif not re.match(r"(encoder|decoder)\.(conv_in|conv_out|norm_out)\.|(post_)?quant_conv\.", new):
+            raise ValueError(f"vae: no LDM name for {key!r}")
+        out[new] = value
+    return out
+
+
+def pipeline_to_ldm(pipe) -> dict:
+    """One LDM-layout state dict of an SD 1.x pipeline (UNet, VAE and CLIP text encoder)."""
+    from transformers import CLIPTextModel
+
+    if type(pipe.text_encoder) is not CLIPTextModel:
+        raise ValueError(
+            f"text_encoder: the SD 1.x layout holds a CLIPTextModel, got {type(pipe.text_encoder).__name__}"
+        )
+    sd = {UNET_PREFIX + k: v for k, v in unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config).items()}
+    sd.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config).items()})
+    for k, v in pipe.text_encoder.state_dict().items():  # transformers 5 drops the "text_model." of older files
+        sd[CLIP_PREFIX + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    return sd
+
+
+def save_single_file(pipe, path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``pipe`` (a ``StableDiffusionPipeline``) to ``path`` as one LDM-layout safetensors file; ``dtype``
+    (e.g. ``torch.float16``) casts the floating-point tensors. Written to a temporary name, then renamed."""
+    from safetensors.torch import save_file
+
+    if any(getattr(pipe, name, None) is not None for name in ("text_encoder_2", "transformer")):
+        raise ValueError(f"{type(pipe).__name__}: only SD 1.x pipelines (one CLIP text encoder, a UNet) are mapped")
+    sd = pipeline_to_ldm(pipe)
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+    return path
