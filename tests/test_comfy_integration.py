@@ -1,5 +1,5 @@
-"""Integration: a real ComfyUI server loads this pack from the working tree and runs workflows with every
-non-sampling node. Runs when ``COMFYUI_DIR`` points at a ComfyUI checkout (``COMFYUI_PYTHON``: the interpreter of
+"""Integration: a real ComfyUI server loads this pack from the working tree and runs workflows with every node,
+the sampling ones on a random checkpoint that ComfyUI takes for SD 1.5 (``build_sd15_layout_pipeline``). Runs when ``COMFYUI_DIR`` points at a ComfyUI checkout (``COMFYUI_PYTHON``: the interpreter of
 its environment, default this one); skipped otherwise."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: no ComfyUI checkout to run")
@@ -46,22 +47,62 @@ def _post(url: str, body: dict):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else {}
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
 
 
+CKPT = "sd15-layout.safetensors"
+LORA = "refl-lora.safetensors"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_vlm):
+def sd15(tmp_path_factory):
+    """A random SD 1.5-layout checkpoint (fp16, ~465 MB) and a ComfyUI LoRA for its UNet written by the ReFL export,
+    with the UNet's LoRA-fused weights (LDM names) that ComfyUI must arrive at."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from rewarddance.single_file import save_single_file, unet_to_ldm
+    from rewarddance.tiny_diffusion import build_sd15_layout_pipeline
+    from rewarddance.training.refl import COMFY_LORA_FILE, save_lora
+
+    root = tmp_path_factory.mktemp("sd15")
+    pipe = build_sd15_layout_pipeline()
+    (root / "checkpoints").mkdir()
+    save_single_file(pipe, root / "checkpoints" / CKPT, torch.float16)
+    unet = pipe.unet.half().float()  # what ComfyUI reads from the fp16 file
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    gen = torch.Generator().manual_seed(1)
+    for name, p in unet.named_parameters():
+        if "lora_" in name:
+            p.data = 0.05 * torch.randn(p.shape, generator=gen)
+    save_lora(pipe, unet, root / "lora-out", alpha=8)
+    (root / "loras").mkdir()
+    shutil.copy(root / "lora-out" / COMFY_LORA_FILE, root / "loras" / LORA)
+    unet.fuse_lora()
+    unet.unload_lora()
+    fused = unet_to_ldm(unet.state_dict(), unet.config)
+    save_file({k: v.contiguous() for k, v in fused.items() if "attn" in k}, str(root / "expected.safetensors"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_vlm, sd15):
     root = tmp_path_factory.mktemp("comfy")
     packs = root / "packs"
     packs.mkdir()
     (packs / "rewarddance-pack").symlink_to(REPO, target_is_directory=True)
     models = root / "rd-models"
     shutil.copytree(tiny_vlm("llava"), models / "tiny-llava")
-    (root / "extra.yaml").write_text(
-        json.dumps({"rewarddance_test": {"custom_nodes": str(packs), "rewarddance": str(models)}})
-    )
+    paths = {
+        "custom_nodes": str(packs),
+        "rewarddance": str(models),
+        "checkpoints": str(sd15 / "checkpoints"),
+        "loras": str(sd15 / "loras"),
+    }
+    (root / "extra.yaml").write_text(json.dumps({"rewarddance_test": paths}))
     base = root / "base"
     (base / "custom_nodes").mkdir(parents=True)
     port = _free_port()
@@ -229,19 +270,139 @@ def test_bad_input_is_a_node_error_not_a_crash(server):
 
 
 def test_example_workflows_run(server):
-    """The committed API-format examples: the two without a diffusion checkpoint run to success with the tiny judge;
-    the two that sample only fail validation on the absent checkpoint file, so every other input is valid."""
+    """The committed API-format examples run to success: the tiny judge stands in for the 2B one, and the two that
+    sample use the SD 1.5-layout checkpoint at 64 px with a few steps."""
     folder = REPO / "examples" / "workflows"
     for name in ("score_images", "compare_images", "best_of_n_select", "reward_guided_sampler"):
         wf = json.loads((folder / f"{name}.api.json").read_text())
         for node in wf.values():
-            if node["class_type"] == "RewardDanceLoadRewardModel":
-                node["inputs"].update(model="tiny-llava", quantization="none", device="cpu", dtype="float32")
-        if name in ("score_images", "compare_images"):
-            res = _run(server, wf)
-            assert res.get("status", {}).get("status_str") == "success", (name, json.dumps(res)[-2000:])
-        else:
-            res = _run(server, wf)
-            errors = res["rejected"]["node_errors"]
-            bad = {(nid, e["details"]) for nid, v in errors.items() for e in v["errors"]}
-            assert bad and all(wf[nid]["class_type"] == "CheckpointLoaderSimple" for nid, _ in bad), (name, bad)
+            kind, inputs = node["class_type"], node["inputs"]
+            if kind == "RewardDanceLoadRewardModel":
+                inputs.update(model="tiny-llava", quantization="none", device="cpu", dtype="float32")
+            elif kind == "CheckpointLoaderSimple":
+                inputs["ckpt_name"] = CKPT
+            elif kind == "EmptyLatentImage":
+                inputs.update(width=64, height=64)
+            if "steps" in inputs:
+                inputs["steps"] = 4
+        res = _run(server, wf)
+        assert res.get("status", {}).get("status_str") == "success", (name, json.dumps(res)[-2000:])
+
+
+def _sampling(strategy: str, budget: int, steps: int = 6, lora: bool = True) -> dict:
+    clip = ["lora", 1] if lora else ["ckpt", 1]
+    wf = {
+        "rm": _loader(),
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red circle", "clip": clip}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": clip}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "guided": {
+            "class_type": "RewardDanceGuidedSampler",
+            "inputs": {
+                "model": ["lora", 0] if lora else ["ckpt", 0],
+                "positive": ["pos", 0],
+                "negative": ["neg", 0],
+                "latent_image": ["latent", 0],
+                "vae": ["ckpt", 2],
+                "seed": 3,
+                "steps": steps,
+                "cfg": 5.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "reward_model": ["rm", 0],
+                "prompt": "a red circle",
+                "strategy": strategy,
+                "budget": budget,
+            },
+        },
+        "show_image": {"class_type": "PreviewImage", "inputs": {"images": ["guided", 1]}},
+        "show_scores": {"class_type": "PreviewAny", "inputs": {"source": ["guided", 2]}},
+    }
+    if lora:
+        wf["lora"] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "clip": ["ckpt", 1],
+                "lora_name": LORA,
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+            },
+        }
+    return wf
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "search_over_paths"])
+def test_guided_sampler_runs_on_a_loaded_checkpoint_with_a_refl_lora(server, strategy):
+    res = _run(server, _sampling(strategy, budget=3 if strategy == "best_of_n" else 6))
+    assert res.get("status", {}).get("status_str") == "success", json.dumps(res)[-3000:]
+    scores = [float(x) for x in res["outputs"]["show_scores"]["text"]]
+    assert all(0.0 < x < 1.0 for x in scores)
+    # best-of-N: one score per seed. The search (2 paths, 2 children each) over 6 steps plans two rounds, from
+    # levels 1 and 4, costing 34 steps within the budget of 6 x 6: 2 x 4 children scored, then the 2 final paths.
+    assert len(scores) == (3 if strategy == "best_of_n" else 10), scores
+    assert len(res["outputs"]["show_image"]["images"]) == 1
+    log = server["log"].read_text()
+    assert "lora key not loaded" not in log and "ERROR lora" not in log
+
+
+def test_interrupt_stops_the_guided_sampler(server):
+    """A best-of-N run far longer than the test: ComfyUI's interrupt ends it and the server takes the next prompt."""
+    status, body = _post(server["url"] + "/prompt", {"prompt": _sampling("best_of_n", budget=500, lora=False)})
+    assert status == 200, body
+    pid = body["prompt_id"]
+    deadline = time.time() + 120
+    while time.time() < deadline and not _get(server["url"] + "/queue")["queue_running"]:
+        time.sleep(0.2)
+    time.sleep(3)  # well into the sampling loop
+    _post(server["url"] + "/interrupt", {})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        hist = _get(f"{server['url']}/history/{pid}")
+        if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the interrupted prompt never finished")
+    assert "execution_interrupted" in json.dumps(hist[pid]["status"]["messages"])
+    res = _run(server, _sampling("best_of_n", budget=1, steps=2, lora=False))
+    assert res["status"]["status_str"] == "success"
+
+
+def test_refl_lora_patches_comfyui_weights_as_diffusers_fuses_them(sd15):
+    """ComfyUI's own loader applies the ReFL export to the checkpoint: every patched attention weight equals the
+    LoRA-fused diffusers weight (compared by LDM name), and no LoRA key is left unmatched."""
+    script = f"""
+import sys, logging, torch
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.sd, comfy.utils
+from safetensors.torch import load_file
+unmatched = []
+class Catch(logging.Handler):
+    def emit(self, record):
+        if "not loaded" in record.getMessage():
+            unmatched.append(record.getMessage())
+logging.getLogger().addHandler(Catch())
+model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config({str(sd15 / "checkpoints" / CKPT)!r})
+lora = comfy.utils.load_torch_file({str(sd15 / "loras" / LORA)!r})
+model, clip = comfy.sd.load_lora_for_models(model, clip, lora, 1.0, 1.0)
+expected = load_file({str(sd15 / "expected.safetensors")!r})
+def worst():
+    sd = model.model.diffusion_model.state_dict()
+    return max((sd[k].float() - v.float()).abs().max().item() for k, v in expected.items())
+before = worst()
+model.patch_model()
+print("RESULT", len(expected), worst(), before, len(unmatched), unmatched[:3])
+"""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    env = {**os.environ, "PYTHONPATH": COMFYUI_DIR}
+    proc = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=COMFYUI_DIR, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][0].split(maxsplit=5)
+    count, worst, before, unmatched = int(line[1]), float(line[2]), float(line[3]), int(line[4])
+    print(f"{count} attention tensors; largest difference before patching {before:.2e}, after {worst:.2e}")
+    assert count > 0 and unmatched == 0, line
+    assert worst < 2e-3 < before, line  # ComfyUI patches in the checkpoint's fp16; diffusers fused in fp32
