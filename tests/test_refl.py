@@ -170,6 +170,8 @@ def test_bad_configs_fail_before_training(smooth_rm, tmp_path):
         _cfg(tmp_path, lora_rank=0)
     with pytest.raises(ValueError, match="needs `references`"):
         _cfg(tmp_path, mode="pairwise")
+    with pytest.raises(ValueError, match="trackers must be among"):
+        _cfg(tmp_path, trackers=["tensorbord"])
     with pytest.raises(ValueError, match="no manifest.jsonl; run build_references"):
         train_refl(
             _cfg(tmp_path / "o", mode="pairwise", references=str(tmp_path / "nothing")), pipe=_pipe("sd"), rm=smooth_rm
@@ -230,3 +232,29 @@ def test_memory_options_run_and_train(smooth_rm, tmp_path):
     ups = [v for k, v in weights.items() if "lora_B" in k or "lora.up" in k]
     assert ups and all(torch.isfinite(v).all() for v in ups)
     assert max(v.abs().max().item() for v in ups) > 0  # B starts at zero: the optimiser moved it
+
+
+def test_tensorboard_gets_the_same_numbers_as_the_csv(smooth_rm, tmp_path):
+    """``trackers: [tensorboard]`` goes through accelerate's tracker; the event files hold every step's metrics (as
+    metrics.csv has them) and the held-out reward before and after."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = train_refl(
+        _cfg(tmp_path, max_steps=3, trackers=["tensorboard"], eval_images=1),
+        progress=False,
+        pipe=_pipe("sd"),
+        rm=smooth_rm,
+    )
+    runs = [p.parent for p in (tmp_path / "logs").rglob("events.out.tfevents.*")]
+    scalars = {}
+    for run in set(runs):
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    assert [s for s, _ in scalars["reward_mean"]] == [1, 2, 3]
+    for row, (_, value) in zip(res["history"], scalars["reward_mean"]):
+        assert value == pytest.approx(row["reward_mean"], rel=1e-6)
+    assert [v for _, v in scalars["lr"]] == pytest.approx([3e-2] * 3)
+    evals = [v for _, v in scalars["eval_reward"]]
+    assert evals == pytest.approx([res["reward_before"], res["reward_after"]], rel=1e-6)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from ..context import RewardContext
 from ..distributed import any_process, average_gradients, process_state
@@ -40,6 +41,7 @@ from .metrics import append_csv
 MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
 LOSSES = ("hinge", "log")
 ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TRACKERS = tuple(LOGGER_TYPE_TO_CLASS)
 
 
 @dataclass
@@ -86,6 +88,10 @@ class ReFLConfig:
     eval_images: int = field(default=2, metadata={"help": "images per eval prompt"})
     sample_every: int = field(default=0, metadata={"help": "save a sample grid of eval prompts every N steps"})
     window: int = field(default=20, metadata={"help": "sliding window of the reward mean / std"})
+    trackers: list = field(
+        default_factory=list,
+        metadata={"help": "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow ... (files: logs/)"},
+    )
     max_nan_steps: int = field(default=5, metadata={"help": "consecutive NaN/inf losses before the run stops"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ..."})
     dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
@@ -104,6 +110,7 @@ class ReFLConfig:
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
             (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
+            (not set(self.trackers) - set(TRACKERS), f"trackers must be among {sorted(TRACKERS)}, got {self.trackers}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -234,6 +241,32 @@ def save_lora(pipe, denoiser, out_dir, alpha: float) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _finished(trackers: list):
+    try:
+        yield
+    finally:
+        for tracker in trackers:
+            tracker.finish()
+
+
+def open_trackers(cfg: ReFLConfig, out: Path) -> list:
+    """accelerate's trackers named in ``cfg.trackers``, started, with the config stored (as scalars and strings,
+    which every tracker takes). A tracker whose package is missing fails here, before training."""
+    trackers = []
+    for name in cfg.trackers:
+        cls = LOGGER_TYPE_TO_CLASS[name]
+        try:
+            tracker = cls("refl", out / "logs") if cls.requires_logging_directory else cls("refl")
+            tracker.start()
+        except (ImportError, ModuleNotFoundError) as err:
+            raise ValueError(f"trackers: {name!r} needs its package ({err}); pip install it or drop it") from err
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(cfg).items()}
+        tracker.store_init_configuration(values)
+        trackers.append(tracker)
+    return trackers
+
+
 # ---------------------------------------------------------------------------------------------------- one step
 def _step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + salt) % (2**63))
@@ -360,19 +393,23 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 scores.append(rm.score(images, prompt, context=context).p_yes)
                 if tag and cfg.sample_every:
                     _save_grid(images, out / "samples" / f"{tag}-{i:03d}.png")
-        return float(torch.cat(scores).mean())
+        value = float(torch.cat(scores).mean())
+        for tracker in trackers:
+            tracker.log({"eval_reward": value}, step=step)
+        return value
 
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
         if cfg.mixed_precision != "no"
         else contextlib.nullcontext()
     )
+    trackers = open_trackers(cfg, out) if main else []
     reward_before = evaluate("") if step == 0 else None
     window: deque = deque(maxlen=cfg.window)
     history, nan_run, nan_total = [], 0, 0
     metrics = out / "metrics.csv"
     bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
-    with StopFlag() as flag:
+    with StopFlag() as flag, _finished(trackers):
         while step < cfg.max_steps:
             started = time.perf_counter()
             gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
@@ -433,10 +470,13 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 "window_std": float(torch.tensor(list(window)).std()) if len(window) > 1 else 0.0,
                 "nan_skipped": nan_total,
                 "seconds": time.perf_counter() - started,
+                "lr": scheduler.get_last_lr()[0],
             }
             history.append(row)
             if main:
                 append_csv(metrics, [row])
+                for tracker in trackers:
+                    tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
             bar.update(1)
             bar.set_postfix(reward=f"{row['window_mean']:.4f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -450,8 +490,8 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             if stopping and step < cfg.max_steps:
                 bar.close()
                 return {"stopped_at": step, "history": history}
-    bar.close()
-    reward_after = evaluate("final" if cfg.sample_every else "")
+        bar.close()
+        reward_after = evaluate("final" if cfg.sample_every else "")
     lora_dir = out / "lora"
     if main:
         save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha)
