@@ -225,6 +225,7 @@ class RewardGuidedSampler(io.ComfyNode):
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
                     tooltip="first seed; candidates use seed, seed+1, ...",
                 ),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="sampling steps"),

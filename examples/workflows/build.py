@@ -175,8 +175,9 @@ def ui_format(wf: dict, info: dict) -> dict:
             if is_widget:
                 if v is not None:
                     widgets.append(v)
-                    if k == "seed" and "control_after_generate" in node["inputs"]:
-                        widgets.append(node["inputs"]["control_after_generate"])
+                    options = declared[k][1] if len(declared[k]) > 1 else {}
+                    if options.get("control_after_generate"):  # the editor adds this widget after the value
+                        widgets.append(node["inputs"].get("control_after_generate", "fixed"))
                 continue
             link = None
             if isinstance(v, list):
