@@ -406,3 +406,36 @@ print("RESULT", len(expected), worst(), before, len(unmatched), unmatched[:3])
     print(f"{count} attention tensors; largest difference before patching {before:.2e}, after {worst:.2e}")
     assert count > 0 and unmatched == 0, line
     assert worst < 2e-3 < before, line  # ComfyUI patches in the checkpoint's fp16; diffusers fused in fp32
+
+
+def test_guided_sampler_reports_progress_over_the_websocket(server):
+    """The node's progress bar reaches ComfyUI's clients: a websocket client (aiohttp, from ComfyUI's environment)
+    sees one progress message per best-of-N candidate for the sampler node, ending at the budget."""
+    workflow = _sampling("best_of_n", budget=3, steps=2, lora=False)
+    script = f"""
+import asyncio, json, uuid, aiohttp
+async def main():
+    cid = str(uuid.uuid4())
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect({server["url"]!r}.replace("http", "ws") + "/ws?clientId=" + cid) as ws:
+            r = await s.post({server["url"]!r} + "/prompt", json={{"prompt": json.loads({json.dumps(workflow)!r}), "client_id": cid}})
+            pid = (await r.json())["prompt_id"]
+            seen = []
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                m = json.loads(msg.data)
+                if m["type"] == "progress" and m["data"].get("node") == "guided":
+                    seen.append([m["data"]["value"], m["data"]["max"]])
+                if m["type"] == "executing" and m["data"].get("node") is None and m["data"].get("prompt_id") == pid:
+                    break
+                if m["type"] == "execution_error":
+                    break
+            print("PROGRESS", json.dumps(seen))
+asyncio.run(asyncio.wait_for(main(), 300))
+"""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    proc = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads([x for x in proc.stdout.splitlines() if x.startswith("PROGRESS")][0].split(maxsplit=1)[1])
+    assert seen == [[1, 3], [2, 3], [3, 3]], seen
