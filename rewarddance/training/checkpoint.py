@@ -26,17 +26,34 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(folder: str | os.PathLike, step: int, model, optimizer, scheduler=None, extra=None, keep=2) -> Path:
-    """Write checkpoint ``step`` under ``folder`` atomically; keep the newest ``keep`` checkpoints."""
+def save_checkpoint(
+    folder: str | os.PathLike,
+    step: int,
+    model,
+    optimizer,
+    scheduler=None,
+    extra=None,
+    keep=2,
+    full_state: tuple[dict, dict] | None = None,
+) -> Path:
+    """Write checkpoint ``step`` under ``folder`` atomically; keep the newest ``keep`` checkpoints.
+
+    ``full_state``: ``(weights, optimizer state)`` already gathered by :func:`gather_full_state` from a sharded
+    (FSDP) model; the optimiser state is then keyed by parameter name and :func:`load_checkpoint` restores it so."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:07d}"
     tmp = folder / f".tmp-{PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    weights, optim = full_state if full_state else (trainable_state(model), optimizer.state_dict())
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "trainable.safetensors")
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None},
+        {
+            "optimizer": optim,
+            "by_name": full_state is not None,
+            "scheduler": scheduler.state_dict() if scheduler else None,
+        },
         tmp / "optimizer.pt",
     )
     torch.save(
@@ -51,6 +68,20 @@ def save_checkpoint(folder: str | os.PathLike, step: int, model, optimizer, sche
     return final
 
 
+def gather_full_state(model, optimizer) -> tuple[dict, dict]:
+    """The trainable weights and the optimiser state of an FSDP-sharded ``model`` as full CPU tensors, keyed by
+    parameter name. Every process must call it (it gathers); only the first process gets them, the others ``{}``."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights = get_model_state_dict(model, options=options)
+    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+
+
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -58,8 +89,8 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None) -> dict:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state.json``."""
+def load_trainable(path: str | os.PathLike, model) -> None:
+    """Copy a checkpoint's trainable weights into ``model`` (an unsharded one)."""
     path = Path(path)
     weights = load_file(path / "trainable.safetensors")
     params = dict(model.named_parameters())
@@ -69,8 +100,21 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None) -
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, weights: bool = True) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state.json``. ``weights=False`` when
+    they were loaded already with :func:`load_trainable` (before sharding the model)."""
+    path = Path(path)
+    if weights:
+        load_trainable(path, model)
     opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(opt["optimizer"])
+    if opt.get("by_name"):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, opt["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(opt["optimizer"])
     if scheduler is not None and opt["scheduler"] is not None:
         scheduler.load_state_dict(opt["scheduler"])
     rng = torch.load(path / "rng.pt", weights_only=False)

@@ -34,7 +34,14 @@ from ..context import RewardContext
 from ..distributed import any_process, average_gradients, process_state
 from ..images import ImageError, load_image, to_tensor
 from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
-from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    StopFlag,
+    gather_full_state,
+    list_checkpoints,
+    load_checkpoint,
+    load_trainable,
+    save_checkpoint,
+)
 from .config import config_from_yaml
 from .metrics import append_csv
 
@@ -93,6 +100,10 @@ class ReFLConfig:
         metadata={"help": "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow ... (files: logs/)"},
     )
     max_nan_steps: int = field(default=5, metadata={"help": "consecutive NaN/inf losses before the run stops"})
+    distributed: str = field(
+        default="ddp",
+        metadata={"help": "several processes: ddp (a denoiser copy each) or fsdp (its weights sharded over them)"},
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ..."})
     dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
 
@@ -108,6 +119,11 @@ class ReFLConfig:
             (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
             (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
+            (self.distributed in ("ddp", "fsdp"), f"distributed must be ddp or fsdp, got {self.distributed!r}"),
+            (
+                not (self.distributed == "fsdp" and self.optimizer == "adamw8bit"),
+                "optimizer adamw8bit does not take FSDP's sharded parameters; use adamw with distributed fsdp",
+            ),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
             (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
             (not set(self.trackers) - set(TRACKERS), f"trackers must be among {sorted(TRACKERS)}, got {self.trackers}"),
@@ -206,13 +222,14 @@ def add_lora(denoiser, cfg: ReFLConfig) -> list[torch.nn.Parameter]:
 COMFY_LORA_FILE = "lora_comfyui.safetensors"
 
 
-def save_lora(pipe, denoiser, out_dir, alpha: float) -> Path:
+def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = None) -> Path:
     """Write the LoRA twice: in diffusers' format (``pipe.load_lora_weights(out_dir)`` loads it) and as
     ``lora_comfyui.safetensors`` for ComfyUI's LoraLoader (``models/loras``).
 
     The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets and
     ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers; each module carries its ``alpha``, so
-    strength 1.0 there applies the same ``alpha / rank`` scale as the trained model.
+    strength 1.0 there applies the same ``alpha / rank`` scale as the trained model. ``state_dict``: the gathered
+    weights of a sharded (FSDP) denoiser.
     """
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from peft.utils import get_peft_model_state_dict
@@ -220,7 +237,7 @@ def save_lora(pipe, denoiser, out_dir, alpha: float) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    peft_sd = get_peft_model_state_dict(denoiser)
+    peft_sd = get_peft_model_state_dict(denoiser, state_dict=state_dict)
     layers = convert_state_dict_to_diffusers(peft_sd)
     unet = pipeline_family(pipe) == "unet"
     key = "unet" if unet else "transformer"
@@ -265,6 +282,29 @@ def open_trackers(cfg: ReFLConfig, out: Path) -> list:
         tracker.store_init_configuration(values)
         trackers.append(tracker)
     return trackers
+
+
+def pipe_denoiser(pipe):
+    return pipe.unet if pipeline_family(pipe) == "unet" else pipe.transformer
+
+
+def shard_denoiser(denoiser, device: torch.device, dtype: torch.dtype) -> None:
+    """FSDP (``fully_shard``) over the processes: each block of the denoiser, then the rest of it. The frozen
+    weights and the fp32 LoRA are all-gathered in the model's ``dtype`` for compute; gradients reduce in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for name, child in denoiser.named_children():
+        blocks = child if isinstance(child, torch.nn.ModuleList) and name.endswith("blocks") else []
+        for block in list(blocks) + ([child] if name == "mid_block" and child is not None else []):
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(denoiser, mesh=mesh, mp_policy=policy)
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
 # ---------------------------------------------------------------------------------------------------- one step
@@ -335,8 +375,12 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     main = rank == 0
     device = torch.device(cfg.device or (state.device if state else ("cuda" if torch.cuda.is_available() else "cpu")))
     dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    fsdp = cfg.distributed == "fsdp" and state is not None
     if pipe is None:
-        pipe = load_pipeline(cfg, dtype).to(device)
+        pipe = load_pipeline(cfg, dtype)
+        for module in pipe.components.values():  # under FSDP the denoiser reaches the device only as shards
+            if isinstance(module, torch.nn.Module) and not (fsdp and module is pipe_denoiser(pipe)):
+                module.to(device)
     family = pipeline_family(pipe)
     check_scheduler(pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -347,7 +391,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     reference_images = {p: to_tensor(load_image(v[0])) for p, v in refs.items()} if refs else {}
 
     # --- the trainable part
-    denoiser = pipe.unet if family == "unet" else pipe.transformer
+    denoiser = pipe_denoiser(pipe)
     for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, name, None)
         if module is not None:
@@ -358,6 +402,13 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         denoiser.enable_gradient_checkpointing()
         if hasattr(pipe.vae, "enable_gradient_checkpointing"):
             pipe.vae.enable_gradient_checkpointing()
+    ckpt_dir = out / "checkpoints"
+    resume_from = list_checkpoints(ckpt_dir)[-1] if cfg.resume and list_checkpoints(ckpt_dir) else None
+    if fsdp:
+        if resume_from is not None:
+            load_trainable(resume_from, denoiser)  # full weights, before they are split
+        shard_denoiser(denoiser, device, dtype)
+        params = [p for p in denoiser.parameters() if p.requires_grad]  # the sharded ones now
     if cfg.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
@@ -365,13 +416,20 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    ckpt_dir = out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     if main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
     step = 0
-    if cfg.resume and list_checkpoints(ckpt_dir):
-        step = load_checkpoint(list_checkpoints(ckpt_dir)[-1], denoiser, optimizer, scheduler)["step"]
+    if resume_from is not None:
+        if fsdp and not torch.load(resume_from / "optimizer.pt", weights_only=False).get("by_name"):
+            raise ValueError(f"{resume_from}: written by a run without FSDP; resume it with distributed: ddp")
+        step = load_checkpoint(resume_from, denoiser, optimizer, scheduler, weights=not fsdp)["step"]
+
+    def checkpoint() -> None:  # every process calls it: under FSDP they gather the state together
+        full = gather_full_state(denoiser, optimizer) if fsdp else None
+        if main:
+            save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints, full_state=full)
+
     size = cfg.resolution
     sampler_cfg = SamplerConfig(
         num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, height=size, width=size
@@ -380,7 +438,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         sampler_cfg.max_sequence_length = min(sampler_cfg.max_sequence_length, pipe.tokenizer_2.model_max_length)
 
     def evaluate(tag: str) -> float | None:
-        if not eval_prompts or not main:
+        if not eval_prompts or not (main or fsdp):  # (sharded: every process runs the denoiser together)
             return None
         scores = []
         with torch.no_grad():
@@ -414,12 +472,16 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             started = time.perf_counter()
             gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
             pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # its own stream: the reward path is unchanged
+            shared = _step_generator(cfg.seed, step, salt=-1)
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
             for _micro in range(cfg.grad_accum):
                 for _b in range(cfg.batch_size):
                     prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
+                    # sharded, the processes must run the denoiser equally often: one stop level for all of them
                     stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
+                    if fsdp:
+                        stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=shared))
                     noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
                     if cfg.offload_reward_model and device.type == "cuda":
                         rm.model.to(device)
@@ -447,15 +509,15 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 nan_total += 1
                 optimizer.zero_grad(set_to_none=True)
                 if nan_run >= cfg.max_nan_steps:
-                    if main:
-                        save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                    checkpoint()
                     raise RuntimeError(
                         f"ReFL stopped at step {step}: {nan_run} consecutive NaN/inf losses (lower lr or reward_scale; "
                         "the last good state is checkpointed)"
                     )
             else:
                 nan_run = 0
-                average_gradients(params, state)
+                if not fsdp:  # (FSDP averages the gradients itself)
+                    average_gradients(params, state)
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
@@ -483,8 +545,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 evaluate(f"step-{step:06d}" if cfg.sample_every and step % cfg.sample_every == 0 else "")
             stopping = any_process(flag.stop or (stop_at is not None and step >= stop_at), state)
             if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-                if main:
-                    save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints)
+                checkpoint()
                 if state:
                     state.wait_for_everyone()
             if stopping and step < cfg.max_steps:
@@ -493,14 +554,15 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         bar.close()
         reward_after = evaluate("final" if cfg.sample_every else "")
     lora_dir = out / "lora"
+    full = gather_full_state(denoiser, optimizer)[0] if fsdp else None
     if main:
-        save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha)
+        save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha, state_dict=full)
         _plot(history, out / "reward_curve.png")
     if state:
         state.wait_for_everyone()
     return {
         "processes": state.num_processes if state else 1,
-        "lora_checksum": float(sum(p.detach().double().abs().sum() for p in params)),
+        "lora_checksum": float(sum(_full(p).detach().double().abs().sum() for p in params)),
         "step": step,
         "reward_before": reward_before,
         "reward_after": reward_after,
