@@ -311,3 +311,19 @@ def test_fsdp_trains_like_ddp_and_resumes(tiny_vlm, tmp_path, launch_two, json_o
     worst = max((resumed["lora"][k] - fsdp["lora"][k]).abs().max().item() for k in fsdp["lora"])
     print(f"FSDP resumed vs straight: largest difference {worst:.2e}")
     assert worst < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_reward_model_offload_keeps_the_judge_on_the_cpu_between_steps(tiny_vlm, tmp_path):
+    """``offload_reward_model``: the judge scores on the GPU and goes back to the CPU after every step and eval."""
+    pipe = _pipe("sd").to("cuda")
+    rm = RewardModel.from_pretrained(tiny_vlm("llava", init_std=0.02), device="cuda")
+    cfg = _cfg(
+        tmp_path, max_steps=2, eval_prompts=HELD_OUT[:1], eval_images=1, offload_reward_model=True, device="cuda"
+    )
+    cfg.dtype = "float32"
+    res = train_refl(cfg, progress=False, pipe=pipe, rm=rm)
+    assert rm.device.type == "cpu"
+    assert res["reward_before"] is not None and res["reward_after"] is not None
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in res["history"])

@@ -387,6 +387,22 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     if rm is None:
         rm = RewardModel.from_pretrained(cfg.reward_model, device=device, quantization=cfg.quantization)
     rm.model.requires_grad_(False)
+    offload = cfg.offload_reward_model and device.type != "cpu"
+
+    @contextlib.contextmanager
+    def rm_on_device():  # with offload_reward_model the judge visits the device only while it scores
+        if offload:
+            rm.model.to(device)
+        try:
+            yield
+        finally:
+            if offload:
+                rm.model.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    if offload:
+        rm.model.to("cpu")
     context = RewardContext(task=cfg.task)
     reference_images = {p: to_tensor(load_image(v[0])) for p, v in refs.items()} if refs else {}
 
@@ -441,7 +457,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         if not eval_prompts or not (main or fsdp):  # (sharded: every process runs the denoiser together)
             return None
         scores = []
-        with torch.no_grad():
+        with torch.no_grad(), rm_on_device():
             for i, prompt in enumerate(eval_prompts):
                 sampler = Sampler(pipe, prompt, sampler_cfg)
                 x = sampler.initial_latents([10_000 + i * 100 + j for j in range(cfg.eval_images)])
@@ -475,35 +491,32 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             shared = _step_generator(cfg.seed, step, salt=-1)
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
-            for _micro in range(cfg.grad_accum):
-                for _b in range(cfg.batch_size):
-                    prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
-                    # sharded, the processes must run the denoiser equally often: one stop level for all of them
-                    stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
-                    if fsdp:
-                        stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=shared))
-                    noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-                    if cfg.offload_reward_model and device.type == "cuda":
-                        rm.model.to(device)
-                    with autocast:
-                        r = reward_of_prompt(
-                            pipe, rm, prompt, sampler_cfg, stop, noise_seed, reference_images.get(prompt), context
-                        )
-                        if cfg.loss == "hinge":
-                            loss = F.relu(cfg.hinge_margin - r).mean()
-                        else:
-                            loss = -torch.log(r.clamp_min(1e-12)).mean()
-                        loss = cfg.reward_scale * loss
-                        if pretrain is not None:
-                            item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
-                            loss = loss + cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen)
-                    loss = loss / (cfg.batch_size * cfg.grad_accum)
-                    if torch.isfinite(loss):
-                        loss.backward()
-                    total += float(loss.detach())
-                    rewards.append(float(r.detach().mean()))
-                    if cfg.offload_reward_model and device.type == "cuda":
-                        rm.model.to("cpu")
+            with rm_on_device():
+                for _micro in range(cfg.grad_accum):
+                    for _b in range(cfg.batch_size):
+                        prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
+                        # sharded, the processes must run the denoiser equally often: one stop level for all of them
+                        stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
+                        if fsdp:
+                            stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=shared))
+                        noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+                        with autocast:
+                            r = reward_of_prompt(
+                                pipe, rm, prompt, sampler_cfg, stop, noise_seed, reference_images.get(prompt), context
+                            )
+                            if cfg.loss == "hinge":
+                                loss = F.relu(cfg.hinge_margin - r).mean()
+                            else:
+                                loss = -torch.log(r.clamp_min(1e-12)).mean()
+                            loss = cfg.reward_scale * loss
+                            if pretrain is not None:
+                                item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
+                                loss = loss + cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen)
+                        loss = loss / (cfg.batch_size * cfg.grad_accum)
+                        if torch.isfinite(loss):
+                            loss.backward()
+                        total += float(loss.detach())
+                        rewards.append(float(r.detach().mean()))
             if any_process(not math.isfinite(total), state):
                 nan_run += 1
                 nan_total += 1
