@@ -68,9 +68,10 @@ def save_checkpoint(
     return final
 
 
-def gather_full_state(model, optimizer) -> tuple[dict, dict]:
-    """The trainable weights and the optimiser state of an FSDP-sharded ``model`` as full CPU tensors, keyed by
-    parameter name. Every process must call it (it gathers); only the first process gets them, the others ``{}``."""
+def gather_full_state(model, optimizer=None) -> tuple[dict, dict | None]:
+    """The trainable weights and (with ``optimizer``) the optimiser state of an FSDP-sharded ``model`` as full CPU
+    tensors, keyed by parameter name. Every process must call it (it gathers); only the first process gets them,
+    the others ``{}``."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -79,7 +80,7 @@ def gather_full_state(model, optimizer) -> tuple[dict, dict]:
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     weights = get_model_state_dict(model, options=options)
-    return weights, get_optimizer_state_dict(model, optimizer, options=options)
+    return weights, None if optimizer is None else get_optimizer_state_dict(model, optimizer, options=options)
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:

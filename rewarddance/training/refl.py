@@ -495,9 +495,9 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 for _micro in range(cfg.grad_accum):
                     for _b in range(cfg.batch_size):
                         prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
-                        # sharded, the processes must run the denoiser equally often: one stop level for all of them
                         stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
-                        if fsdp:
+                        if fsdp:  # sharded, all processes must call the denoiser equally often: one stop level
+                            # (drawn besides the one above, so prompts and noise stay those of a DDP run)
                             stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=shared))
                         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
                         with autocast:
@@ -567,7 +567,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         bar.close()
         reward_after = evaluate("final" if cfg.sample_every else "")
     lora_dir = out / "lora"
-    full = gather_full_state(denoiser, optimizer)[0] if fsdp else None
+    full = gather_full_state(denoiser)[0] if fsdp else None
     if main:
         save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha, state_dict=full)
         _plot(history, out / "reward_curve.png")
