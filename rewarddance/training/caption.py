@@ -21,7 +21,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..images import ImageError, load_image
@@ -149,7 +148,8 @@ def caption_batch(rm: RewardModel, rows: list[Captioned], question: str = QUESTI
 
 
 def caption_loss(rm: RewardModel, rows: list[Captioned], question: str = QUESTION):
-    """``(mean cross-entropy, token accuracy)`` of the captions of ``rows``; differentiable in the first."""
+    """``(mean cross-entropy, token accuracy, caption tokens)`` of the captions of ``rows``; differentiable in the
+    first."""
     inputs, targets = caption_batch(rm, rows, question)
     hidden = rm._base(**rm._to_model(inputs), use_cache=False).last_hidden_state
     keep = (targets != -100).to(hidden.device)
@@ -161,21 +161,21 @@ def caption_loss(rm: RewardModel, rows: list[Captioned], question: str = QUESTIO
         for k in range(0, len(tgt), 256):
             logits = sel[k : k + 256] @ weight.T + (rm._head_bias if rm._head_bias is not None else 0)
             right += int((logits.argmax(-1) == tgt[k : k + 256]).sum())
-    return -logp.mean(), right / max(1, len(tgt))
+    return -logp.mean(), right / max(1, len(tgt)), len(tgt)
 
 
 @torch.no_grad()
 def evaluate_captions(rm: RewardModel, rows: list[Captioned], question: str = QUESTION, batch_size: int = 32) -> dict:
-    """Mean caption cross-entropy per token and the share of caption tokens predicted exactly (greedy)."""
+    """Mean caption cross-entropy per token and the share of caption tokens predicted exactly (greedy), both over
+    all caption tokens of ``rows`` (batches weighted by their token counts)."""
     was = rm.model.training
     rm.model.eval()
-    losses, accs = [], []
+    loss_sum, right, tokens = 0.0, 0.0, 0
     for start in range(0, len(rows), batch_size):
-        loss, acc = caption_loss(rm, rows[start : start + batch_size], question)
-        losses.append(float(loss))
-        accs.append(acc)
+        loss, acc, n = caption_loss(rm, rows[start : start + batch_size], question)
+        loss_sum, right, tokens = loss_sum + float(loss) * n, right + acc * n, tokens + n
     rm.model.train(was)
-    return {"rows": len(rows), "loss": float(np.mean(losses)), "token_accuracy": float(np.mean(accs))}
+    return {"rows": len(rows), "loss": loss_sum / max(1, tokens), "token_accuracy": right / max(1, tokens)}
 
 
 def train_captions(cfg: CaptionTrainConfig, progress: bool = True) -> dict:
@@ -189,7 +189,7 @@ def train_captions(cfg: CaptionTrainConfig, progress: bool = True) -> dict:
 
     def loss_fn(step: int) -> dict:
         batch = loop.batch_of(rows, step, cfg.batch_size * run.world, cfg.seed)
-        loss, acc = caption_loss(
+        loss, acc, _ = caption_loss(
             run.rm, batch[run.rank * cfg.batch_size : (run.rank + 1) * cfg.batch_size], cfg.question
         )
         return {"loss": loss, "token_accuracy": acc}
