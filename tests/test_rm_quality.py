@@ -1,9 +1,11 @@
 """Reward-model training to an accuracy (``slow``): ShapesWorld pairs, a tiny LLaVA, this CPU, fixed seeds.
 
 The judges start where real reward models start, from a VLM that sees: a tiny LLaVA (hidden 96, 4 layers; CLIP
-vision tower 64 wide, 3 layers; ~0.6 M parameters) caption-pretrained on 16,000 ShapesWorld scenes (4,000 steps)
+vision tower 64 wide, 3 layers; ~0.6 M parameters) caption-pretrained on 16,000 ShapesWorld scenes (8,000 steps)
 by ``training.caption``. It has never been asked a yes/no question, so its verdicts start at chance; reward training
-must take them to 80 % on held-out pairs. Measured here (2 cores): data and caption pretraining 8.5 min, each judge 5.5-9 min, 30 min in all.
+must take them to 80 % on held-out pairs. The pairwise judge is trained from the pointwise one (a curriculum: from
+the captioner directly, pairwise training is unstable here, 69.7-77.3 % over runs; see benchmarks/RESULTS.md).
+Measured here (2 cores): data and caption pretraining 14.5 min, pointwise 5.6, pairwise 6, CoT 9: ~36 min in all.
 From random weights the same reward training sat at chance loss for 2,000 steps (see the README).
 """
 
@@ -48,7 +50,7 @@ def seeing_vlm(tmp_path_factory, data) -> str:
         model=str(model),
         data=str(data["scenes"]),
         output_dir=str(root / "captions"),
-        max_steps=4000,
+        max_steps=8000,
         batch_size=32,
         lr=1e-3,
         save_every=0,
@@ -78,22 +80,32 @@ def _train(seeing_vlm, data, out: Path, **kw) -> dict:
     return train_rm(RMTrainConfig(**settings), progress=False)
 
 
-PAIRWISE_SHORT = pytest.mark.xfail(
-    reason="target not reached yet (measured 2026-11-30 with this setup): pairwise 19.7 % -> 77.0 % held-out after "
-    "2,000 steps, 77.3 % after 3,000 (a plateau); fine-tuned from the pointwise judge instead it starts at 64 % and "
-    "reaches 78 % in 1,000 steps. Shape negatives (a third of the pairs) stay near 55-65 %: the captioner names a "
-    "shape right only ~79 % of the time. See benchmarks/RESULTS.md",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("objective", ["pointwise", pytest.param("pairwise", marks=PAIRWISE_SHORT)])
-def test_accuracy_rises_from_chance(seeing_vlm, data, tmp_path, objective):
+@pytest.fixture(scope="module")
+def pointwise_judge(seeing_vlm, data, tmp_path_factory) -> dict:
+    """Pointwise reward training from the captioner (2,000 steps of 16 pairs); measured 86.0 % held-out."""
     held_out, _ = read_pairs(data["id"])
-    before = evaluate_pairs(RewardModel.from_pretrained(seeing_vlm, device="cpu"), held_out, objective)["accuracy"]
-    result = _train(seeing_vlm, data, tmp_path / objective, objective=objective)
-    print(objective, "held-out accuracy before", before, "after", result["eval"])
+    before = evaluate_pairs(RewardModel.from_pretrained(seeing_vlm, device="cpu"), held_out, "pointwise")["accuracy"]
+    out = tmp_path_factory.mktemp("pointwise")
+    result = _train(seeing_vlm, data, out, objective="pointwise")
+    return {"before": before, "result": result, "model": str(out / "final")}
+
+
+def test_pointwise_accuracy_rises_from_chance(pointwise_judge):
+    before, result = pointwise_judge["before"], pointwise_judge["result"]
+    print("pointwise held-out accuracy before", before, "after", result["eval"])
     assert before <= 0.7  # not a judge yet
+    assert result["eval"]["id"]["accuracy"] >= TARGET
+
+
+def test_pairwise_accuracy_rises_from_the_pointwise_judge(pointwise_judge, data, tmp_path):
+    """Pairwise with reference, both orders, 1,500 steps from the pointwise judge. Asked about two images at once it
+    starts near chance on the pairwise question; measured 84.3 % held-out after (77.3 % out of domain)."""
+    held_out, _ = read_pairs(data["id"])
+    judge = RewardModel.from_pretrained(pointwise_judge["model"], device="cpu")
+    before = evaluate_pairs(judge, held_out, "pairwise")["accuracy"]
+    result = _train(pointwise_judge["model"], data, tmp_path / "pairwise", objective="pairwise", max_steps=1500)
+    print("pairwise held-out accuracy before", before, "after", result["eval"])
+    assert before <= 0.7  # the pointwise judge is no pairwise judge yet
     assert result["eval"]["id"]["accuracy"] >= TARGET
 
 
