@@ -5,7 +5,7 @@ vision tower 64 wide, 3 layers; ~0.6 M parameters) caption-pretrained on 16,000 
 by ``training.caption``. It has never been asked a yes/no question, so its verdicts start at chance; reward training
 must take them to 80 % on held-out pairs. The pairwise judge is trained from the pointwise one (a curriculum: from
 the captioner directly, pairwise training is unstable here, 69.7-77.3 % over runs; see benchmarks/RESULTS.md).
-Measured here (2 cores): data and caption pretraining 14.5 min, pointwise 5.6, pairwise 6, CoT 9: ~36 min in all.
+Measured here (2 cores), the whole file: 31 min (data and caption pretraining ~14, each judge 6-9).
 From random weights the same reward training sat at chance loss for 2,000 steps (see the README).
 """
 
@@ -82,7 +82,7 @@ def _train(seeing_vlm, data, out: Path, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def pointwise_judge(seeing_vlm, data, tmp_path_factory) -> dict:
-    """Pointwise reward training from the captioner (2,000 steps of 16 pairs); measured 86.0 % held-out."""
+    """Pointwise reward training from the captioner (2,000 steps of 16 pairs); measured 48 % -> 86.0 % held-out."""
     held_out, _ = read_pairs(data["id"])
     before = evaluate_pairs(RewardModel.from_pretrained(seeing_vlm, device="cpu"), held_out, "pointwise")["accuracy"]
     out = tmp_path_factory.mktemp("pointwise")
@@ -99,7 +99,7 @@ def test_pointwise_accuracy_rises_from_chance(pointwise_judge):
 
 def test_pairwise_accuracy_rises_from_the_pointwise_judge(pointwise_judge, data, tmp_path):
     """Pairwise with reference, both orders, 1,500 steps from the pointwise judge. Asked about two images at once it
-    starts near chance on the pairwise question; measured 84.3 % held-out after (77.3 % out of domain)."""
+    starts near chance on the pairwise question; measured 54 % -> 84.3 % held-out (77.3 % out of domain)."""
     held_out, _ = read_pairs(data["id"])
     judge = RewardModel.from_pretrained(pointwise_judge["model"], device="cpu")
     before = evaluate_pairs(judge, held_out, "pairwise")["accuracy"]
@@ -112,8 +112,9 @@ def test_pairwise_accuracy_rises_from_the_pointwise_judge(pointwise_judge, data,
 def test_chain_of_thought_writes_the_reason_for_held_out_pairs(seeing_vlm, data, tmp_path):
     """Judgment first, pointwise: "No. <what is wrong>" for a rejected image. Decoded greedily, every answer must be
     a verdict and a sentence that stops, some held-out reasons must be the verifier's sentence word for word, and
-    the verdicts must stay accurate. Measured 2026-11-30: 60 of 60 well formed, 6 of 60 rejected images' reasons
-    exact (most miss by the prompt's wording or a shape), held-out accuracy 81.7 % (OOD 75.0 %)."""
+    the verdicts must stay accurate. Measured 2026-11-30 (8,000-step captioner): 60 of 60 well formed, 9 of 60
+    rejected images' reasons exact (most miss by the prompt's wording or a shape), held-out accuracy 83.7 % (OOD
+    75.0 %); with the 4,000-step captioner 6 of 60 and 81.7 %."""
     result = _train(seeing_vlm, data, tmp_path / "cot", objective="pointwise", cot="judgment_first")
     rm = RewardModel.from_pretrained(tmp_path / "cot" / "final", device="cpu")
     ctx = RewardContext(cot="judgment_first", decode_reasons=True, max_reason_tokens=48)
