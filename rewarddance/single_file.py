@@ -128,6 +128,8 @@ def pipeline_to_ldm(pipe) -> dict:
     """One LDM-layout state dict of an SD 1.x pipeline (UNet, VAE and CLIP text encoder)."""
     from transformers import CLIPTextModel
 
+    if pipe.unet.config.use_linear_projection:  # SD 2.x: its original files hold OpenCLIP's own key names
+        raise ValueError("unet: linear projections mean SD 2.x, whose OpenCLIP text encoder this writer does not map")
     if type(pipe.text_encoder) is not CLIPTextModel:
         raise ValueError(
             f"text_encoder: the SD 1.x layout holds a CLIPTextModel, got {type(pipe.text_encoder).__name__}"

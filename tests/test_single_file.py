@@ -75,3 +75,8 @@ def test_single_file_needs_a_model_type_and_rejects_other_families(sd_files, tmp
         load_pipeline(cfg, torch.float32)
     with pytest.raises(ValueError, match="only SD 1.x pipelines"):
         save_single_file(build_tiny_pipeline("sdxl"), tmp_path / "x.safetensors")
+    sd2 = build_tiny_pipeline("sd")
+    sd2.unet.register_to_config(use_linear_projection=True)
+    with pytest.raises(ValueError, match="SD 2.x"):
+        save_single_file(sd2, tmp_path / "y.safetensors")
+    assert not (tmp_path / "y.safetensors").exists()
