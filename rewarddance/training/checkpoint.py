@@ -103,13 +103,15 @@ def load_trainable(path: str | os.PathLike, model) -> None:
             params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, weights: bool = True) -> dict:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state.json``. ``weights=False`` when
-    they were loaded already with :func:`load_trainable` (before sharding the model)."""
+def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, sharded: bool = False) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state.json``. ``sharded``: an FSDP
+    model, whose weights :func:`load_trainable` put in before sharding and whose optimiser state must be by name."""
     path = Path(path)
-    if weights:
+    if not sharded:
         load_trainable(path, model)
     opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    if sharded and not opt.get("by_name"):
+        raise ValueError(f"{path}: written by a run without FSDP; resume it with distributed: ddp")
     if opt.get("by_name"):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

@@ -248,10 +248,8 @@ def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = N
         comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
     else:
         comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
-    for name in [k[: -len(".lora_down.weight")] for k in comfy if k.endswith(".lora_down.weight")] + [
-        k[: -len(".lora_A.weight")] for k in comfy if k.endswith(".lora_A.weight")
-    ]:
-        comfy[f"{name}.alpha"] = torch.tensor(float(alpha))
+    for key in [k for k in comfy if k.endswith((".lora_down.weight", ".lora_A.weight"))]:
+        comfy[key.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(float(alpha))
     tmp = out / (COMFY_LORA_FILE + ".tmp")
     save_file({k: v.detach().contiguous() for k, v in comfy.items()}, str(tmp))
     tmp.replace(out / COMFY_LORA_FILE)
@@ -437,9 +435,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
     step = 0
     if resume_from is not None:
-        if fsdp and not torch.load(resume_from / "optimizer.pt", weights_only=False).get("by_name"):
-            raise ValueError(f"{resume_from}: written by a run without FSDP; resume it with distributed: ddp")
-        step = load_checkpoint(resume_from, denoiser, optimizer, scheduler, weights=not fsdp)["step"]
+        step = load_checkpoint(resume_from, denoiser, optimizer, scheduler, sharded=fsdp)["step"]
 
     def checkpoint() -> None:  # every process calls it: under FSDP they gather the state together
         full = gather_full_state(denoiser, optimizer) if fsdp else None
