@@ -109,9 +109,15 @@ class RewardModel:
 
         ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU; ``quantization`` is ``None``, ``"8bit"`` or
         ``"4bit"`` (bitsandbytes; the lm_head stays in full precision). ``answer_tokens`` overrides the yes/no token
-        sets (see :func:`rewarddance.tokens.answer_ids`).
+        sets (see :func:`rewarddance.tokens.answer_ids`). ``shapes-s``, ``shapes-m`` and ``shapes-l`` name the
+        bundled ShapesWorld judges (:mod:`rewarddance.bundled`) unless a local folder has that name.
         """
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        from .bundled import bundled_path, is_bundled_name
+
+        if is_bundled_name(name_or_path):
+            name_or_path = bundled_path(str(name_or_path))
 
         if quantization not in QUANTIZATION:
             raise ValueError(f"quantization must be one of {QUANTIZATION}, got {quantization!r}")

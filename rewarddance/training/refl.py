@@ -55,8 +55,8 @@ TRACKERS = tuple(LOGGER_TYPE_TO_CLASS)
 class ReFLConfig:
     """Settings of a ReFL run; ``from_yaml`` reads them; every field has help text."""
 
-    pretrained: str = field(metadata={"help": "diffusers folder, hub id, or single-file checkpoint (.safetensors)"})
-    reward_model: str = field(metadata={"help": "reward model: a Hugging Face id or a local folder"})
+    pretrained: str = field(metadata={"help": "diffusers folder, hub id, single file (.safetensors), shapes-gen"})
+    reward_model: str = field(metadata={"help": "reward model: a Hugging Face id, a local folder or shapes-s/m/l"})
     prompts: list = field(metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"})
     output_dir: str = field(metadata={"help": "checkpoints, metrics.csv, samples and the LoRA go here"})
     model_type: str = field(default="auto", metadata={"help": "auto, sd, sdxl, sd3 or flux (single files need it)"})
@@ -152,14 +152,16 @@ def load_pipeline(cfg: ReFLConfig, dtype: torch.dtype):
         "sd3": diffusers.StableDiffusion3Pipeline,
         "flux": diffusers.FluxPipeline,
     }
-    path = Path(cfg.pretrained)
+    from ..bundled import bundled_path, is_bundled_name
+
+    path = bundled_path(cfg.pretrained) if is_bundled_name(cfg.pretrained) else Path(cfg.pretrained)
     if path.is_file():
         if cfg.model_type == "auto":
             raise ValueError(f"{path}: a single-file checkpoint needs model_type (one of sd, sdxl, sd3, flux)")
         kw = {"config": cfg.single_file_config} if cfg.single_file_config else {}
         return classes[cfg.model_type].from_single_file(str(path), torch_dtype=dtype, **kw)
     cls = diffusers.DiffusionPipeline if cfg.model_type == "auto" else classes[cfg.model_type]
-    return cls.from_pretrained(cfg.pretrained, torch_dtype=dtype)
+    return cls.from_pretrained(str(path) if path.exists() else cfg.pretrained, torch_dtype=dtype)
 
 
 def read_prompts(source) -> list[str]:

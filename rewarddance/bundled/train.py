@@ -1,0 +1,417 @@
+"""Reproduce the bundled models from their seeds (CPU is enough; times below are 2 cores).
+
+    python -m rewarddance.bundled.train generator --out rewarddance/bundled/shapes-gen
+    python -m rewarddance.bundled.train rm --size m --work /tmp/shapes-rm --out rewarddance/bundled/shapes-m
+
+Generator first (:mod:`rewarddance.shapes.generator`): the judges' last stage learns from its samples. Reward
+models: a tiny LLaVA of the size's shape (:data:`RM_SIZES`), caption-pretrained on 16,000 ShapesWorld scenes
+(``training.caption``), trained as a pointwise judge on 8,000 rendered preference pairs (``training.rm``,
+Bradley-Terry + weighted cross-entropy; stages 1-2 are the slow quality test's recipe, tests/test_rm_quality.py),
+then on pairs of the bundled generator's own samples labelled by the ShapesWorld verifier, mixed with rendered
+pairs; measured on 300 in-domain and 300 out-of-domain rendered pairs and on held-out generated pairs. Each output
+folder gets ``card.json`` (the measured facts) and a ``README.md`` model card written from it. Finished stages in
+``--work`` are reused, so an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+IMAGE_SIZE = 56  # the judges' working resolution (the generator's 32 px images are resized up to it)
+RM_SIZES: dict[str, dict] = {
+    "s": dict(hidden=48, layers=2, heads=4, vision_hidden=32, vision_layers=2),
+    "m": dict(hidden=96, layers=4, heads=4, vision_hidden=64, vision_layers=3),
+    "l": dict(hidden=192, layers=6, heads=6, vision_hidden=128, vision_layers=4),
+}
+VLM_SEED = 5
+DATA = {  # name: (count, split, seed, pairs)
+    "scenes": (16000, "id", 21, False),
+    "train": (8000, "id", 11, True),
+    "id": (300, "id", 12, True),
+    "ood": (300, "ood", 13, True),
+}
+CAPTION = dict(max_steps=8000, batch_size=32, lr=1e-3, seed=0)
+POINTWISE = dict(objective="pointwise", train="all", lr=3e-4, batch_size=16, max_steps=2000, warmup_steps=50, seed=0)
+# the generator's own samples, labelled by the verifier (training and held-out prompts differ by seed)
+GENERATED = {
+    "generated-train": dict(prompts=1500, samples=8, pairs_per_prompt=3, seed=41),
+    "generated-eval": dict(prompts=150, samples=8, pairs_per_prompt=2, seed=42),
+}
+MIX_RENDERED = 3000  # rendered pairs mixed into the on-policy stage, so the judge keeps what it knew
+ONPOLICY = dict(objective="pointwise", train="all", lr=1e-4, batch_size=16, max_steps=1000, warmup_steps=50, seed=0)
+
+
+def write_data(work: Path) -> dict[str, Path]:
+    """The ShapesWorld folders of :data:`DATA` under ``work`` (reused when already there)."""
+    from ..shapes import write_dataset
+
+    out = {}
+    for name, (n, split, seed, pairs) in DATA.items():
+        out[name] = work / name
+        if not (out[name] / "manifest.jsonl").exists():
+            write_dataset(out[name], n=n, size=IMAGE_SIZE, pairs=pairs, split=split, seed=seed, progress=False)
+    return out
+
+
+def eval_data(work: Path) -> dict[str, Path]:
+    """Only the held-out pair folders (what the bundled-model tests measure against the card): rendered in-domain
+    and out-of-domain pairs, and pairs of the bundled generator's samples."""
+    from ..shapes import write_dataset
+    from ..shapes.generator import load_generator
+    from . import bundled_path
+
+    out = {}
+    for name in ("id", "ood"):
+        n, split, seed, _ = DATA[name]
+        out[name] = work / name
+        if not (out[name] / "pairs.jsonl").exists():
+            write_dataset(out[name], n=n, size=IMAGE_SIZE, pairs=True, split=split, seed=seed, progress=False)
+    out["generated"] = work / "generated-eval"
+    pipe = load_generator(bundled_path("shapes-gen"))
+    write_generated_pairs(pipe, out["generated"], **GENERATED["generated-eval"])
+    return out
+
+
+def measure_rm(model: str | Path, folders: dict[str, Path]) -> dict:
+    """Pointwise held-out accuracy and calibration of a judge on each pair folder."""
+    from ..model import RewardModel
+    from ..training.data import read_pairs
+    from ..training.rm import evaluate_pairs
+
+    rm = RewardModel.from_pretrained(model, device="cpu", dtype="float32")
+    out = {}
+    for name, folder in folders.items():
+        pairs, _ = read_pairs(folder)
+        res = evaluate_pairs(rm, pairs, "pointwise")
+        out[name] = {"pairs": res["pairs"], "accuracy": round(res["accuracy"], 4), "ece": round(res["ece"], 4)}
+    return out
+
+
+def _stage(folder: Path, run, log) -> dict:
+    """Run a training stage into ``folder`` unless its ``final`` model is already there (stages resume); returns
+    ``stage.json``: the minutes it took and its last logged metrics."""
+    record = folder / "stage.json"
+    if (folder / "final").exists() and record.exists():
+        log(f"reusing {folder / 'final'}")
+        return json.loads(record.read_text(encoding="utf-8"))
+    t0 = time.time()
+    result = run()
+    facts = {"minutes": round((time.time() - t0) / 60, 1), "last": result["history"][-1] if result["history"] else {}}
+    record.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    return facts
+
+
+def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per_prompt: int, seed: int) -> dict:
+    """Preference pairs from the generator's own samples, labelled by the ShapesWorld verifier: per in-domain prompt
+    ``samples`` images; up to ``pairs_per_prompt`` (passing, failing) pairs. Writes ``out/pairs.jsonl`` + PNGs and
+    returns the pass rate and pair count (reused when ``pairs.jsonl`` exists)."""
+    import torch
+
+    from ..shapes import CATEGORIES, verify
+    from ..shapes.sample import example_rng, sample_prompt
+    from . import generator_defaults
+
+    info = out / "info.json"
+    if info.exists():
+        return json.loads(info.read_text(encoding="utf-8"))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    kw = generator_defaults(pipe)
+    lines, passed_all = [], []
+    for i in range(prompts):
+        spec = sample_prompt(CATEGORIES[i % len(CATEGORIES)], example_rng(seed, "id", i), "id")
+        gens = [torch.Generator().manual_seed(seed * 1_000_003 + i * samples + j) for j in range(samples)]
+        images = pipe([spec.text] * samples, generator=gens, **kw).images
+        verdicts = [verify(im, spec).passed for im in images]
+        passed_all += verdicts
+        good = [j for j, v in enumerate(verdicts) if v]
+        bad = [j for j, v in enumerate(verdicts) if not v]
+        for k, (g, b) in enumerate(list(zip(good, bad))[:pairs_per_prompt]):
+            names = [f"images/{i:05d}-{g}.png", f"images/{i:05d}-{b}.png"]
+            images[g].save(out / names[0])
+            images[b].save(out / names[1])
+            row = {"id": f"gen-{i:05d}-{k}", "prompt": spec.text, "category": spec.category}
+            lines.append({**row, "chosen": names[0], "rejected": names[1], "split": "generated"})
+    with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    facts = {
+        "prompts": prompts,
+        "samples": samples,
+        "seed": seed,
+        "pass_rate": round(sum(passed_all) / len(passed_all), 4),
+    }
+    facts["pairs"] = len(lines)
+    info.write_text(json.dumps(facts) + "\n", encoding="utf-8")
+    return facts
+
+
+def mix_pairs(out: Path, sources: list[tuple[Path, int]]) -> Path:
+    """A ``pairs.jsonl`` in ``out`` holding the first ``count`` pairs of each source folder (absolute image paths)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for folder, count in sources:
+        rows = (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+        for row in map(json.loads, rows):
+            row["chosen"], row["rejected"] = str(folder / row["chosen"]), str(folder / row["rejected"])
+            lines.append(json.dumps(row) + "\n")
+    (out / "pairs.jsonl").write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
+    """The three stages for ``size`` (caption pretraining, judge on rendered pairs, judge on the generator's own
+    samples mixed with rendered pairs); the judge and its card go to ``out``. Finished stages in ``work`` are reused."""
+    from ..shapes.generator import load_generator
+    from ..tiny import build_tiny_vlm
+    from ..training.caption import CaptionTrainConfig, train_captions
+    from ..training.rm import RMTrainConfig, train_rm
+    from . import bundled_path
+
+    shape = RM_SIZES[size]
+    start = time.time()
+    data = write_data(work)
+    pipe = load_generator(bundled_path("shapes-gen"))
+    generated = {name: write_generated_pairs(pipe, work / name, **settings) for name, settings in GENERATED.items()}
+    mixed = mix_pairs(work / "mixed-train", [(work / "generated-train", 10**9), (data["train"], MIX_RENDERED)])
+    log(f"data ready in {work}: generated pairs {generated}")
+    caption_dir, judge_dir, final_dir = (work / f"{size}-{stage}" for stage in ("captions", "pointwise", "onpolicy"))
+
+    def caption():
+        random_vlm = build_tiny_vlm("llava", work / f"{size}-random", image_size=IMAGE_SIZE, seed=VLM_SEED, **shape)
+        cfg = CaptionTrainConfig(
+            model=str(random_vlm), data=str(data["scenes"]), output_dir=str(caption_dir), save_every=0, **CAPTION
+        )
+        return train_captions(cfg, progress=False)
+
+    def judge(base: Path, folder: Path, train_data: Path, settings: dict):
+        cfg = RMTrainConfig(
+            model=str(base), data=str(train_data), output_dir=str(folder), eval_every=0, save_every=0, **settings
+        )
+        return lambda: train_rm(cfg, progress=False)
+
+    stages = {"caption": _stage(caption_dir, caption, log)}
+    stages["pointwise"] = _stage(judge_dir, judge(caption_dir / "final", judge_dir, data["train"], POINTWISE), log)
+    stages["onpolicy"] = _stage(final_dir, judge(judge_dir / "final", final_dir, mixed, ONPOLICY), log)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(final_dir / "final", out)
+    facts = {
+        "name": f"shapes-{size}",
+        "architecture": "llava",
+        "shape": shape,
+        "parameters": _count_parameters(out),
+        "image_size": IMAGE_SIZE,
+        "vlm_seed": VLM_SEED,
+        "data": {k: dict(zip(("count", "split", "seed", "pairs"), v)) for k, v in DATA.items()},
+        "generated": generated,
+        "mixed_rendered_pairs": MIX_RENDERED,
+        "caption_pretraining": {
+            **CAPTION,
+            "final_token_accuracy": round(stages["caption"]["last"]["token_accuracy"], 4),
+        },
+        "judge_training": POINTWISE,
+        "onpolicy_training": ONPOLICY,
+        "measured": measure_rm(out, {"id": data["id"], "ood": data["ood"], "generated": work / "generated-eval"}),
+        "minutes": {name: stage["minutes"] for name, stage in stages.items()},
+    }
+    write_card(out, facts)
+    log(f"shapes-{size}: {facts['measured']} in {(time.time() - start) / 60:.1f} min")
+    return facts
+
+
+def _count_parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            total += sum(math.prod(st.get_slice(key).get_shape()) for key in st.keys())
+    return total
+
+
+def write_card(folder: Path, facts: dict) -> None:
+    """``card.json`` and a ``README.md`` model card written from it."""
+    (folder / "card.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text(render_card(facts), encoding="utf-8")
+
+
+def render_card(facts: dict) -> str:
+    """The model card text for a reward model's or the generator's facts."""
+    if facts.get("kind") == "generator":
+        return _generator_card(facts)
+    m = facts["measured"]
+    data = facts["data"]
+    shape = facts["shape"]
+    cap, jt, op = facts["caption_pretraining"], facts["judge_training"], facts["onpolicy_training"]
+    g = {"train": facts["generated"]["generated-train"], "eval": facts["generated"]["generated-eval"]}
+    return f"""# {facts["name"]}: a ShapesWorld reward model (RewardDance, bundled)
+
+A generative reward model: the reward is P("yes") of a tiny LLaVA ({facts["parameters"]:,} parameters; language model
+hidden {shape["hidden"]} x {shape["layers"]} layers, CLIP vision tower {shape["vision_hidden"]} x
+{shape["vision_layers"]} layers, patch 14 on {facts["image_size"]} x {facts["image_size"]} px, byte-level BPE
+tokenizer built by `rewarddance.tiny`) asked whether a ShapesWorld image matches its prompt. Trained on this
+project's synthetic ShapesWorld data only; it knows nothing else.
+
+## Measured (pointwise: the chosen image of a pair must get the higher P(yes))
+
+| held-out pairs | pairs | accuracy | ECE |
+| --- | ---: | ---: | ---: |
+| in-domain (seed {data["id"]["seed"]}) | {m["id"]["pairs"]} | {100 * m["id"]["accuracy"]:.1f} % | {m["id"]["ece"]:.3f} |
+| out-of-domain (seed {data["ood"]["seed"]}; held-out colour/shape pairs, striped backgrounds) | {m["ood"]["pairs"]} | {100 * m["ood"]["accuracy"]:.1f} % | {m["ood"]["ece"]:.3f} |
+| the bundled generator's samples (seed {g["eval"]["seed"]}; verifier-labelled) | {m["generated"]["pairs"]} | {100 * m["generated"]["accuracy"]:.1f} % | {m["generated"]["ece"]:.3f} |
+
+## Training (seeded; `python -m rewarddance.bundled.train rm --size {facts["name"][-1]}`)
+
+1. Random weights, seed {facts["vlm_seed"]}.
+2. Caption pretraining (`rewarddance train-captions`) on {data["scenes"]["count"]:,} rendered ShapesWorld scenes
+   (seed {data["scenes"]["seed"]}): {cap["max_steps"]:,} steps, batch {cap["batch_size"]}, lr {cap["lr"]}, final
+   token accuracy {100 * cap["final_token_accuracy"]:.1f} %.
+3. Pointwise judge training (`rewarddance train-rm`, Bradley-Terry + 0.1 x cross-entropy, all weights) on
+   {data["train"]["count"]:,} rendered preference pairs (seed {data["train"]["seed"]}): {jt["max_steps"]:,} steps,
+   batch {jt["batch_size"]}, lr {jt["lr"]}.
+4. The same on the bundled generator's own samples: {g["train"]["prompts"]:,} prompts (seed {g["train"]["seed"]}) x
+   {g["train"]["samples"]} samples, labelled by the ShapesWorld verifier ({100 * g["train"]["pass_rate"]:.1f} % pass),
+   {g["train"]["pairs"]:,} (pass, fail) pairs of one prompt, mixed with {facts["mixed_rendered_pairs"]:,} rendered
+   pairs: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}. Without this stage the judge, which
+   has only seen crisp renders, ranks the generator's blurry samples barely above chance.
+
+Time on 2 CPU cores: {", ".join(f"{k} {v} min" for k, v in facts["minutes"].items())}.
+
+## Use
+
+```python
+from rewarddance import RewardModel
+rm = RewardModel.from_pretrained("{facts["name"]}")
+rm.score(images, "a photo of a red circle left of a blue square").p_yes
+```
+
+Intended for demos, tests and the miniature scaling study (`benchmarks/shapes_scaling.py`); not a judge of real
+images.
+"""
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _generator_card(facts: dict) -> str:
+    c = facts["config"]
+    base = facts["measured"]
+    return f"""# shapes-gen: a small ShapesWorld text-to-image model (RewardDance, bundled)
+
+A diffusers `StableDiffusionPipeline` at {c["image_size"]} x {c["image_size"]} px: UNet2DConditionModel (widths
+{_join(c["unet_channels"])}), AutoencoderKL (widths {_join(c["vae_channels"])}, {c["latent_channels"]} latent channels),
+CLIPTextModel ({c["text_hidden"]} wide, {c["text_layers"]} layers), a byte-level BPE tokenizer over ShapesWorld's
+words, DDIM scheduler; {facts["parameters"]:,} parameters in all. It draws ShapesWorld prompts imperfectly, on
+purpose: a reward model has room to help.
+
+## Measured
+
+Verifier alignment (ShapesWorld's programmatic verifier: the share of images whose detected objects satisfy the
+prompt) of one sample per prompt, {base["prompts"]} in-domain prompts (seed {base["seed"]}), guidance
+{c["guidance_scale"]}, {c["num_inference_steps"]} DDIM steps: **{100 * base["alignment"]:.1f} %** overall;
+by category: {", ".join(f"{k} {100 * v:.0f} %" for k, v in base["by_category"].items())}.
+
+## Training (seeded; `python -m rewarddance.bundled.train generator`)
+
+{c["n_images"]:,} rendered in-domain ShapesWorld scenes (seed {c["data_seed"]}, all six categories), model seed
+{c["seed"]}. Autoencoder: {c["vae_steps"]:,} steps, batch {c["vae_batch"]}, L1 + MSE + {c["vae_kl"]} x KL. UNet and
+text encoder together: {c["unet_steps"]:,} steps, batch {c["unet_batch"]}, lr {c["unet_lr"]}, noise prediction,
+prompt dropped for {100 * c["drop_prompt"]:.0f} % (classifier-free guidance). {facts["minutes"]} min on 2 CPU cores.
+
+## Use
+
+```python
+from rewarddance.bundled import load_generator
+pipe = load_generator()          # or diffusers' StableDiffusionPipeline.from_pretrained(<this folder>)
+pipe("a photo of two red squares", guidance_scale={c["guidance_scale"]}, num_inference_steps={c["num_inference_steps"]}).images
+```
+"""
+
+
+def measure_generator(pipe, n_prompts: int = 120, seed: int = 7, defaults: dict | None = None) -> dict:
+    """Verifier alignment of one sample per prompt over ``n_prompts`` in-domain prompts, overall and by category."""
+    import torch
+
+    from ..shapes import CATEGORIES, verify
+    from ..shapes.sample import example_rng, sample_prompt
+    from . import generator_defaults
+
+    kw = defaults or generator_defaults(pipe)
+    specs = [sample_prompt(CATEGORIES[i % 6], example_rng(seed, "id", i), "id") for i in range(n_prompts)]
+    passed = {c: [] for c in CATEGORIES}
+    batch = 24
+    for start in range(0, n_prompts, batch):
+        chunk = specs[start : start + batch]
+        gens = [torch.Generator().manual_seed(seed * 100000 + start + i) for i in range(len(chunk))]
+        images = pipe([s.text for s in chunk], generator=gens, **kw).images
+        for spec, image in zip(chunk, images):
+            passed[spec.category].append(verify(image, spec).passed)
+    every = [p for v in passed.values() for p in v]
+    return {
+        "prompts": n_prompts,
+        "seed": seed,
+        "alignment": round(sum(every) / len(every), 4),
+        "by_category": {c: round(sum(v) / len(v), 4) for c, v in passed.items()},
+    }
+
+
+def train_generator_bundle(out: Path, log=print) -> dict:
+    """Train the generator with its default config, measure it and write its card."""
+    from ..shapes.generator import GeneratorConfig, train_generator
+
+    train_generator(GeneratorConfig(), out, log=log)
+    return describe_generator(out, log)
+
+
+def describe_generator(out: Path, log=print) -> dict:
+    """Measure the generator saved in ``out`` and write its card from ``training.json`` and the measurement."""
+    import torch
+
+    from ..shapes.generator import load_generator
+
+    pipe = load_generator(out)
+    record = json.loads((out / "training.json").read_text(encoding="utf-8"))
+    params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
+    facts = {
+        "name": "shapes-gen",
+        "kind": "generator",
+        "config": record["config"],
+        "parameters": int(params),
+        "minutes": record["minutes"],
+        "losses": {"vae": record["vae"], "unet": record["unet"]},
+        "measured": measure_generator(pipe),
+        "torch": torch.__version__,
+    }
+    write_card(out, facts)
+    log(f"shapes-gen: {facts['measured']}")
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rewarddance.bundled.train", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    gen = sub.add_parser("generator", help="the ShapesWorld text-to-image pipeline")
+    gen.add_argument("--out", required=True, type=Path)
+    rm = sub.add_parser("rm", help="a ShapesWorld reward model")
+    rm.add_argument("--size", required=True, choices=sorted(RM_SIZES))
+    rm.add_argument("--work", required=True, type=Path, help="data and intermediate models (about 200 MB)")
+    rm.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    if args.what == "generator":
+        train_generator_bundle(args.out, log)
+    else:
+        train_rm_size(args.size, args.work, args.out, log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
