@@ -85,7 +85,14 @@ def part_alignment(pipe, rms: dict, prompts: list[str], n: int, kw: dict) -> dic
             "search": statistics.mean(searched),
             "seconds": round(time.time() - t0, 1),
         }
-    return {"prompts": len(prompts), "n": n, "first": base, "mean_candidate": mean_pass, "oracle": oracle, "by_rm": rows}
+    return {
+        "prompts": len(prompts),
+        "n": n,
+        "first": base,
+        "mean_candidate": mean_pass,
+        "oracle": oracle,
+        "by_rm": rows,
+    }
 
 
 def part_refl(rms: dict, train_prompts: list[str], held_out: list[str], steps: int, kw: dict) -> dict:
@@ -142,8 +149,7 @@ def markdown(results: dict) -> str:
         "<!-- shapes_scaling: written by benchmarks/shapes_scaling.py; do not edit by hand -->",
         "### Reward scaling in miniature (ShapesWorld, bundled models)",
         "",
-        f"`python benchmarks/shapes_scaling.py` on {results['machine']}, {results['date']}; "
-        f"{results['minutes']} min.",
+        f"`python benchmarks/shapes_scaling.py` on {results['machine']}, {results['date']}; {results['minutes']} min.",
         "",
     ]
     if "accuracy" in results:

@@ -131,7 +131,18 @@ def test_the_wheel_carries_the_bundled_weights(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("rewarddance-*.whl")

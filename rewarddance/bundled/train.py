@@ -285,6 +285,7 @@ Time on 2 CPU cores: {", ".join(f"{k} {v} min" for k, v in facts["minutes"].item
 
 ```python
 from rewarddance import RewardModel
+
 rm = RewardModel.from_pretrained("{facts["name"]}")
 rm.score(images, "a photo of a red circle left of a blue square").p_yes
 ```
@@ -327,7 +328,8 @@ prompt dropped for {100 * c["drop_prompt"]:.0f} % (classifier-free guidance). {f
 
 ```python
 from rewarddance.bundled import load_generator
-pipe = load_generator()          # or diffusers' StableDiffusionPipeline.from_pretrained(<this folder>)
+
+pipe = load_generator()  # or diffusers' StableDiffusionPipeline.from_pretrained(<this folder>)
 pipe("a photo of two red squares", guidance_scale={c["guidance_scale"]}, num_inference_steps={c["num_inference_steps"]}).images
 ```
 """
