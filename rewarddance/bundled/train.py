@@ -196,6 +196,7 @@ def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
     stages = {"caption": _stage(caption_dir, caption, log)}
     stages["pointwise"] = _stage(judge_dir, judge(caption_dir / "final", judge_dir, data["train"], POINTWISE), log)
     stages["onpolicy"] = _stage(final_dir, judge(judge_dir / "final", final_dir, mixed, ONPOLICY), log)
+    notes = [stage["note"] for stage in stages.values() if stage.get("note")]
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(final_dir / "final", out)
@@ -218,6 +219,8 @@ def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
         "measured": measure_rm(out, {"id": data["id"], "ood": data["ood"], "generated": work / "generated-eval"}),
         "minutes": {name: stage["minutes"] for name, stage in stages.items()},
     }
+    if notes:
+        facts["note"] = " ".join(notes)
     write_card(out, facts)
     log(f"shapes-{size}: {facts['measured']} in {(time.time() - start) / 60:.1f} min")
     return facts
@@ -248,6 +251,7 @@ def render_card(facts: dict) -> str:
     shape = facts["shape"]
     cap, jt, op = facts["caption_pretraining"], facts["judge_training"], facts["onpolicy_training"]
     g = {"train": facts["generated"]["generated-train"], "eval": facts["generated"]["generated-eval"]}
+    note = f"\n\n{facts['note']}" if facts.get("note") else ""
     return f"""# {facts["name"]}: a ShapesWorld reward model (RewardDance, bundled)
 
 A generative reward model: the reward is P("yes") of a tiny LLaVA ({facts["parameters"]:,} parameters; language model
@@ -276,10 +280,12 @@ project's synthetic ShapesWorld data only; it knows nothing else.
 4. The same on the bundled generator's own samples: {g["train"]["prompts"]:,} prompts (seed {g["train"]["seed"]}) x
    {g["train"]["samples"]} samples, labelled by the ShapesWorld verifier ({100 * g["train"]["pass_rate"]:.1f} % pass),
    {g["train"]["pairs"]:,} (pass, fail) pairs of one prompt, mixed with {facts["mixed_rendered_pairs"]:,} rendered
-   pairs: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}. Without this stage the judge, which
-   has only seen crisp renders, ranks the generator's blurry samples barely above chance.
+   pairs: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}. A judge that has only seen crisp
+   renders ranks the generator's blurry samples little better than chance: shapes-m put the passing sample of a
+   (pass, fail) pair of one prompt first in 57.6 % of 941 such pairs (24 prompts x 16 samples) before this stage,
+   71.5 % after.
 
-Time on 2 CPU cores: {", ".join(f"{k} {v} min" for k, v in facts["minutes"].items())}.
+Time on 2 CPU cores: {", ".join(f"{k} {v} min" for k, v in facts["minutes"].items())}.{note}
 
 ## Use
 
