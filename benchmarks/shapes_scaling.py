@@ -153,12 +153,15 @@ def markdown(results: dict) -> str:
         "",
     ]
     if "accuracy" in results:
-        lines += ["| RM | parameters | in-domain accuracy | out-of-domain accuracy |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "| RM | parameters | in-domain accuracy | out-of-domain accuracy | on the generator's samples |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for n in names:
             a = results["accuracy"][n]
             lines.append(
                 f"| {n} | {results['params'][n]:,} | {100 * a['id']['accuracy']:.1f} % | "
-                f"{100 * a['ood']['accuracy']:.1f} % |"
+                f"{100 * a['ood']['accuracy']:.1f} % | {100 * a['generated']['accuracy']:.1f} % |"
             )
         lines.append("")
     if "alignment" in results:
@@ -215,7 +218,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="best-of-N candidates (search gets the same budget)")
     parser.add_argument("--refl-steps", type=int, default=40)
     parser.add_argument("--work", default=None, help="folder for the held-out pairs (default: a temporary one)")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite RESULTS.md from shapes_scaling.json")
     args = parser.parse_args()
+    if args.markdown_only:
+        write_results_md(markdown(json.loads((HERE / "shapes_scaling.json").read_text(encoding="utf-8"))))
+        return
     torch.manual_seed(0)
     start = time.time()
     names = [n for n in REWARD_MODELS if n in available()]
