@@ -97,8 +97,8 @@ def part_alignment(pipe, rms: dict, prompts: list[str], n: int, kw: dict) -> dic
 
 def part_refl(rms: dict, train_prompts: list[str], held_out: list[str], steps: int, kw: dict) -> dict:
     from rewarddance.bundled import bundled_path
-    from rewarddance.demo import measure_alignment
-    from rewarddance.training.refl import ReFLConfig, train_refl
+    from rewarddance.demo import measure_alignment, refl_config
+    from rewarddance.training.refl import train_refl
 
     rows = {}
     base_pipe = load_generator()
@@ -107,24 +107,7 @@ def part_refl(rms: dict, train_prompts: list[str], held_out: list[str], steps: i
     for name, rm in rms.items():
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
-            cfg = ReFLConfig(
-                pretrained=str(bundled_path("shapes-gen")),
-                reward_model=name,
-                prompts=train_prompts,
-                output_dir=tmp,
-                num_inference_steps=kw["num_inference_steps"],
-                stop_range=[kw["num_inference_steps"] // 2, kw["num_inference_steps"] - 1],
-                guidance_scale=kw["guidance_scale"],
-                resolution=kw["height"],
-                lora_rank=8,
-                lora_alpha=8.0,
-                lr=1e-3,
-                batch_size=4,
-                max_steps=steps,
-                save_every=0,
-                resume=False,
-                seed=0,
-            )
+            cfg = refl_config(bundled_path("shapes-gen"), name, train_prompts, Path(tmp), steps, kw)
             train_refl(cfg, progress=False, rm=rm)
             with open(Path(tmp) / "metrics.csv", encoding="utf-8") as f:
                 log = list(csv.DictReader(f))

@@ -30,6 +30,31 @@ def demo_prompts(per_category: int = 1, seed: int = DEMO_SEED) -> list[tuple[str
     return out
 
 
+def refl_config(generator: Path, model: str, prompts: list[str], out_dir: Path, steps: int, kw: dict):
+    """The demo's short pointwise ReFL of the generator: LoRA rank 8 on the attention, lr 1e-3, 4 prompts a step,
+    stop levels in the second half of the generator's own schedule."""
+    from .training.refl import ReFLConfig
+
+    return ReFLConfig(
+        pretrained=str(generator),
+        reward_model=model,
+        prompts=prompts,
+        output_dir=str(out_dir),
+        num_inference_steps=kw["num_inference_steps"],
+        stop_range=[kw["num_inference_steps"] // 2, kw["num_inference_steps"] - 1],
+        guidance_scale=kw["guidance_scale"],
+        resolution=kw["height"],
+        lora_rank=8,
+        lora_alpha=8.0,
+        lr=1e-3,
+        batch_size=4,
+        max_steps=steps,
+        save_every=0,
+        resume=False,
+        seed=0,
+    )
+
+
 @dataclass
 class PromptResult:
     category: str
@@ -206,7 +231,7 @@ def run_refl_demo(
     sample per held-out prompt, before and after (same seeds)."""
     from .bundled import bundled_path, generator_defaults, is_bundled_name, load_generator
     from .model import RewardModel
-    from .training.refl import ReFLConfig, train_refl
+    from .training.refl import train_refl
 
     gen_path = bundled_path(generator) if is_bundled_name(generator) else Path(generator)
     pipe = load_generator(gen_path)
@@ -215,28 +240,11 @@ def run_refl_demo(
     train_prompts = [p for _, p in demo_prompts(20, seed=REFL_SEED)]
     rm = RewardModel.from_pretrained(model, device="cpu", dtype="float32")
     before = measure_alignment(pipe, rm, held_out, kw)
-    cfg = ReFLConfig(
-        pretrained=str(gen_path),
-        reward_model=model,
-        prompts=train_prompts,
-        output_dir=str(out_dir),
-        num_inference_steps=kw["num_inference_steps"],
-        stop_range=[kw["num_inference_steps"] // 2, kw["num_inference_steps"] - 1],
-        guidance_scale=kw["guidance_scale"],
-        resolution=kw["height"],
-        lora_rank=8,
-        lora_alpha=8.0,
-        lr=1e-3,
-        batch_size=4,
-        max_steps=steps,
-        save_every=0,
-        resume=False,
-        seed=0,
-    )
-    train_refl(cfg, progress=False)
+    cfg = refl_config(gen_path, model, train_prompts, out_dir, steps, kw)
+    train_refl(cfg, progress=False, rm=rm)
     pipe.load_lora_weights(str(out_dir / "lora"))
     after = measure_alignment(pipe, rm, held_out, kw)
-    log(f"ReFL {steps} steps: alignment {before['alignment']:.3f} -> {after['alignment']:.3f}, ")
+    log(f"ReFL {steps} steps: alignment {before['alignment']:.3f} -> {after['alignment']:.3f}")
     return {"steps": steps, "before": before, "after": after, "prompts": len(held_out)}
 
 
