@@ -8,10 +8,10 @@ Built from configs (no download) and trained from a seed in two stages on render
    scaled-linear betas), with the prompt dropped to "" for a share of the batch so classifier-free guidance works.
 
 The tokenizer is a byte-level BPE trained on ShapesWorld's prompt words, so every word is one token. The model is
-meant to be imperfect: after a few minutes of training it draws the colours and rough shapes of a prompt but often
+meant to be imperfect: after ~20 minutes of CPU training it draws the colours and rough shapes of a prompt but often
 misses counts, relations and shapes, which leaves a reward model room to help (best-of-N, search, ReFL).
 
-    rewarddance shapes train-generator --out ./shapes-gen      # then DiffusionPipeline.from_pretrained("./shapes-gen")
+    python -m rewarddance.bundled.train generator --out ./shapes-gen   # then DiffusionPipeline.from_pretrained(...)
 """
 
 from __future__ import annotations
