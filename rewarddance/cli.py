@@ -10,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
+from .bundled import DEFAULT_RM, REWARD_MODELS  # names only: json, os, pathlib
+
 MODEL_HELP = (
-    "model: a Hugging Face id, a local folder, or a bundled ShapesWorld judge (shapes-s, shapes-m, shapes-l); "
-    "default: shapes-m"
+    f"model: a Hugging Face id, a local folder, or a bundled ShapesWorld judge ({', '.join(REWARD_MODELS)}); "
+    f"default: {DEFAULT_RM}"
 )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="shapes-m", help=MODEL_HELP)
+    p.add_argument("--model", default=DEFAULT_RM, help=MODEL_HELP)
     p.add_argument("--prompt", default=None, help="the text prompt the images were generated from")
     p.add_argument("--task", default="alignment", help="task preset (alignment, quality, aesthetics, ...)")
     p.add_argument("--criteria", default=None, help="extra judging criteria")
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     refl.add_argument("--no-progress", action="store_true", help="no progress bar")
     refl.set_defaults(func=cmd_train_refl, takes_extra=True)
     ev = sub.add_parser("eval-rm", help="pairwise accuracy, calibration and position bias on preference pairs")
-    ev.add_argument("--model", default="shapes-m", help=MODEL_HELP)
+    ev.add_argument("--model", default=DEFAULT_RM, help=MODEL_HELP)
     ev.add_argument("--data", required=True, help="a pairs.jsonl file or a folder holding one")
     ev.add_argument("--objective", default="pairwise", choices=["pairwise", "pointwise"], help="how to ask")
     ev.add_argument("--task", default="alignment", help="task preset")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bundled import DEFAULT_RM
 from .shapes import CATEGORIES, verify
 from .shapes.sample import example_rng, sample_prompt
 
@@ -121,7 +122,7 @@ def format_table(table: dict, n: int) -> str:
 
 
 def run_demo(
-    model: str = "shapes-m",
+    model: str = DEFAULT_RM,
     generator: str = "shapes-gen",
     n: int = 8,
     per_category: int = 1,
@@ -229,11 +230,11 @@ def run_refl_demo(
 ) -> dict:
     """A short pointwise ReFL of the bundled generator with the reward model; verifier alignment and P(yes) of one
     sample per held-out prompt, before and after (same seeds)."""
-    from .bundled import bundled_path, generator_defaults, is_bundled_name, load_generator
+    from .bundled import generator_defaults, load_generator, resolve
     from .model import RewardModel
     from .training.refl import train_refl
 
-    gen_path = bundled_path(generator) if is_bundled_name(generator) else Path(generator)
+    gen_path = Path(resolve(generator))
     pipe = load_generator(gen_path)
     kw = generator_defaults(pipe)
     held_out = [p for _, p in demo_prompts(max(1, eval_prompts // len(CATEGORIES)), seed=DEMO_SEED + 1)]
@@ -266,7 +267,7 @@ def add_demo_command(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo", help="offline: generate, judge, choose with the bundled models; show that the judge helps"
     )
-    demo.add_argument("--model", default="shapes-m", help="reward model (default: the bundled shapes-m)")
+    demo.add_argument("--model", default=DEFAULT_RM, help=f"reward model (default: the bundled {DEFAULT_RM})")
     demo.add_argument("--generator", default="shapes-gen", help="diffusers folder (default: the bundled shapes-gen)")
     demo.add_argument("--n", type=int, default=8, help="candidates per prompt")
     demo.add_argument("--per-category", type=int, default=1, help="prompts per category (six categories)")

@@ -114,10 +114,9 @@ class RewardModel:
         """
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from .bundled import bundled_path, is_bundled_name
+        from .bundled import resolve
 
-        if is_bundled_name(name_or_path):
-            name_or_path = bundled_path(str(name_or_path))
+        name_or_path = resolve(name_or_path)
 
         if quantization not in QUANTIZATION:
             raise ValueError(f"quantization must be one of {QUANTIZATION}, got {quantization!r}")

@@ -21,14 +21,15 @@ _CORPUS = (
 ).split()
 
 
-def _tokenizer(max_length: int, vocab_size: int = 300):
-    """A byte-level BPE tokenizer that adds begin/end tokens and pads with the end token, CLIP style."""
+def _tokenizer(max_length: int, vocab_size: int = 300, texts: list[str] | None = None, add_prefix_space: bool = False):
+    """A byte-level BPE tokenizer trained on ``texts`` (default: a small fixed corpus) that adds begin/end tokens and
+    pads with the end token, CLIP style."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     bos, eos = "<|startoftext|>", "<|endoftext|>"
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -36,7 +37,7 @@ def _tokenizer(max_length: int, vocab_size: int = 300):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([" ".join(_CORPUS)] * 4, trainer=trainer)
+    tok.train_from_iterator(texts or [" ".join(_CORPUS)] * 4, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
     )

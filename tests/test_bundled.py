@@ -93,8 +93,7 @@ def test_demo_best_of_n_beats_the_first_sample(tmp_path):
     print(format_table(res.table, res.n), f"{res.seconds:.0f} s")
     first, best = res.table["first sample"]["all"], res.table["best-of-N"]["all"]
     assert best > first
-    assert res.table["search over paths"]["all"] >= 0  # it ran and was verified for every prompt
-    assert all(r.search_passed is not None for r in res.rows)
+    assert all(r.search_passed is not None for r in res.rows)  # search ran and was verified for every prompt
     from PIL import Image
 
     with Image.open(res.grid) as im:

@@ -47,6 +47,11 @@ def bundled_path(name: str) -> Path:
     return path
 
 
+def resolve(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """The folder of a bundled model named ``name_or_path``; anything else (a local path, a hub id) unchanged."""
+    return bundled_path(str(name_or_path)) if is_bundled_name(name_or_path) else name_or_path
+
+
 def card(name: str) -> dict:
     """The measured facts of bundled model ``name`` (``card.json``: data, steps, seed, accuracy, minutes)."""
     return json.loads((bundled_path(name) / "card.json").read_text(encoding="utf-8"))
@@ -58,8 +63,7 @@ def load_generator(name_or_path: str | os.PathLike = GENERATOR, device="cpu", dt
 
     from ..shapes.generator import load_generator as _load
 
-    path = bundled_path(str(name_or_path)) if is_bundled_name(name_or_path) else Path(name_or_path)
-    return _load(path, device=device, dtype=dtype or torch.float32)
+    return _load(resolve(name_or_path), device=device, dtype=dtype or torch.float32)
 
 
 def generator_defaults(pipe) -> dict:

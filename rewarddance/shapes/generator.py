@@ -81,26 +81,9 @@ def prompt_words() -> list[str]:
 
 def build_tokenizer(max_length: int = 24):
     """Byte-level BPE over ShapesWorld's words (each word one token), CLIP-style begin/end tokens, pad = end."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from ..tiny_diffusion import _tokenizer
 
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=[bos, eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([" ".join(prompt_words())] * 8, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, model_max_length=max_length
-    )
+    return _tokenizer(max_length, vocab_size=1000, texts=[" ".join(prompt_words())] * 8, add_prefix_space=True)
 
 
 def build_pipeline(cfg: GeneratorConfig):

@@ -152,16 +152,17 @@ def load_pipeline(cfg: ReFLConfig, dtype: torch.dtype):
         "sd3": diffusers.StableDiffusion3Pipeline,
         "flux": diffusers.FluxPipeline,
     }
-    from ..bundled import bundled_path, is_bundled_name
+    from ..bundled import resolve
 
-    path = bundled_path(cfg.pretrained) if is_bundled_name(cfg.pretrained) else Path(cfg.pretrained)
+    source = str(resolve(cfg.pretrained))
+    path = Path(source)
     if path.is_file():
         if cfg.model_type == "auto":
             raise ValueError(f"{path}: a single-file checkpoint needs model_type (one of sd, sdxl, sd3, flux)")
         kw = {"config": cfg.single_file_config} if cfg.single_file_config else {}
         return classes[cfg.model_type].from_single_file(str(path), torch_dtype=dtype, **kw)
     cls = diffusers.DiffusionPipeline if cfg.model_type == "auto" else classes[cfg.model_type]
-    return cls.from_pretrained(str(path) if path.exists() else cfg.pretrained, torch_dtype=dtype)
+    return cls.from_pretrained(source, torch_dtype=dtype)
 
 
 def read_prompts(source) -> list[str]:
