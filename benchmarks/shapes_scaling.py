@@ -2,24 +2,36 @@
 
 For every bundled reward model (``shapes-s``, ``shapes-m``, ``shapes-l``: one architecture, three sizes):
 
-- ``accuracy``: pointwise accuracy on 300 in-domain and 300 out-of-domain held-out preference pairs (Table 2, top);
+- ``accuracy``: pointwise accuracy on 300 in-domain and 300 out-of-domain held-out preference pairs and on 217
+  pairs of the generator's own samples (Table 2, top);
 - ``alignment``: ShapesWorld verifier alignment of the bundled generator on held-out prompts: the first sample,
   best-of-N chosen by the RM, and search over paths with the same denoiser budget (Table 2, inference-time scaling);
 - ``refl``: a short pointwise ReFL (LoRA) of the generator with each RM, then the first sample's verifier alignment
-  on the same held-out prompts, and the reward's standard deviation over the last quarter of training (the paper's
+  on held-out prompts, and the reward's standard deviation over the last quarter of training (the paper's
   reward-hacking signal: a larger RM keeps a higher variance late in training).
+
+Ablations, each against the bundled judge of ``--ablation-size`` (the same recipe from the same caption-pretrained
+base; the changed judges are trained into ``--work`` by ``rewarddance.bundled.train.train_variant`` when missing):
+
+- ``pairwise``: a pairwise judge (reference image + candidate) vs the pointwise one: accuracy, and ReFL against
+  references cached from best-of-16 by the pairwise judge's tournament, the top 2 vs the bottom 2 (Tables 7 and 8);
+- ``cot``: a judge trained to give its verdict and then the verifier's reason vs one trained on the verdict alone:
+  accuracy, best-of-N and ReFL (Table 9).
 
 The verifier is a program, not a model, so it measures what the RMs are for without sharing their errors.
 
-    python benchmarks/shapes_scaling.py [--parts accuracy,alignment,refl] [--prompts-per-category 4] [--n 16]
+    python benchmarks/shapes_scaling.py [--parts accuracy,alignment,refl,pairwise,cot] [--work DIR]
 
-Writes ``benchmarks/shapes_scaling.json`` and replaces the ``shapes_scaling`` section of ``benchmarks/RESULTS.md``.
+``--work`` keeps the held-out pairs and the ablation judges between runs (the bundled training's work folder, if
+you have one, already holds the caption-pretrained bases). Writes ``benchmarks/shapes_scaling.json`` and replaces
+the ``shapes_scaling`` section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import platform
 import statistics
@@ -29,16 +41,18 @@ from pathlib import Path
 
 import torch
 
-from rewarddance import RewardModel
-from rewarddance.bundled import REWARD_MODELS, available, card, generator_defaults, load_generator
-from rewarddance.bundled.train import eval_data, measure_rm
-from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts
+from rewarddance import RewardContext, RewardModel
+from rewarddance.bundled import REWARD_MODELS, available, bundled_path, card, generator_defaults, load_generator
+from rewarddance.bundled.train import eval_data, measure_rm, train_variant
+from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts, refl_config
 from rewarddance.pipelines import SamplerConfig
-from rewarddance.search import search_over_paths
+from rewarddance.search import build_references, load_references, search_over_paths
 from rewarddance.shapes import verify
+from rewarddance.training.refl import train_refl
 
 HERE = Path(__file__).resolve().parent
 PROMPT_SEED = DEMO_SEED + 2  # held-out prompts of this benchmark (not the demo's, not ReFL's training prompts)
+COT = RewardContext(cot="judgment_first")
 
 
 def candidates(pipe, prompts: list[str], n: int, kw: dict) -> list[torch.Tensor]:
@@ -51,23 +65,53 @@ def candidates(pipe, prompts: list[str], n: int, kw: dict) -> list[torch.Tensor]
     return out
 
 
-def passes(images: torch.Tensor, prompt: str) -> list[bool]:
+def passes(images, prompt: str) -> list[bool]:
     return [verify(_to_pil(img), prompt).passed for img in images]
 
 
-def part_alignment(pipe, rms: dict, prompts: list[str], n: int, kw: dict) -> dict:
-    cands = candidates(pipe, prompts, n, kw)
-    verdicts = [passes(c, p) for c, p in zip(cands, prompts)]
-    base = statistics.mean(v[0] for v in verdicts)
-    oracle = statistics.mean(any(v) for v in verdicts)
-    mean_pass = statistics.mean(statistics.mean(v) for v in verdicts)
+@dataclasses.dataclass
+class HeldOut:
+    """Samples of a generator on the held-out prompts (fixed seeds) and the verifier's verdicts on them."""
+
+    prompts: list[str]
+    images: list[torch.Tensor]  # per prompt [samples, 3, H, W]
+    passed: list[list[bool]]
+
+    @classmethod
+    def sample(cls, pipe, prompts: list[str], kw: dict, samples: int = 2, seed: int = 1000) -> HeldOut:
+        images = []
+        for i, prompt in enumerate(prompts):
+            gens = [torch.Generator().manual_seed(seed + i * samples + j) for j in range(samples)]
+            with torch.no_grad():
+                images.append(pipe([prompt] * samples, generator=gens, output_type="pt", **kw).images.float())
+        return cls(prompts, images, [passes(im, p) for im, p in zip(images, prompts)])
+
+    @property
+    def alignment(self) -> float:
+        return statistics.mean(v for row in self.passed for v in row)
+
+    def p_yes(self, rm, context=None) -> float:
+        """The judge's mean pointwise P(yes) over the samples."""
+        return statistics.mean(
+            v for im, p in zip(self.images, self.prompts) for v in rm.score(im, p, context=context).p_yes.tolist()
+        )
+
+
+def best_of_n(rm, cands: list[torch.Tensor], verdicts: list[list[bool]], prompts: list[str], context=None) -> float:
+    """Verifier alignment of the candidate the judge scores highest, per prompt."""
+    chosen = []
+    for c, v, prompt in zip(cands, verdicts, prompts):
+        chosen.append(v[int(torch.argmax(rm.score(c, prompt, context=context).p_yes.float()))])
+    return statistics.mean(chosen)
+
+
+def part_alignment(pipe, rms: dict, prompts: list[str], cands, verdicts, kw: dict) -> dict:
+    n = len(cands[0])
     rows = {}
     for name, rm in rms.items():
         t0 = time.time()
-        chosen, searched = [], []
-        for c, v, prompt in zip(cands, verdicts, prompts):
-            scores = rm.score(c, prompt).p_yes.float()
-            chosen.append(v[int(torch.argmax(scores))])
+        searched = []
+        for prompt in prompts:
             res = search_over_paths(
                 pipe,
                 rm,
@@ -81,49 +125,102 @@ def part_alignment(pipe, rms: dict, prompts: list[str], n: int, kw: dict) -> dic
             )
             searched.append(passes(res.images[:1], prompt)[0])
         rows[name] = {
-            "best_of_n": statistics.mean(chosen),
+            "best_of_n": best_of_n(rm, cands, verdicts, prompts),
             "search": statistics.mean(searched),
             "seconds": round(time.time() - t0, 1),
         }
     return {
         "prompts": len(prompts),
         "n": n,
-        "first": base,
-        "mean_candidate": mean_pass,
-        "oracle": oracle,
+        "first": statistics.mean(v[0] for v in verdicts),
+        "mean_candidate": statistics.mean(statistics.mean(v) for v in verdicts),
+        "oracle": statistics.mean(any(v) for v in verdicts),
         "by_rm": rows,
     }
 
 
-def part_refl(rms: dict, train_prompts: list[str], held_out: list[str], steps: int, kw: dict) -> dict:
-    from rewarddance.bundled import bundled_path
-    from rewarddance.demo import measure_alignment, refl_config
-    from rewarddance.training.refl import train_refl
+def run_refl(rm, model: str, train_prompts: list[str], held_out: list[str], steps: int, kw: dict, **changes):
+    """One ReFL run of the bundled generator (the demo's settings, ``changes`` applied) against ``rm``; returns its
+    facts and the trained generator's held-out samples."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        cfg = refl_config(bundled_path("shapes-gen"), model, train_prompts, Path(tmp), steps, kw)
+        train_refl(dataclasses.replace(cfg, **changes), progress=False, rm=rm)
+        with open(Path(tmp) / "metrics.csv", encoding="utf-8") as f:
+            log = list(csv.DictReader(f))
+        late = log[-max(1, len(log) // 4) :]
+        pipe = load_generator()
+        pipe.load_lora_weights(str(Path(tmp) / "lora"))
+        after = HeldOut.sample(pipe, held_out, kw)
+    facts = {
+        "alignment_after": after.alignment,
+        "late_reward_std": statistics.mean(float(r["window_std"]) for r in late),
+        "late_reward_mean": statistics.mean(float(r["window_mean"]) for r in late),
+        "seconds": round(time.time() - t0, 1),
+    }
+    return facts, after
 
+
+def part_refl(rms: dict, train_prompts: list[str], base: HeldOut, steps: int, kw: dict) -> dict:
     rows = {}
-    base_pipe = load_generator()
-    verifier_rm = next(iter(rms.values()))
-    before = measure_alignment(base_pipe, verifier_rm, held_out, kw)
     for name, rm in rms.items():
-        with tempfile.TemporaryDirectory() as tmp:
+        facts, after = run_refl(rm, name, train_prompts, base.prompts, steps, kw)
+        rows[name] = {**facts, "own_reward_before": base.p_yes(rm), "own_reward_after": after.p_yes(rm)}
+    return {"steps": steps, "prompts": len(base.prompts), "alignment_before": base.alignment, "by_rm": rows}
+
+
+def part_pairwise(size: str, work: Path, folders: dict, train_prompts: list[str], base: HeldOut, steps: int, kw):
+    """Tables 7 and 8: the pairwise judge's accuracy, and ReFL against its top-2 / bottom-2 cached references."""
+    path = train_variant(size, "pairwise", work)
+    judge = RewardModel.from_pretrained(path, device="cpu", dtype="float32")
+    out = {"size": size, "accuracy": measure_rm(judge, folders, objective="pairwise")}
+    pipe = load_generator()
+    cache: dict = {}
+
+    def generate(prompt, seeds):  # both reference sets rank the same 16 samples per prompt
+        key = (prompt, tuple(seeds))
+        if key not in cache:
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+            with torch.no_grad():
+                cache[key] = pipe([prompt] * len(seeds), generator=gens, output_type="pt", **kw).images.float()
+        return cache[key]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for keep in ("top", "bottom"):
             t0 = time.time()
-            cfg = refl_config(bundled_path("shapes-gen"), name, train_prompts, Path(tmp), steps, kw)
-            train_refl(cfg, progress=False, rm=rm)
-            with open(Path(tmp) / "metrics.csv", encoding="utf-8") as f:
-                log = list(csv.DictReader(f))
-            late = log[-max(1, len(log) // 4) :]
-            pipe = load_generator()
-            pipe.load_lora_weights(str(Path(tmp) / "lora"))
-            after = measure_alignment(pipe, rm, held_out, kw)
-        rows[name] = {
-            "alignment_after": after["alignment"],
-            "own_reward_before": measure_alignment(base_pipe, rm, held_out, kw)["p_yes"],
-            "own_reward_after": after["p_yes"],
-            "late_reward_std": statistics.mean(float(r["window_std"]) for r in late),
-            "late_reward_mean": statistics.mean(float(r["window_mean"]) for r in late),
-            "seconds": round(time.time() - t0, 1),
-        }
-    return {"steps": steps, "prompts": len(held_out), "alignment_before": before["alignment"], "by_rm": rows}
+            folder = Path(tmp) / keep
+            build_references(generate, judge, train_prompts, folder, n=16, top_k=2, keep=keep, progress=False)
+            refs = load_references(folder)
+            verdicts = [verify(str(f), prompt).passed for prompt, files in refs.items() for f in files]
+            facts, _ = run_refl(
+                judge, str(path), train_prompts, base.prompts, steps, kw, mode="pairwise", references=str(folder)
+            )
+            out[keep] = {
+                **facts,
+                "reference_alignment": statistics.mean(verdicts),
+                "seconds": round(time.time() - t0, 1),
+            }
+            print(f"pairwise, {keep}-2 references: {out[keep]}", flush=True)
+    return out
+
+
+def part_cot(size: str, work: Path, folders: dict, prompts, cands, verdicts, train_prompts, base: HeldOut, steps, kw):
+    """Table 9: the judge trained with chain of thought (verdict first, then the reason), read at its verdict."""
+    path = train_variant(size, "cot", work)
+    judge = RewardModel.from_pretrained(path, device="cpu", dtype="float32")
+    out = {"size": size, "accuracy": measure_rm(judge, folders, context=COT)}
+    out["best_of_n"] = best_of_n(judge, cands, verdicts, prompts, context=COT)
+    facts, after = run_refl(judge, str(path), train_prompts, base.prompts, steps, kw, cot="judgment_first")
+    out["refl"] = {**facts, "own_reward_before": base.p_yes(judge, COT), "own_reward_after": after.p_yes(judge, COT)}
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _accuracy_cells(acc: dict) -> str:
+    return " | ".join(_pct(acc[k]["accuracy"]) for k in ("id", "ood", "generated"))
 
 
 def markdown(results: dict) -> str:
@@ -141,41 +238,86 @@ def markdown(results: dict) -> str:
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for n in names:
-            a = results["accuracy"][n]
-            lines.append(
-                f"| {n} | {results['params'][n]:,} | {100 * a['id']['accuracy']:.1f} % | "
-                f"{100 * a['ood']['accuracy']:.1f} % | {100 * a['generated']['accuracy']:.1f} % |"
-            )
+            lines.append(f"| {n} | {results['params'][n]:,} | {_accuracy_cells(results['accuracy'][n])} |")
         lines.append("")
     if "alignment" in results:
         al = results["alignment"]
         lines += [
             f"Verifier alignment of the bundled generator, {al['prompts']} held-out prompts: first sample "
-            f"{100 * al['first']:.1f} %, mean over all {al['n']} candidates {100 * al['mean_candidate']:.1f} %, "
-            f"oracle (any candidate passes) {100 * al['oracle']:.1f} %.",
+            f"{_pct(al['first'])}, mean over all {al['n']} candidates {_pct(al['mean_candidate'])}, "
+            f"oracle (any candidate passes) {_pct(al['oracle'])}.",
             "",
             f"| RM | best-of-{al['n']} | search over paths (same budget) |",
             "| --- | ---: | ---: |",
         ]
         for n in names:
             r = al["by_rm"][n]
-            lines.append(f"| {n} | {100 * r['best_of_n']:.1f} % | {100 * r['search']:.1f} % |")
+            lines.append(f"| {n} | {_pct(r['best_of_n'])} | {_pct(r['search'])} |")
         lines.append("")
-    if "refl" in results:
-        rf = results["refl"]
+    refl = results.get("refl")
+    if refl:
         lines += [
-            f"ReFL, {rf['steps']} steps (pointwise, LoRA rank 8, batch 4); first-sample verifier alignment on "
-            f"{rf['prompts']} held-out prompts x 2 seeds, before: {100 * rf['alignment_before']:.1f} %.",
+            f"ReFL, {refl['steps']} steps ({refl.get('settings', 'pointwise, LoRA rank 8, batch 4')}); first-sample "
+            f"verifier alignment on {refl['prompts']} held-out prompts x 2 seeds, before: "
+            f"{_pct(refl['alignment_before'])}.",
             "",
             "| RM | alignment after ReFL | RM's own P(yes) before -> after | reward std, last quarter |",
             "| --- | ---: | ---: | ---: |",
         ]
         for n in names:
-            r = rf["by_rm"][n]
+            r = refl["by_rm"][n]
             lines.append(
-                f"| {n} | {100 * r['alignment_after']:.1f} % | {r['own_reward_before']:.3f} -> "
+                f"| {n} | {_pct(r['alignment_after'])} | {r['own_reward_before']:.3f} -> "
                 f"{r['own_reward_after']:.3f} | {r['late_reward_std']:.4f} |"
             )
+        lines.append("")
+    pw = results.get("pairwise")
+    if pw:
+        control = f"shapes-{pw['size']}"
+        lines += [
+            f"Pointwise vs pairwise judging (paper Tables 7 and 8): the {control} recipe, and the same recipe trained "
+            "as a pairwise judge (reference image + candidate; accuracy with both image orders averaged). Pairwise "
+            "ReFL rewards P(candidate better than a cached reference of the prompt): the top 2 or the bottom 2 of 16 "
+            "base samples ranked by the pairwise judge's tournament, one drawn per rollout.",
+            "",
+            "| judge | in-domain | out-of-domain | generated | ReFL reward | references pass the verifier "
+            "| alignment after ReFL | reward std, last quarter |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        ]
+        if control in results.get("accuracy", {}) and refl and control in refl["by_rm"]:
+            r = refl["by_rm"][control]
+            lines.append(
+                f"| {control} (pointwise) | {_accuracy_cells(results['accuracy'][control])} | P(yes) | - | "
+                f"{_pct(r['alignment_after'])} | {r['late_reward_std']:.4f} |"
+            )
+        for keep in ("top", "bottom"):
+            r = pw[keep]
+            lines.append(
+                f"| pairwise | {_accuracy_cells(pw['accuracy'])} | vs {keep}-2 of best-of-16 | "
+                f"{_pct(r['reference_alignment'])} | {_pct(r['alignment_after'])} | {r['late_reward_std']:.4f} |"
+            )
+        lines.append("")
+    cot = results.get("cot")
+    if cot:
+        control = f"shapes-{cot['size']}"
+        al = results.get("alignment", {})
+        lines += [
+            f"Chain-of-thought training (paper Table 9): the {control} recipe, and the same recipe trained to answer "
+            '"Yes." / "No. <the verifier\'s reason>" (verdict first; the reason tokens add their cross-entropy). '
+            "Both are read the same way: P(yes) at the verdict, no decoding.",
+            "",
+            f"| judge | in-domain | out-of-domain | generated | best-of-{al.get('n', 16)} | alignment after ReFL |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        if control in results.get("accuracy", {}) and control in al.get("by_rm", {}) and refl:
+            lines.append(
+                f"| {control} (verdict only) | {_accuracy_cells(results['accuracy'][control])} | "
+                f"{_pct(al['by_rm'][control]['best_of_n'])} | {_pct(refl['by_rm'][control]['alignment_after'])} |"
+            )
+        lines.append(
+            f"| {control} + CoT | {_accuracy_cells(cot['accuracy'])} | {_pct(cot['best_of_n'])} | "
+            f"{_pct(cot['refl']['alignment_after'])} |"
+        )
         lines.append("")
     lines.append("<!-- /shapes_scaling -->")
     return "\n".join(lines)
@@ -196,11 +338,14 @@ def write_results_md(section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="accuracy,alignment,refl")
-    parser.add_argument("--prompts-per-category", type=int, default=4)
+    parser.add_argument("--parts", default="accuracy,alignment,refl,pairwise,cot")
+    parser.add_argument("--prompts-per-category", type=int, default=4, help="held-out prompts for best-of-N")
     parser.add_argument("--n", type=int, default=16, help="best-of-N candidates (search gets the same budget)")
     parser.add_argument("--refl-steps", type=int, default=40)
-    parser.add_argument("--work", default=None, help="folder for the held-out pairs (default: a temporary one)")
+    parser.add_argument("--refl-prompts-per-category", type=int, default=8, help="ReFL training prompts")
+    parser.add_argument("--refl-eval-per-category", type=int, default=16, help="held-out prompts after ReFL (x2)")
+    parser.add_argument("--ablation-size", default="m", help="the bundled judge the ablations change (s, m, l)")
+    parser.add_argument("--work", default=None, help="held-out pairs and ablation judges (default: temporary)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite RESULTS.md from shapes_scaling.json")
     args = parser.parse_args()
     if args.markdown_only:
@@ -219,18 +364,35 @@ def main() -> None:
     pipe = load_generator()
     kw = generator_defaults(pipe)
     held_out = [p for _, p in demo_prompts(args.prompts_per_category, seed=PROMPT_SEED)]
-    if "accuracy" in parts:
-        with tempfile.TemporaryDirectory() as tmp:
-            folders = eval_data(Path(args.work or tmp))
-            results["accuracy"] = {n: measure_rm(n, folders) for n in names}
-        print("accuracy", results["accuracy"], flush=True)
-    if "alignment" in parts:
-        results["alignment"] = part_alignment(pipe, rms, held_out, args.n, kw)
-        print("alignment", results["alignment"], flush=True)
-    if "refl" in parts:
-        train_prompts = [p for _, p in demo_prompts(20, seed=PROMPT_SEED + 1)]
-        results["refl"] = part_refl(rms, train_prompts, held_out, args.refl_steps, kw)
-        print("refl", results["refl"], flush=True)
+    train_prompts = [p for _, p in demo_prompts(args.refl_prompts_per_category, seed=PROMPT_SEED + 1)]
+    refl_held_out = [p for _, p in demo_prompts(args.refl_eval_per_category, seed=PROMPT_SEED)]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        folders = eval_data(work) if {"accuracy", "pairwise", "cot"} & set(parts) else {}
+        if "accuracy" in parts:
+            results["accuracy"] = {n: measure_rm(rms[n], folders) for n in names}
+            print("accuracy", results["accuracy"], flush=True)
+        if {"alignment", "cot"} & set(parts):
+            cands = candidates(pipe, held_out, args.n, kw)
+            verdicts = [passes(c, p) for c, p in zip(cands, held_out)]
+        if "alignment" in parts:
+            results["alignment"] = part_alignment(pipe, rms, held_out, cands, verdicts, kw)
+            print("alignment", results["alignment"], flush=True)
+        if {"refl", "pairwise", "cot"} & set(parts):
+            base = HeldOut.sample(pipe, refl_held_out, kw)
+        if "refl" in parts:
+            results["refl"] = part_refl(rms, train_prompts, base, args.refl_steps, kw)
+            print("refl", results["refl"], flush=True)
+        if "pairwise" in parts:
+            results["pairwise"] = part_pairwise(
+                args.ablation_size, work, folders, train_prompts, base, args.refl_steps, kw
+            )
+            print("pairwise", results["pairwise"], flush=True)
+        if "cot" in parts:
+            results["cot"] = part_cot(
+                args.ablation_size, work, folders, held_out, cands, verdicts, train_prompts, base, args.refl_steps, kw
+            )
+            print("cot", results["cot"], flush=True)
     results["minutes"] = round((time.time() - start) / 60, 1)
     (HERE / "shapes_scaling.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     section = markdown(results)

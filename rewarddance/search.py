@@ -238,15 +238,19 @@ def build_references(
     context=None,
     batch_size: int = 4,
     progress: bool = True,
+    keep: str = "top",
     **pipe_kwargs,
 ) -> Path:
     """The cached reference set of the ReFL trainer, as in the paper: per prompt, ``n`` base-model samples ranked
-    by a pairwise tournament, the ``top_k`` kept as PNGs. Writes ``out_dir/manifest.jsonl`` (one line per finished
+    by a pairwise tournament, the ``top_k`` kept as PNGs (``keep="bottom"``: the ``top_k`` last of the ranking
+    instead, the weak references of the paper's Table 8). Writes ``out_dir/manifest.jsonl`` (one line per finished
     prompt: ``prompt``, ``images``, ``seeds``, ``wins``) and returns its path. Resumable: prompts already in the
     manifest are skipped, and a prompt is appended only once its images are on disk."""
     from PIL import Image
     from tqdm.auto import tqdm
 
+    if keep not in ("top", "bottom"):
+        raise ValueError(f"keep must be 'top' or 'bottom', got {keep!r}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.jsonl"
@@ -265,9 +269,10 @@ def build_references(
         for start in range(0, n, batch_size):
             imgs += list(_pixels(generate(prompt, seeds[start : start + batch_size])))
         result = tournament(imgs, rm, prompt, top_k=top_k, context=context, seed=seed)
+        kept = result.top_k if keep == "top" else result.ranking[::-1][:top_k]  # bottom: the worst first
         files = []
-        for rank, i in enumerate(result.top_k):
-            name = f"images/{p_index:05d}-{_slug(prompt)}-top{rank}.png"
+        for rank, i in enumerate(kept):
+            name = f"images/{p_index:05d}-{_slug(prompt)}-{keep}{rank}.png"
             arr = (imgs[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
             tmp = out / (name + ".tmp")
             Image.fromarray(arr).save(tmp, format="PNG")
@@ -276,8 +281,8 @@ def build_references(
         row = {
             "prompt": prompt,
             "images": files,
-            "seeds": [seeds[i] for i in result.top_k],
-            "wins": [float(result.wins[i]) for i in result.top_k],
+            "seeds": [seeds[i] for i in kept],
+            "wins": [float(result.wins[i]) for i in kept],
             "n": n,
         }
         with open(manifest, "a", encoding="utf-8") as f:

@@ -9,6 +9,7 @@ within three. The generator's verifier alignment must match its card to within t
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -24,7 +25,8 @@ from rewarddance.bundled import (
     card,
     load_generator,
 )
-from rewarddance.bundled.train import eval_data, measure_generator, measure_rm, render_card
+from rewarddance.bundled.train import add_verifier_reasons, eval_data, measure_generator, measure_rm, render_card
+from rewarddance.shapes import verify
 
 BUNDLED_RMS = [name for name in REWARD_MODELS if name in available()]
 
@@ -163,3 +165,50 @@ def test_demo_refl_reports_before_and_after(tmp_path):
     assert res["before"]["images"] == res["after"]["images"] == 12
     assert res["before"]["p_yes"] != res["after"]["p_yes"]  # the trained LoRA changed the samples
     assert (tmp_path / "refl" / "lora").is_dir() and (tmp_path / "refl" / "metrics.csv").exists()
+
+
+def test_generated_pairs_carry_the_verifiers_reasons(held_out, tmp_path):
+    folder = held_out["generated"]
+    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) > 100
+    for row in rows[:30]:
+        assert verify(folder / row["chosen"], row["prompt"]).passed
+        verdict = verify(folder / row["rejected"], row["prompt"])
+        assert not verdict.passed and row["reason"] == verdict.reason[0].upper() + verdict.reason[1:] + "."
+    # a folder written before the reasons were recorded gets them from its saved images
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    stripped = [{k: v for k, v in row.items() if k != "reason"} for row in rows]
+    (old / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in stripped), encoding="utf-8")
+    add_verifier_reasons(old)
+    assert [json.loads(line) for line in (old / "pairs.jsonl").read_text(encoding="utf-8").splitlines()] == rows
+
+
+def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch):
+    """``train_variant`` end to end at a toy scale: the pairwise and chain-of-thought judges start from the same
+    caption-pretrained base (trained once) and differ from the bundled recipe in their one setting only."""
+    from rewarddance.bundled import train
+
+    for name, n in (("scenes", 24), ("train", 12), ("id", 6), ("ood", 6)):
+        monkeypatch.setitem(train.DATA, name, (n, *train.DATA[name][1:]))
+    monkeypatch.setitem(train.GENERATED, "generated-train", dict(prompts=6, samples=4, pairs_per_prompt=1, seed=41))
+    monkeypatch.setitem(train.GENERATED, "generated-eval", dict(prompts=3, samples=4, pairs_per_prompt=1, seed=42))
+    monkeypatch.setattr(train, "MIX_RENDERED", 4)
+    monkeypatch.setattr(train, "CAPTION", {**train.CAPTION, "max_steps": 2, "batch_size": 4})
+    for stage in ("POINTWISE", "ONPOLICY"):
+        monkeypatch.setattr(train, stage, {**getattr(train, stage), "max_steps": 2, "batch_size": 2, "warmup_steps": 0})
+    judges, base_written = {}, set()
+    for variant in train.VARIANTS:
+        judges[variant] = train.train_variant("s", variant, tmp_path)
+        base_written.add((tmp_path / "s-captions" / "final" / "model.safetensors").stat().st_mtime_ns)
+    assert len(base_written) == 1  # the caption stage ran once; the second variant reused it
+    for variant, judge in judges.items():
+        for stage, base in (("pointwise", tmp_path / "s-captions" / "final"), ("onpolicy", None)):
+            cfg = json.loads((tmp_path / f"s-{variant}-{stage}" / "config.json").read_text())
+            changed = {k: cfg[k] for k in ("objective", "cot")}
+            assert changed == {"objective": "pointwise", "cot": "none", **train.VARIANTS[variant]}
+            if base is not None:
+                assert cfg["model"] == str(base)
+        rows = (tmp_path / "mixed-train" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+        assert all(json.loads(row)["reason"] for row in rows)  # chain-of-thought targets for every pair
+        RewardModel.from_pretrained(judge, device="cpu")  # a saved, loadable judge

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from rewarddance import RewardModel
-from rewarddance.search import build_references
+from rewarddance.images import load_image, to_tensor
+from rewarddance.search import build_references, load_references
 from rewarddance.shapes import write_dataset
 from rewarddance.tiny_diffusion import build_tiny_pipeline
 from rewarddance.training.refl import COMFY_LORA_FILE, ReFLConfig, train_refl
@@ -23,6 +24,21 @@ def smooth_rm(tiny_vlm):
     """A tiny LLaVA judge with small initial weights: its P(yes) changes little with the image but smoothly, so the
     direction that raises it is shared across prompts and noises (a large init makes it too rough to climb)."""
     return RewardModel.from_pretrained(tiny_vlm("llava", init_std=0.02), device="cpu")
+
+
+class RecordingJudge:
+    """The given reward model, unchanged, that also keeps the reference image of every pairwise reward call."""
+
+    def __init__(self, rm):
+        self.rm, self.references, self.contexts = rm, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.rm, name)
+
+    def reward(self, pixels, prompts, references=None, context=None):
+        self.references.append(None if references is None else references[0])
+        self.contexts.append(context)
+        return self.rm.reward(pixels, prompts, references=references, context=context)
 
 
 def _pipe(kind):
@@ -127,14 +143,23 @@ def test_pairwise_mode_and_pretraining_loss(smooth_rm, tmp_path):
             [prompt] * len(seeds), generator=gens, output_type="pt", num_inference_steps=4, height=32, width=32
         ).images
 
-    build_references(generate, smooth_rm, PROMPTS, tmp_path / "refs", n=2, top_k=1, progress=False)
+    build_references(generate, smooth_rm, PROMPTS, tmp_path / "refs", n=3, top_k=2, progress=False)
+    cached = [to_tensor(load_image(f)) for v in load_references(tmp_path / "refs").values() for f in v]
+    judge = RecordingJudge(smooth_rm)
     res = train_refl(
-        _cfg(tmp_path / "pw", mode="pairwise", references=str(tmp_path / "refs"), max_steps=2, eval_prompts=[]),
+        _cfg(tmp_path / "pw", mode="pairwise", references=str(tmp_path / "refs"), max_steps=3, eval_prompts=[]),
         progress=False,
         pipe=_pipe("sd"),
-        rm=smooth_rm,
+        rm=judge,
     )
-    assert res["step"] == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in res["history"])
+    assert res["step"] == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in res["history"])
+    used = {next(k for k, c in enumerate(cached) if torch.equal(c, ref)) for ref in judge.references}
+    assert len(judge.references) == 6 and len(used) >= 4  # 3 prompts x 2 kept: not only the first of each is drawn
+    assert all(c.cot == "none" for c in judge.contexts)
+    cot_judge = RecordingJudge(smooth_rm)  # a judge trained with its verdict first is asked the same way
+    cot_cfg = _cfg(tmp_path / "cot", cot="judgment_first", max_steps=1, eval_prompts=[])
+    train_refl(cot_cfg, progress=False, pipe=_pipe("sd"), rm=cot_judge)
+    assert [c.cot for c in cot_judge.contexts] == ["judgment_first"] * 2
     data = tmp_path / "captions"
     write_dataset(data, n=4, size=32, seed=1)
     plain = train_refl(
@@ -170,6 +195,8 @@ def test_bad_configs_fail_before_training(smooth_rm, tmp_path):
         _cfg(tmp_path, lora_rank=0)
     with pytest.raises(ValueError, match="needs `references`"):
         _cfg(tmp_path, mode="pairwise")
+    with pytest.raises(ValueError, match="cot must be none or judgment_first"):
+        _cfg(tmp_path, cot="reasoning_first")
     with pytest.raises(ValueError, match="trackers must be among"):
         _cfg(tmp_path, trackers=["tensorbord"])
     with pytest.raises(ValueError, match="distributed must be ddp or fsdp"):

@@ -331,3 +331,23 @@ def test_build_references_resumes_without_recomputing(pipes, tmp_path):
     refs = load_references(out)
     assert set(refs) == {"a red circle", "a blue square", "a green triangle"}
     assert all(len(v) == 2 and v[0].is_file() for v in refs.values())
+
+
+def test_build_references_keeps_the_bottom_of_the_ranking_on_request(tmp_path):
+    """``keep="bottom"`` (the paper's weak references, Table 8): the same tournament, the last ``top_k`` kept."""
+    levels_ = [3, 0, 5, 1, 4, 2]  # image quality by seed: seeds 2, 4 are the best, seeds 1, 3 the worst
+
+    def generate(prompt, seeds):
+        return torch.stack([torch.full((3, 8, 8), (levels_[s] + 1) / 7) for s in seeds])
+
+    kept = {}
+    for keep in ("top", "bottom"):
+        manifest = build_references(
+            generate, PlantedJudge(), ["a red circle"], tmp_path / keep, n=6, top_k=2, keep=keep, progress=False
+        )
+        row = json.loads(manifest.read_text().splitlines()[0])
+        assert all(f"-{keep}" in name and (tmp_path / keep / name).is_file() for name in row["images"])
+        kept[keep] = row["seeds"]
+    assert kept == {"top": [2, 4], "bottom": [1, 3]}  # bottom lists the worst first
+    with pytest.raises(ValueError, match="keep must be"):
+        build_references(generate, PlantedJudge(), ["a red circle"], tmp_path / "x", n=6, keep="middle")

@@ -2,6 +2,7 @@
 
     python -m rewarddance.bundled.train generator --out rewarddance/bundled/shapes-gen
     python -m rewarddance.bundled.train rm --size m --work /tmp/shapes-rm --out rewarddance/bundled/shapes-m
+    python -m rewarddance.bundled.train variant --size m --variant cot --work /tmp/shapes-rm   # an ablation judge
 
 Generator first (:mod:`rewarddance.shapes.generator`): the judges' last stage learns from its samples. Reward
 models: a tiny LLaVA of the size's shape (:data:`RM_SIZES`), caption-pretrained on 16,000 ShapesWorld scenes
@@ -44,6 +45,10 @@ GENERATED = {
 }
 MIX_RENDERED = 3000  # rendered pairs mixed into the on-policy stage, so the judge keeps what it knew
 ONPOLICY = dict(objective="pointwise", train="all", lr=1e-4, batch_size=16, max_steps=1000, warmup_steps=50, seed=0)
+# the one setting each ablation judge changes (paper Table 7: pairwise judging against a reference image; Table 9:
+# chain-of-thought training, here the verdict first and then the reason, teacher-forced; the reward stays P(yes) at
+# the verdict, so scoring costs what it did)
+VARIANTS = {"pairwise": dict(objective="pairwise"), "cot": dict(cot="judgment_first")}
 
 
 def write_data(work: Path) -> dict[str, Path]:
@@ -77,17 +82,18 @@ def eval_data(work: Path) -> dict[str, Path]:
     return out
 
 
-def measure_rm(model: str | Path, folders: dict[str, Path]) -> dict:
-    """Pointwise held-out accuracy and calibration of a judge on each pair folder."""
+def measure_rm(model, folders: dict[str, Path], objective: str = "pointwise", context=None) -> dict:
+    """Held-out accuracy and calibration of a judge (a name, folder or loaded RewardModel) on each pair folder:
+    pointwise (the chosen image's P(yes) is higher) or pairwise (both orders averaged; ``training.rm``)."""
     from ..model import RewardModel
     from ..training.data import read_pairs
     from ..training.rm import evaluate_pairs
 
-    rm = RewardModel.from_pretrained(model, device="cpu", dtype="float32")
+    rm = model if isinstance(model, RewardModel) else RewardModel.from_pretrained(model, device="cpu", dtype="float32")
     out = {}
     for name, folder in folders.items():
         pairs, _ = read_pairs(folder)
-        res = evaluate_pairs(rm, pairs, "pointwise")
+        res = evaluate_pairs(rm, pairs, objective, context=context)
         out[name] = {"pairs": res["pairs"], "accuracy": round(res["accuracy"], 4), "ece": round(res["ece"], 4)}
     return out
 
@@ -126,16 +132,17 @@ def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per
         spec = sample_prompt(CATEGORIES[i % len(CATEGORIES)], example_rng(seed, "id", i), "id")
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + i * samples + j) for j in range(samples)]
         images = pipe([spec.text] * samples, generator=gens, **kw).images
-        verdicts = [verify(im, spec).passed for im in images]
-        passed_all += verdicts
-        good = [j for j, v in enumerate(verdicts) if v]
-        bad = [j for j, v in enumerate(verdicts) if not v]
+        verdicts = [verify(im, spec) for im in images]
+        passed_all += [v.passed for v in verdicts]
+        good = [j for j, v in enumerate(verdicts) if v.passed]
+        bad = [j for j, v in enumerate(verdicts) if not v.passed]
         for k, (g, b) in enumerate(list(zip(good, bad))[:pairs_per_prompt]):
             names = [f"images/{i:05d}-{g}.png", f"images/{i:05d}-{b}.png"]
             images[g].save(out / names[0])
             images[b].save(out / names[1])
             row = {"id": f"gen-{i:05d}-{k}", "prompt": spec.text, "category": spec.category}
-            lines.append({**row, "chosen": names[0], "rejected": names[1], "split": "generated"})
+            reason = _sentence(verdicts[b].reason)
+            lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": reason, "split": "generated"})
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
     facts = {
@@ -147,6 +154,32 @@ def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per
     facts["pairs"] = len(lines)
     info.write_text(json.dumps(facts) + "\n", encoding="utf-8")
     return facts
+
+
+def _sentence(reason: str) -> str:
+    """A verifier reason ("the image shows one square instead of three") as a sentence, like the rendered pairs'."""
+    return reason[:1].upper() + reason[1:].rstrip(".") + "."
+
+
+def add_verifier_reasons(folder: Path) -> None:
+    """Give every pair of a generated-pairs folder that has none the verifier's reason for rejecting its rejected
+    image (chain-of-thought targets; folders written before reasons were recorded). The images are the saved PNGs,
+    which the verifier judged when the pairs were made."""
+    from PIL import Image
+
+    from ..shapes import verify
+
+    path = folder / "pairs.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if all("reason" in row for row in rows):
+        return
+    for row in rows:
+        if "reason" not in row:
+            with Image.open(folder / row["rejected"]) as im:
+                row["reason"] = _sentence(verify(im.convert("RGB"), row["prompt"]).reason)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
 
 
 def mix_pairs(out: Path, sources: list[tuple[Path, int]]) -> Path:
@@ -162,40 +195,70 @@ def mix_pairs(out: Path, sources: list[tuple[Path, int]]) -> Path:
     return out
 
 
-def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
-    """The three stages for ``size`` (caption pretraining, judge on rendered pairs, judge on the generator's own
-    samples mixed with rendered pairs); the judge and its card go to ``out``. Finished stages in ``work`` are reused."""
+def prepare_rm_data(work: Path, log=print) -> tuple[dict[str, Path], dict]:
+    """Everything the judges learn from, under ``work`` (reused when there): the rendered folders of :data:`DATA`,
+    the generator's verifier-labelled pairs of :data:`GENERATED` (with the verifier's reasons) and ``mixed-train``
+    (those pairs plus :data:`MIX_RENDERED` rendered ones). Returns the folders and the generated pairs' facts."""
     from ..shapes.generator import load_generator
-    from ..tiny import build_tiny_vlm
-    from ..training.caption import CaptionTrainConfig, train_captions
-    from ..training.rm import RMTrainConfig, train_rm
     from . import bundled_path
 
-    shape = RM_SIZES[size]
-    start = time.time()
     data = write_data(work)
     pipe = load_generator(bundled_path("shapes-gen"))
     generated = {name: write_generated_pairs(pipe, work / name, **settings) for name, settings in GENERATED.items()}
-    mixed = mix_pairs(work / "mixed-train", [(work / "generated-train", 10**9), (data["train"], MIX_RENDERED)])
+    for name in GENERATED:
+        add_verifier_reasons(work / name)
+    data["mixed"] = mix_pairs(work / "mixed-train", [(work / "generated-train", 10**9), (data["train"], MIX_RENDERED)])
     log(f"data ready in {work}: generated pairs {generated}")
-    caption_dir, judge_dir, final_dir = (work / f"{size}-{stage}" for stage in ("captions", "pointwise", "onpolicy"))
+    return data, generated
 
-    def caption():
-        random_vlm = build_tiny_vlm("llava", work / f"{size}-random", image_size=IMAGE_SIZE, seed=VLM_SEED, **shape)
+
+def caption_stage(size: str, work: Path, data: dict[str, Path], log=print) -> tuple[Path, dict]:
+    """Stage 1 for ``size``: caption pretraining of a random tiny LLaVA (reused when done); its folder and facts."""
+    from ..tiny import build_tiny_vlm
+    from ..training.caption import CaptionTrainConfig, train_captions
+
+    folder = work / f"{size}-captions"
+
+    def run():
+        random_vlm = build_tiny_vlm(
+            "llava", work / f"{size}-random", image_size=IMAGE_SIZE, seed=VLM_SEED, **RM_SIZES[size]
+        )
         cfg = CaptionTrainConfig(
-            model=str(random_vlm), data=str(data["scenes"]), output_dir=str(caption_dir), save_every=0, **CAPTION
+            model=str(random_vlm), data=str(data["scenes"]), output_dir=str(folder), save_every=0, **CAPTION
         )
         return train_captions(cfg, progress=False)
 
-    def judge(base: Path, folder: Path, train_data: Path, settings: dict):
+    return folder, _stage(folder, run, log)
+
+
+def judge_stages(base: Path, name: str, work: Path, data: dict[str, Path], change: dict, log=print) -> dict:
+    """Stages 2 and 3 from the caption-pretrained ``base``: the judge on rendered pairs (:data:`POINTWISE`), then on
+    ``mixed-train`` (:data:`ONPOLICY`), both with ``change`` applied; into ``work/{name}-pointwise`` and
+    ``work/{name}-onpolicy``. Returns each stage's facts."""
+    from ..training.rm import RMTrainConfig, train_rm
+
+    def judge(start: Path, folder: Path, train_data: Path, settings: dict):
         cfg = RMTrainConfig(
-            model=str(base), data=str(train_data), output_dir=str(folder), eval_every=0, save_every=0, **settings
+            model=str(start), data=str(train_data), output_dir=str(folder), eval_every=0, save_every=0, **settings
         )
         return lambda: train_rm(cfg, progress=False)
 
-    stages = {"caption": _stage(caption_dir, caption, log)}
-    stages["pointwise"] = _stage(judge_dir, judge(caption_dir / "final", judge_dir, data["train"], POINTWISE), log)
-    stages["onpolicy"] = _stage(final_dir, judge(judge_dir / "final", final_dir, mixed, ONPOLICY), log)
+    first, second = work / f"{name}-pointwise", work / f"{name}-onpolicy"
+    return {
+        "pointwise": _stage(first, judge(base, first, data["train"], {**POINTWISE, **change}), log),
+        "onpolicy": _stage(second, judge(first / "final", second, data["mixed"], {**ONPOLICY, **change}), log),
+    }
+
+
+def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
+    """The three stages for ``size`` (caption pretraining, judge on rendered pairs, judge on the generator's own
+    samples mixed with rendered pairs); the judge and its card go to ``out``. Finished stages in ``work`` are reused."""
+    shape = RM_SIZES[size]
+    start = time.time()
+    data, generated = prepare_rm_data(work, log)
+    caption_dir, caption_facts = caption_stage(size, work, data, log)
+    stages = {"caption": caption_facts, **judge_stages(caption_dir / "final", size, work, data, {}, log)}
+    final_dir = work / f"{size}-onpolicy"
     notes = [stage["note"] for stage in stages.values() if stage.get("note")]
     if out.exists():
         shutil.rmtree(out)
@@ -224,6 +287,16 @@ def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
     write_card(out, facts)
     log(f"shapes-{size}: {facts['measured']} in {(time.time() - start) / 60:.1f} min")
     return facts
+
+
+def train_variant(size: str, variant: str, work: Path, log=print) -> Path:
+    """A judge of the scaling study's ablations: the bundled recipe for ``size`` from the same caption-pretrained
+    base, with one setting of :data:`VARIANTS` changed in stages 2 and 3 (the bundled judge of that size is the
+    control). Not bundled: ``benchmarks/shapes_scaling.py`` trains them into its work folder. Returns the judge."""
+    data, _ = prepare_rm_data(work, log)
+    caption_dir, _ = caption_stage(size, work, data, log)
+    judge_stages(caption_dir / "final", f"{size}-{variant}", work, data, VARIANTS[variant], log)
+    return work / f"{size}-{variant}-onpolicy" / "final"
 
 
 def _count_parameters(folder: Path) -> int:
@@ -409,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("--size", required=True, choices=sorted(RM_SIZES))
     rm.add_argument("--work", required=True, type=Path, help="data and intermediate models (about 200 MB)")
     rm.add_argument("--out", required=True, type=Path)
+    var = sub.add_parser("variant", help="an ablation judge (not bundled): the recipe with one setting changed")
+    var.add_argument("--size", required=True, choices=sorted(RM_SIZES))
+    var.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    var.add_argument(
+        "--work", required=True, type=Path, help="as for rm; the judge lands in work/SIZE-VARIANT-onpolicy"
+    )
     args = parser.parse_args(argv)
 
     def log(text: str) -> None:
@@ -416,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.what == "generator":
         train_generator_bundle(args.out, log)
-    else:
+    elif args.what == "rm":
         train_rm_size(args.size, args.work, args.out, log)
+    else:
+        log(f"{args.size}-{args.variant}: {train_variant(args.size, args.variant, args.work, log)}")
     return 0
 
 

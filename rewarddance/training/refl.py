@@ -6,8 +6,8 @@ One step, for each prompt of the batch (as in ImageReward's ReFL and the RewardD
 2. denoise from fresh noise to level ``k`` without gradients;
 3. one denoiser call with gradients predicts ``x0`` (the LoRA weights are the only trainable parameters);
 4. decode ``x0`` with the VAE (gradients flow; checkpointed when asked) into pixels in [0, 1];
-5. reward ``r = rm.reward(pixels, prompt)``, pointwise, or pairwise against the cached best-of-N reference of the
-   prompt (``build_references``; the paper's default);
+5. reward ``r = rm.reward(pixels, prompt)``, pointwise, or pairwise against a cached best-of-N reference of the
+   prompt (``build_references``; the paper's default; with several cached per prompt, one is drawn per rollout);
 6. loss ``relu(hinge_margin - r)`` (``loss="hinge"``) or ``-log r`` (``loss="log"``), times ``reward_scale``,
    plus ``pretrain_weight`` x the plain diffusion loss on an image-caption folder (ImageReward's regulariser).
 
@@ -68,6 +68,10 @@ class ReFLConfig:
     hinge_margin: float = field(default=1.0, metadata={"help": "lambda of the hinge loss"})
     reward_scale: float = field(default=1.0, metadata={"help": "multiplies the reward loss"})
     task: str = field(default="alignment", metadata={"help": "reward context task preset"})
+    cot: str = field(
+        default="none",
+        metadata={"help": "none, or judgment_first for a judge trained so (its verdict is read at the first token)"},
+    )
     quantization: str | None = field(default=None, metadata={"help": "reward model in None, 8bit or 4bit"})
     num_inference_steps: int = field(default=30, metadata={"help": "length of the sampling schedule"})
     stop_range: list = field(default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"})
@@ -116,6 +120,10 @@ class ReFLConfig:
             (self.model_type in MODEL_TYPES, f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"),
             (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (
+                self.cot in ("none", "judgment_first"),
+                f"cot must be none or judgment_first (a reward read before any decoding), got {self.cot!r}",
+            ),
             (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
             (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
@@ -404,8 +412,9 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
 
     if offload:
         rm.model.to("cpu")
-    context = RewardContext(task=cfg.task)
-    reference_images = {p: to_tensor(load_image(v[0])) for p, v in refs.items()} if refs else {}
+    context = RewardContext(task=cfg.task, cot=cfg.cot)
+    # every cached reference of a prompt (build_references keeps top_k); one is drawn per rollout
+    reference_images = {p: [to_tensor(load_image(f)) for f in v] for p, v in refs.items()} if refs else {}
 
     # --- the trainable part
     denoiser = pipe_denoiser(pipe)
@@ -488,6 +497,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
             pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # its own stream: the reward path is unchanged
             shared = _step_generator(cfg.seed, step, salt=-1)
+            ref_gen = _step_generator(cfg.seed, step, salt=-2 - rank)  # which cached reference: its own stream
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
             with rm_on_device():
@@ -499,10 +509,12 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                             # (drawn besides the one above, so prompts and noise stay those of a DDP run)
                             stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=shared))
                         noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+                        reference = None
+                        if prompt in reference_images:
+                            choices = reference_images[prompt]
+                            reference = choices[int(torch.randint(0, len(choices), (1,), generator=ref_gen))]
                         with autocast:
-                            r = reward_of_prompt(
-                                pipe, rm, prompt, sampler_cfg, stop, noise_seed, reference_images.get(prompt), context
-                            )
+                            r = reward_of_prompt(pipe, rm, prompt, sampler_cfg, stop, noise_seed, reference, context)
                             if cfg.loss == "hinge":
                                 loss = F.relu(cfg.hinge_margin - r).mean()
                             else:
