@@ -209,7 +209,7 @@ def part_cot(size: str, work: Path, folders: dict, prompts, cands, verdicts, tra
     path = train_variant(size, "cot", work)
     judge = RewardModel.from_pretrained(path, device="cpu", dtype="float32")
     out = {"size": size, "accuracy": measure_rm(judge, folders, context=COT)}
-    out["best_of_n"] = best_of_n(judge, cands, verdicts, prompts, context=COT)
+    out["best_of_n"], out["n"] = best_of_n(judge, cands, verdicts, prompts, context=COT), len(cands[0])
     facts, after = run_refl(judge, str(path), train_prompts, base.prompts, steps, kw, cot="judgment_first")
     out["refl"] = {**facts, "own_reward_before": base.p_yes(judge, COT), "own_reward_after": after.p_yes(judge, COT)}
     return out
@@ -306,7 +306,7 @@ def markdown(results: dict) -> str:
             '"Yes." / "No. <the verifier\'s reason>" (verdict first; the reason tokens add their cross-entropy). '
             "Both are read the same way: P(yes) at the verdict, no decoding.",
             "",
-            f"| judge | in-domain | out-of-domain | generated | best-of-{al.get('n', 16)} | alignment after ReFL |",
+            f"| judge | in-domain | out-of-domain | generated | best-of-{cot['n']} | alignment after ReFL |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         if control in results.get("accuracy", {}) and control in al.get("by_rm", {}) and refl:

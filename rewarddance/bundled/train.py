@@ -191,7 +191,9 @@ def mix_pairs(out: Path, sources: list[tuple[Path, int]]) -> Path:
         for row in map(json.loads, rows):
             row["chosen"], row["rejected"] = str(folder / row["chosen"]), str(folder / row["rejected"])
             lines.append(json.dumps(row) + "\n")
-    (out / "pairs.jsonl").write_text("".join(lines), encoding="utf-8")
+    tmp = out / "pairs.jsonl.tmp"  # whole or not at all: another run may be reading it
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(out / "pairs.jsonl")
     return out
 
 
