@@ -37,6 +37,8 @@ def settings(pretrain: Path) -> dict[str, dict]:
         "lr3e-4": dict(lr=3e-4),
         "lr1e-3+pre": pre,
         "lr3e-4-80steps+pre": dict(lr=3e-4, max_steps=80, **pre),
+        "lr1e-3-200steps": dict(max_steps=200),
+        "lr1e-3-200steps+pre": dict(max_steps=200, **pre),
     }
 
 
