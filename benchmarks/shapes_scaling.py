@@ -23,8 +23,9 @@ The verifier is a program, not a model, so it measures what the RMs are for with
     python benchmarks/shapes_scaling.py [--parts accuracy,alignment,refl,pairwise,cot] [--work DIR]
 
 ``--work`` keeps the held-out pairs and the ablation judges between runs (the bundled training's work folder, if
-you have one, already holds the caption-pretrained bases). Writes ``benchmarks/shapes_scaling.json`` and replaces
-the ``shapes_scaling`` section of ``benchmarks/RESULTS.md``.
+you have one, already holds the caption-pretrained bases). Writes ``benchmarks/shapes_scaling.json``, the plot
+``benchmarks/shapes_scaling.png`` (accuracy and alignment by RM size) and replaces the ``shapes_scaling`` section of
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -319,8 +320,53 @@ def markdown(results: dict) -> str:
             f"{_pct(cot['refl']['alignment_after'])} |"
         )
         lines.append("")
+    if results.get("plot"):
+        lines += [f"![accuracy and alignment by RM size]({results['plot']})", ""]
     lines.append("<!-- /shapes_scaling -->")
     return "\n".join(lines)
+
+
+SERIES = (  # what the plot draws against RM size: label, colour, value of results for an RM name
+    ("in-domain accuracy", (31, 119, 180), lambda r, n: r["accuracy"][n]["id"]["accuracy"]),
+    ("out-of-domain accuracy", (255, 127, 14), lambda r, n: r["accuracy"][n]["ood"]["accuracy"]),
+    ("accuracy on generated pairs", (44, 160, 44), lambda r, n: r["accuracy"][n]["generated"]["accuracy"]),
+    ("best-of-N alignment", (214, 39, 40), lambda r, n: r["alignment"]["by_rm"][n]["best_of_n"]),
+    ("alignment after ReFL", (148, 103, 189), lambda r, n: r["refl"]["by_rm"][n]["alignment_after"]),
+)
+
+
+def plot(results: dict, path: Path, width: int = 640, height: int = 360) -> bool:
+    """``path``: each series of :data:`SERIES` over the RM sizes (0-100 %), the first-sample alignment in grey."""
+    from PIL import Image, ImageDraw
+
+    names = [n for n in REWARD_MODELS if n in results.get("params", {})]
+    if len(names) < 2 or not all(k in results for k in ("accuracy", "alignment", "refl")):
+        return False
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 50, width - 190, 20, height - 40
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return left + i * (right - left) / (len(names) - 1), bottom - v * (bottom - top)
+
+    for tick in range(0, 101, 20):
+        y = xy(0, tick / 100)[1]
+        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
+        draw.text((left - 40, y - 6), f"{tick} %", fill="black")
+    for i, n in enumerate(names):
+        draw.text((xy(i, 0)[0] - 30, bottom + 8), f"{n} {results['params'][n] / 1e6:.2f} M", fill="black")
+    first = results["alignment"]["first"]
+    draw.line([xy(0, first), xy(len(names) - 1, first)], fill=(150, 150, 150), width=1)
+    legend = [*((label, colour) for label, colour, _ in SERIES), ("first sample (base)", (150, 150, 150))]
+    for _label, colour, value in SERIES:
+        points = [xy(i, value(results, n)) for i, n in enumerate(names)]
+        draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    for k, (label, colour) in enumerate(legend):
+        draw.text((right + 15, top + 18 * k), label, fill=colour)
+    img.save(path)
+    return True
 
 
 def write_results_md(section: str) -> None:
@@ -349,7 +395,10 @@ def main() -> None:
     parser.add_argument("--markdown-only", action="store_true", help="rewrite RESULTS.md from shapes_scaling.json")
     args = parser.parse_args()
     if args.markdown_only:
-        write_results_md(markdown(json.loads((HERE / "shapes_scaling.json").read_text(encoding="utf-8"))))
+        results = json.loads((HERE / "shapes_scaling.json").read_text(encoding="utf-8"))
+        if plot(results, HERE / "shapes_scaling.png"):
+            results["plot"] = "shapes_scaling.png"
+        write_results_md(markdown(results))
         return
     torch.manual_seed(0)
     start = time.time()
@@ -394,6 +443,8 @@ def main() -> None:
             )
             print("cot", results["cot"], flush=True)
     results["minutes"] = round((time.time() - start) / 60, 1)
+    if plot(results, HERE / "shapes_scaling.png"):
+        results["plot"] = "shapes_scaling.png"
     (HERE / "shapes_scaling.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     section = markdown(results)
     write_results_md(section)
