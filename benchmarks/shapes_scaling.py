@@ -45,7 +45,7 @@ import torch
 from rewarddance import RewardContext, RewardModel
 from rewarddance.bundled import REWARD_MODELS, available, bundled_path, card, generator_defaults, load_generator
 from rewarddance.bundled.train import eval_data, measure_rm, train_variant
-from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts, refl_config
+from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts, refl_config, sample_prompts
 from rewarddance.pipelines import SamplerConfig
 from rewarddance.search import build_references, load_references, search_over_paths
 from rewarddance.shapes import verify
@@ -79,12 +79,8 @@ class HeldOut:
     passed: list[list[bool]]
 
     @classmethod
-    def sample(cls, pipe, prompts: list[str], kw: dict, samples: int = 2, seed: int = 1000) -> HeldOut:
-        images = []
-        for i, prompt in enumerate(prompts):
-            gens = [torch.Generator().manual_seed(seed + i * samples + j) for j in range(samples)]
-            with torch.no_grad():
-                images.append(pipe([prompt] * samples, generator=gens, output_type="pt", **kw).images.float())
+    def sample(cls, pipe, prompts: list[str], kw: dict) -> HeldOut:
+        images = sample_prompts(pipe, prompts, kw)  # the seeds of demo.measure_alignment
         return cls(prompts, images, [passes(im, p) for im, p in zip(images, prompts)])
 
     @property
@@ -170,12 +166,12 @@ def part_refl(rms: dict, train_prompts: list[str], base: HeldOut, steps: int, kw
     return {"steps": steps, "prompts": len(base.prompts), "alignment_before": base.alignment, "by_rm": rows}
 
 
-def part_pairwise(size: str, work: Path, folders: dict, train_prompts: list[str], base: HeldOut, steps: int, kw):
-    """Tables 7 and 8: the pairwise judge's accuracy, and ReFL against its top-2 / bottom-2 cached references."""
+def part_pairwise(pipe, size: str, work: Path, folders: dict, train_prompts: list[str], base: HeldOut, steps, kw):
+    """Tables 7 and 8: the pairwise judge's accuracy, and ReFL against its top-2 / bottom-2 cached references
+    (``pipe``: the base generator, which draws the candidates the references are chosen from)."""
     path = train_variant(size, "pairwise", work)
     judge = RewardModel.from_pretrained(path, device="cpu", dtype="float32")
     out = {"size": size, "accuracy": measure_rm(judge, folders, objective="pairwise")}
-    pipe = load_generator()
     cache: dict = {}
 
     def generate(prompt, seeds):  # both reference sets rank the same 16 samples per prompt
@@ -434,7 +430,7 @@ def main() -> None:
             print("refl", results["refl"], flush=True)
         if "pairwise" in parts:
             results["pairwise"] = part_pairwise(
-                args.ablation_size, work, folders, train_prompts, base, args.refl_steps, kw
+                pipe, args.ablation_size, work, folders, train_prompts, base, args.refl_steps, kw
             )
             print("pairwise", results["pairwise"], flush=True)
         if "cot" in parts:

@@ -249,16 +249,23 @@ def run_refl_demo(
     return {"steps": steps, "before": before, "after": after, "prompts": len(held_out)}
 
 
-def measure_alignment(pipe, rm, prompts: list[str], kw: dict, samples: int = 2, seed: int = 1000) -> dict:
-    """Verifier alignment and mean P(yes) of ``samples`` images per prompt (fixed seeds)."""
+def sample_prompts(pipe, prompts: list[str], kw: dict, samples: int = 2, seed: int = 1000) -> list:
+    """``samples`` images per prompt (``[samples, 3, H, W]`` in [0, 1] each), seeds fixed by prompt position."""
     import torch
 
-    passed, scores = [], []
+    out = []
     for i, prompt in enumerate(prompts):
         gens = [torch.Generator().manual_seed(seed + i * samples + j) for j in range(samples)]
         with torch.no_grad():
-            images = pipe([prompt] * samples, generator=gens, output_type="pt", **kw).images
-            scores += rm.score(images, prompt).p_yes.tolist()
+            out.append(pipe([prompt] * samples, generator=gens, output_type="pt", **kw).images.float())
+    return out
+
+
+def measure_alignment(pipe, rm, prompts: list[str], kw: dict, samples: int = 2, seed: int = 1000) -> dict:
+    """Verifier alignment and mean P(yes) of ``samples`` images per prompt (fixed seeds)."""
+    passed, scores = [], []
+    for prompt, images in zip(prompts, sample_prompts(pipe, prompts, kw, samples, seed)):
+        scores += rm.score(images, prompt).p_yes.tolist()
         passed += [verify(_to_pil(img), prompt).passed for img in images]
     return {"alignment": sum(passed) / len(passed), "p_yes": sum(scores) / len(scores), "images": len(passed)}
 

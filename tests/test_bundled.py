@@ -209,6 +209,6 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
             assert changed == {"objective": "pointwise", "cot": "none", **train.VARIANTS[variant]}
             if base is not None:
                 assert cfg["model"] == str(base)
-        rows = (tmp_path / "mixed-train" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
-        assert all(json.loads(row)["reason"] for row in rows)  # chain-of-thought targets for every pair
         RewardModel.from_pretrained(judge, device="cpu")  # a saved, loadable judge
+    rows = (tmp_path / "mixed-train" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+    assert rows and all(json.loads(row)["reason"] for row in rows)  # chain-of-thought targets for every pair
