@@ -14,7 +14,11 @@ Peak memory, what it is:
 - CPU: each (case, impl, mode) runs in a fresh child process; peak = ``ru_maxrss`` after the runs minus the resident
   set size right after building the inputs (inputs excluded; allocator and page granularity included). ``backward``
   rows on the CPU report the peak of the whole forward + backward, as ``full`` does.
-On CUDA each row also gives the bandwidth bound of reading the weight once, V * H * bytes / memory bandwidth.
+On CUDA each row also gives the bandwidth bound: the time to read the weight from memory once per pass,
+V * H * bytes / memory bandwidth (forward and backward: one pass each; full: two), and each row's time as a
+multiple of it ("x bound"; 1.0 would be the weight streamed at full bandwidth and nothing else). The bandwidth is
+the card's (memory clock x bus width, from torch) unless ``--bandwidth-gbs`` gives it. ``--json FILE`` also writes
+every row.
 
 Examples::
 
@@ -211,6 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (Triton compiles on the first)")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset: H=2048, N in {16, 256}, 3 repeats")
     p.add_argument("--bandwidth-gbs", type=float, default=None, help="memory bandwidth for the bound, GB/s")
+    p.add_argument("--json", default=None, help="also write every row to this file")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -230,9 +235,13 @@ def main(argv=None) -> None:
     bandwidth = memory_bandwidth(device, args.bandwidth_gbs)
     print(f"# bench_kernels: {name}, torch {torch.__version__}, {dtype}, median of {args.repeats}")
     print(
-        "| op | mode | N | H | V | impl | ms | peak mem | mem vs eager | speed vs eager | weight-read bound ms | device |"
+        "| op | mode | N | H | V | impl | ms | peak mem | mem vs eager | speed vs eager | weight-read bound ms | "
+        "x bound | device |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if bandwidth:
+        print(f"<!-- memory bandwidth for the bound: {bandwidth / 1e9:.0f} GB/s -->")
+    results = []
     for op in args.ops:
         for V in args.V:
             for H in args.H:
@@ -243,20 +252,29 @@ def main(argv=None) -> None:
                             case = Case(op, impl, mode, N, H, V, dtype, device)
                             run = measure_in_child if device == "cpu" else measure
                             rows[impl] = run(case, args.repeats, args.warmup)
-                        bound = ""
+                        bound_ms = None
                         if bandwidth:
-                            bound = f"{1e3 * V * H * DTYPES[dtype].itemsize / bandwidth:.3f}"
+                            passes = 2 if mode == "full" else 1  # the weight is streamed once per pass
+                            bound_ms = 1e3 * passes * V * H * DTYPES[dtype].itemsize / bandwidth
+                        bound = "" if bound_ms is None else f"{bound_ms:.3f}"
                         eager = rows.get("eager")
                         for impl, r in rows.items():
                             mem_ratio = speed = ""
                             if eager and impl != "eager" and r["peak_bytes"] > 0:
                                 mem_ratio = f"{eager['peak_bytes'] / r['peak_bytes']:.1f}x lower"
                                 speed = f"{eager['ms'] / r['ms']:.2f}x"
+                            x_bound = "" if bound_ms is None else f"{r['ms'] / bound_ms:.1f}"
                             print(
                                 f"| {op} | {mode} | {N} | {H} | {V} | {impl} | {r['ms']:.2f} | "
-                                f"{fmt_bytes(r['peak_bytes'])} | {mem_ratio} | {speed} | {bound} | {name} |",
+                                f"{fmt_bytes(r['peak_bytes'])} | {mem_ratio} | {speed} | {bound} | {x_bound} | "
+                                f"{name} |",
                                 flush=True,
                             )
+                            results.append({**asdict(Case(op, impl, mode, N, H, V, dtype, device)), **r})
+                            results[-1]["bound_ms"] = bound_ms
+                            if args.json:  # rewritten after every row, so a run cut short keeps what it measured
+                                with open(args.json, "w") as f:
+                                    json.dump({"device": name, "torch": torch.__version__, "rows": results}, f)
                             if "error" in r:
                                 print(f"<!-- {impl} failed: {r['error']} -->", flush=True)
 

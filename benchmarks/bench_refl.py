@@ -1,11 +1,12 @@
 """ReFL: seconds per step and peak memory by configuration (pipeline family, gradient checkpointing).
 
 On this CPU the tiny random pipelines of every family (32 px, 6 steps, LoRA rank 4) and a tiny LLaVA judge, for
-regressions; each configuration runs in a fresh child process so its peak memory is its own. On a GPU, pass real
-checkpoints with ``--pretrained`` and ``--reward-model`` (the issue's targets: SDXL + a 2B-class RM in 8-bit within
-24 GB at batch 1; SD 1.5 within 12 GB).
+regressions; each configuration runs in a fresh child process so its peak memory is its own. ``--device cuda`` runs the same
+tiny rows on the GPU and reports ``torch.cuda.max_memory_allocated()`` during training (the models excluded) instead
+of the CPU's resident set size; it checks the GPU path, while the issue's memory targets (SDXL + a 2B-class RM in
+8-bit within 24 GB at batch 1; SD 1.5 within 12 GB) need real checkpoints, which this script does not load.
 
-    python benchmarks/bench_refl.py [--steps 6]
+    python benchmarks/bench_refl.py [--steps 6] [--device cpu|cuda] [--json FILE]
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 KINDS = ("sd", "sdxl", "sd3", "flux")
 
 
-def child(kind: str, steps: int, checkpointing: bool) -> dict:
+def child(kind: str, steps: int, checkpointing: bool, device: str = "cpu") -> dict:
     import torch
 
     from rewarddance import RewardModel
@@ -31,8 +33,13 @@ def child(kind: str, steps: int, checkpointing: bool) -> dict:
     from rewarddance.training.refl import ReFLConfig, train_refl
 
     torch.set_num_threads(2)
-    rm = RewardModel.from_pretrained(str(build_tiny_vlm("llava", tempfile.mkdtemp(), init_std=0.02)), device="cpu")
-    pipe = build_tiny_pipeline(kind, "ddim" if kind in ("sd", "sdxl") else None)
+    rm = RewardModel.from_pretrained(str(build_tiny_vlm("llava", tempfile.mkdtemp(), init_std=0.02)), device=device)
+    pipe = build_tiny_pipeline(kind, "ddim" if kind in ("sd", "sdxl") else None).to(device)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cfg = ReFLConfig(
         pretrained="in-process",
@@ -49,46 +56,67 @@ def child(kind: str, steps: int, checkpointing: bool) -> dict:
         save_every=0,
         eval_prompts=[],
         gradient_checkpointing=checkpointing,
+        device=device,
+        dtype="float32",  # the tiny pipelines are built in fp32 (ReFL's default on CUDA would be bf16)
     )
     res = train_refl(cfg, progress=False, pipe=pipe, rm=rm)
     per_step = statistics.median(h["seconds"] for h in res["history"][1:])  # the first step warms up
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
+    row = {
         "kind": kind,
         "checkpointing": checkpointing,
+        "device": device,
         "s_per_step": per_step,
         "peak_rss_mib": peak / 1024,
         "rss_over_load_mib": (peak - base_rss) / 1024,
         "steps": res["step"],
     }
+    if cuda:
+        torch.cuda.synchronize()
+        row["cuda_peak_over_load_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        row["machine"] = torch.cuda.get_device_name()
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the pipelines and judge run")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        kind, steps, ckpt = args.child
-        print(json.dumps(child(kind, int(steps), ckpt == "1")))
+        kind, steps, ckpt, device = args.child
+        print(json.dumps(child(kind, int(steps), ckpt == "1", device)))
         return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA device is available here")
     machine = f"{platform.machine()} CPU, 2 threads"
-    print("| pipeline | grad. checkpointing | s / step | peak RSS | RSS above the loaded models | machine |")
+    mem_col = "CUDA peak above the loaded models" if args.device == "cuda" else "RSS above the loaded models"
+    print(f"| pipeline | grad. checkpointing | s / step | peak RSS | {mem_col} | machine |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for kind in KINDS:
         for ckpt in ("0", "1"):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", kind, str(args.steps), ckpt],
+                [sys.executable, __file__, "--child", kind, str(args.steps), ckpt, args.device],
                 capture_output=True,
                 text=True,
                 check=True,
             ).stdout
             r = json.loads(out.strip().splitlines()[-1])
+            rows.append(r)
+            mem = r.get("cuda_peak_over_load_mib", r["rss_over_load_mib"])
             print(
                 f"| tiny {kind} | {'on' if r['checkpointing'] else 'off'} | {r['s_per_step']:.3f} | "
-                f"{r['peak_rss_mib']:.0f} MiB | {r['rss_over_load_mib']:.0f} MiB | {machine} |",
+                f"{r['peak_rss_mib']:.0f} MiB | {mem:.0f} MiB | {r.get('machine', machine)} |",
                 flush=True,
             )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ accumulation order (fp32 1e-5) in every input dtype; gradients come back in the 
 one rounding step of that dtype (bf16 ~ 2^-8, fp16 ~ 2^-11 relative).
 """
 
+import importlib
 import itertools
 import os
 
@@ -49,6 +50,40 @@ def make_inputs(N, H, V, dtype, bias=True, seed=0):
     weight = (torch.randn(V, H, generator=g) / H**0.5 * 3).to(dtype)
     b = (torch.randn(V, generator=g) * 0.5).to(dtype) if bias else None
     return hidden, weight, b
+
+
+def all_mass_on_yes(seed=0):
+    """64 rows whose softmax puts all its mass on 11 yes ids (every other logit is ~-1e4 below): P(yes) is 1 up to
+    rounding, and the two log-sum-exps behind it round either way (checked: some rows gave 1 + 2^-22 before the
+    clamp). Returns ``(hidden, weight, bias, yes_ids)``."""
+    g = torch.Generator().manual_seed(seed)
+    N, H, V = 64, 48, 1023
+    hidden = torch.randn(N, H, generator=g)
+    weight = torch.randn(V, H, generator=g) / H**0.5
+    yes = list(range(0, V, 97))
+    bias = torch.full((V,), -1e4)
+    bias[yes] = 0.0
+    return hidden, weight, bias, yes
+
+
+def tiny_gradient_inputs():
+    """fp16 hidden [8, 16] and weight [4097, 16] with near-uniform logits (softmax ~ 2.4e-4) and an upstream
+    gradient of 1e-4 per row, so every d/dlogit off the target is ~2.4e-8: zero once rounded to fp16. The weight
+    rows share a common direction, so the many tiny terms add up to a gradient of ~1e-4 instead of cancelling."""
+    g = torch.Generator().manual_seed(11)
+    N, H, V = 8, 16, 4097
+    hidden = (torch.randn(N, H, generator=g) * 0.05).half()
+    weight = (1.0 + 0.3 * torch.randn(V, H, generator=g)).half()
+    target = torch.arange(N) * 509 % V
+    return hidden, weight, target, torch.full((N,), 1e-4)
+
+
+def tiny_gradient_reference(hidden, weight, target, g):
+    """fp32 grad_hidden of ``sum(g * lse)`` and of ``sum(g * logp[target])`` from full logits."""
+    h, w = hidden.float(), weight.float()
+    soft = torch.softmax(h @ w.T, dim=1)
+    onehot = torch.nn.functional.one_hot(target, w.shape[0]).float()
+    return (g[:, None] * soft) @ w, (g[:, None] * (onehot - soft)) @ w
 
 
 def leaves(*ts):
@@ -204,3 +239,70 @@ def test_strided_and_mixed_dtype_inputs():
     run_selected(transposed_h, strided[1], bias, torch.arange(N) * 100, ("hidden",), DTYPES[0])
     run_yes_prob(hidden, weight.to(torch.bfloat16), None, [1, 2], [3], "vocab", ("hidden",), DTYPES[1])
     run_yes_prob(hidden.double(), weight.double(), None, [1, 2], [3], "vocab", ("hidden",), DTYPES[0])
+
+
+def test_p_yes_never_above_one_when_all_mass_is_on_yes_ids():
+    """P(yes) is exp(lse_yes - lse_vocab) with the two log-sum-exps summed in different orders; with every bit of
+    mass on the yes ids they can round either way, and P(yes) must still not pass 1."""
+    hidden, weight, bias, yes = all_mass_on_yes()
+    p, _ = yes_prob(hidden, weight, yes, [1], bias=bias, backend="triton")
+    assert p.max().item() <= 1.0, p.max().item()
+    torch.testing.assert_close(p, torch.ones_like(p), atol=1e-6, rtol=0)
+
+
+def test_fp16_backward_keeps_tiny_softmax_gradients():
+    """fp16 weights with an upstream gradient of 1e-4 over ~4k near-uniform logits: each d/dlogit is ~2e-8, below
+    half of fp16's smallest subnormal (6e-8), so a dz rounded to fp16 before the product would be 0; the launchers'
+    fp32 grad_hidden must match the fp32 reference of the same fp16 inputs."""
+    from rewarddance.kernels.selected_logprobs import selected_logprobs_backward, selected_logprobs_forward
+    from rewarddance.kernels.yes_prob import yes_prob_backward, yes_prob_forward
+
+    hidden, weight, target, g = tiny_gradient_inputs()
+    ref_yes, ref_sel = tiny_gradient_reference(hidden, weight, target, g)
+    lse = yes_prob_forward(hidden, weight, None)
+    gh = yes_prob_backward(hidden, weight, None, lse, g)
+    check_close(gh, ref_yes, 1e-3 * ref_yes.abs().max().item(), 0, "yes_prob grad hidden, fp16, tiny dz")
+    _, lse = selected_logprobs_forward(hidden, weight, None, target)
+    gh = selected_logprobs_backward(hidden, weight, None, target, lse, g)
+    check_close(gh, ref_sel, 1e-3 * ref_sel.abs().max().item(), 0, "selected_logprobs grad hidden, fp16, tiny dz")
+
+
+def spy_backwards(monkeypatch) -> list:
+    """Record, in the returned list, each call of the Triton backward launchers and of the chunked torch backward."""
+    calls = []
+
+    def wrap(mod, name, label):
+        real = getattr(mod, name)
+
+        def spy(*a, **k):
+            calls.append(label)
+            return real(*a, **k)
+
+        monkeypatch.setattr(mod, name, spy)
+
+    for mod_name in ("selected_logprobs", "yes_prob"):
+        mod = importlib.import_module(f"rewarddance.kernels.{mod_name}")
+        wrap(mod, f"{mod_name}_backward", f"{mod_name}_backward")
+        wrap(mod, "chunked_lse_backward", "chunked")
+    return calls
+
+
+def check_frozen_head_backward(monkeypatch, device="cpu", shapes=((64, 48, 1023),)):
+    """With only hidden requiring grad, the backward must be the Triton kernel (a trainable weight or bias selects
+    the chunked torch path instead): which one ran, and the gradient against the reference, in every dtype."""
+    calls = spy_backwards(monkeypatch)
+    for (N, H, V), tol in itertools.product(shapes, DTYPES):
+        hidden, weight, bias = (None if t is None else t.to(device) for t in make_inputs(N, H, V, tol[0], seed=7))
+        if device != "cpu" and tol[0] == torch.float32:
+            tol = (torch.float32, 1e-4, 1e-4, 1e-4, 1e-3)
+        target = torch.arange(N, device=device) * 37 % V
+        calls.clear()
+        run_selected(hidden, weight, bias, target, ("hidden",), tol)
+        assert calls == ["selected_logprobs_backward"], calls
+        calls.clear()
+        run_yes_prob(hidden, weight, bias, [0, 127, 128, V - 1], [5], "vocab", ("hidden",), tol)
+        assert calls == ["yes_prob_backward"], calls
+
+
+def test_frozen_head_uses_the_triton_backward(monkeypatch):
+    check_frozen_head_backward(monkeypatch)

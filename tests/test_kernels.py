@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernels_interp_check import DTYPES, make_inputs, run_selected, run_yes_prob
+from kernels_interp_check import (
+    DTYPES,
+    all_mass_on_yes,
+    check_frozen_head_backward,
+    make_inputs,
+    run_selected,
+    run_yes_prob,
+    tiny_gradient_inputs,
+    tiny_gradient_reference,
+)
 
 from rewarddance.kernels import (
     KernelConfig,
@@ -69,6 +78,16 @@ def test_chunked_extreme_logits_and_neg_inf_bias():
     run_selected(hidden, weight, bias, torch.tensor([5, 130, 700, 1, 4, 1022, 1021]), ("hidden",), tol, backend="torch")
     lp = selected_logprobs(hidden, weight, torch.tensor([0, 3, 5, 7, 9, 12, 1020]), bias=bias, backend="torch")
     assert torch.isneginf(lp[[0, 1, 4, 5, 6]]).all() and torch.isfinite(lp[[2, 3]]).all()
+
+
+def test_chunked_p_yes_never_above_one_when_all_mass_is_on_yes_ids():
+    """The chunked log-sum-exp and the yes ids' own one round differently; P(yes) must still stay <= 1 (before the
+    clamp this input gave 1 + 2^-22 on some rows)."""
+    hidden, weight, bias, yes = all_mass_on_yes()
+    for normalize in ("vocab", "yes_no"):
+        p, _ = yes_prob(hidden, weight, yes, [1], bias=bias, normalize=normalize, backend="torch", config=SMALL_CHUNKS)
+        assert p.max().item() <= 1.0, (normalize, p.max().item())
+        torch.testing.assert_close(p, torch.ones_like(p), atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------------ realistic size: V = 151_936, H = 1_536
@@ -266,6 +285,33 @@ def test_triton_on_gpu_matches_reference(N, H, V, tol):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_backward_kernels_on_gpu(monkeypatch):
+    """The test above asks for weight and bias gradients, which route the backward to the chunked torch path; here
+    only hidden requires grad, so the Triton backward kernels run (checked with a spy) against the reference."""
+    check_frozen_head_backward(monkeypatch, "cuda", [(1, 48, 4097), (64, 48, 1023), (300, 2048, 32_000)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_on_gpu_fp16_tiny_gradients_and_p_yes_at_most_one():
+    """fp16 backward with d/dlogits below fp16's range (kept in fp32, tf32 dot) and P(yes) <= 1 on the card."""
+    from rewarddance.kernels.selected_logprobs import selected_logprobs_backward, selected_logprobs_forward
+    from rewarddance.kernels.yes_prob import yes_prob_backward, yes_prob_forward
+
+    hidden, weight, target, g = (t.cuda() for t in tiny_gradient_inputs())
+    ref_yes, ref_sel = tiny_gradient_reference(hidden, weight, target, g)
+    gh = yes_prob_backward(hidden, weight, None, yes_prob_forward(hidden, weight, None), g)
+    torch.testing.assert_close(gh, ref_yes, atol=2e-3 * ref_yes.abs().max().item(), rtol=0)
+    _, lse = selected_logprobs_forward(hidden, weight, None, target)
+    gh = selected_logprobs_backward(hidden, weight, None, target, lse, g)
+    torch.testing.assert_close(gh, ref_sel, atol=2e-3 * ref_sel.abs().max().item(), rtol=0)
+    hidden, weight, bias, yes = (t.cuda() if torch.is_tensor(t) else t for t in all_mass_on_yes())
+    p, _ = yes_prob(hidden, weight, yes, [1], bias=bias)
+    assert p.max().item() <= 1.0, p.max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_on_gpu_memory_below_eager():
     """Peak memory of the fused forward+backward at N = 4096, V = 151_936 is at least 8x below eager's."""
     N, H, V = 4096, 1536, 151_936
@@ -285,3 +331,36 @@ def test_triton_on_gpu_memory_below_eager():
     fused = peak(lambda: selected_logprobs(hidden, weight, target))
     eager = peak(lambda: torch.log_softmax((hidden @ weight.T).float(), -1).gather(1, target[:, None]))
     assert fused * 8 <= eager, (fused, eager)
+
+
+# ------------------------------------------------------------------------------------ benchmarks/gpu_check.sh
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_script_fails_in_one_line_without_cuda(tmp_path):
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)]).returncode == 0
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(["bash", str(GPU_CHECK), str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA GPU here: "), res.stderr
+    assert "sees no CUDA device" in lines[0] and res.stdout == ""
+    assert not out.exists(), "nothing may be written when the check fails"
+
+
+def test_gpu_check_script_keeps_going_and_exits_nonzero(tmp_path):
+    """The plumbing without a GPU (the CUDA check switched off, 2 s limits): each step fails or times out, every
+    later step still runs and gets its row in summary.md, and the exit status says that something failed."""
+    out = tmp_path / "out"
+    limits = {f"GPU_CHECK_T_{k}": "2" for k in ("TESTS", "KERNELS", "SCORE", "REFL")}
+    env = {**os.environ, **limits, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "GPU_CHECK_REQUIRE_CUDA": "0"}
+    res = subprocess.run(["bash", str(GPU_CHECK), str(out)], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 1, res.stderr
+    rows = [line.split("|")[1:3] for line in (out / "summary.md").read_text().splitlines() if line.startswith("| ")]
+    status = {name.strip(): s.strip() for name, s in rows[1:]}
+    assert list(status)[:1] == ["card"] and {"gpu_tests", "kernels", "score", "refl"} <= set(status), status
+    for name in ("gpu_tests", "kernels", "score", "refl"):
+        assert status[name].startswith(("FAILED", "TIMED OUT")), (name, status[name])
+    assert (out / "env.txt").read_text().startswith("date: ")
+    assert "some steps failed" in res.stderr.strip().splitlines()[-1]

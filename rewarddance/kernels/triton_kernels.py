@@ -88,8 +88,13 @@ def _add_grad_hidden(
         )
         if DOT_FP32:
             part = tl.dot(dz, w.to(tl.float32), input_precision=PRECISION)
+        elif w.dtype == tl.float16:
+            # dz stays fp32: fp16's smallest subnormal is 6e-8, and g * softmax over a large vocabulary is often
+            # smaller, so a dz cast to fp16 would flush to zero. PRECISION is "tf32" here: fp32's exponent range,
+            # fp16's 10-bit mantissa, so W is exact and dz is rounded no worse than fp16 would, without underflow.
+            part = tl.dot(dz, w.to(tl.float32), input_precision=PRECISION)
         else:
-            part = tl.dot(dz.to(w.dtype), w)
+            part = tl.dot(dz.to(w.dtype), w)  # bf16 has fp32's exponent range: rounding, but no underflow
         ptrs = gh_ptr + rows[:, None] * H + hh[None, :]
         mask = row_ok & (hh[None, :] < H)
         tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)

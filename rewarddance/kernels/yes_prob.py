@@ -182,6 +182,11 @@ def yes_prob(
         lse_all = YesProbFunction.apply(*kernel_dtype_inputs(hidden, weight, bias), config)
     else:
         lse_all = chunked_vocab_lse(hidden, weight, bias, config)
+    if normalize == "vocab":
+        # The vocabulary holds the yes and no ids, so lse_all >= logaddexp(lse_yes, lse_no); the two sides are summed
+        # in different orders (and on the GPU by different kernels), and with all mass on yes ids rounding could
+        # give P(yes) = 1 + 2^-22. Taking the larger keeps P(yes) <= 1 and P(yes) + P(no) <= 1.
+        lse_all = torch.maximum(lse_all, torch.logaddexp(lse_yes, lse_no))
     return torch.exp(lse_yes - lse_all), lse_yes - lse_no
 
 
