@@ -318,17 +318,13 @@ def search_paths(
 
     ``init(seed)`` latents at step 0; ``denoise(x, lo, hi, seed)`` runs steps ``lo..hi``; ``renoise(x, lo, hi, seed)``
     moves latents at step ``lo`` up to the noisier step ``hi < lo``; ``x0_of(x, k)`` is the clean estimate of
-    latents at step ``k`` (the latents themselves at the last step); ``decode`` makes an IMAGE. The plan and the
-    budget rule are those of :func:`rewarddance.search.search_over_paths`.
+    latents at step ``k`` (the latents themselves at the last step, else one model evaluation); ``decode`` makes an
+    IMAGE. The plan and the budget rule are :func:`rewarddance.search.plan_within_budget`'s, counting that extra
+    evaluation per child, so ``budget`` caps every evaluation (``evaluations`` in the result; per sample).
     """
-    from .search import BudgetError, plan_search, search_cost
+    from .search import plan_within_budget
 
-    start = steps // 4 if start is None else start
-    rounds = plan_search(steps, n, m, start, forward, backward)
-    if budget is not None and budget < n * steps:
-        raise BudgetError(f"budget {budget} is below plain sampling of {n} paths ({n * steps} steps)")
-    while budget is not None and rounds and search_cost(steps, n, m, start, rounds) > budget:
-        rounds = rounds[:-1]
+    start, rounds = plan_within_budget(steps, n, m, start, forward, backward, budget, x0_evals=1)
     ctx, _ = _ctx(context)
     paths = [denoise(init(seed + i), 0, start, seed + i) for i in range(n)]
     spent, k, all_scores = n * start, start, []
@@ -340,7 +336,7 @@ def search_paths(
                     check_interrupt()
                 s = seed + 1000 * (r + 1) + j * m + c
                 kids.append(denoise(renoise(x, level, lo, s), lo, hi, s))
-        spent += len(kids) * (hi - lo + 1)  # + one evaluation per child for its x0 estimate
+        spent += len(kids) * (hi - lo + (1 if hi < steps else 0))  # x0 costs one more evaluation before the end
         pixels = torch.cat([to_bchw(decode(x0_of(x, hi))) for x in kids])
         scores = rm.score(pixels, prompt, context=ctx).p_yes.tolist()
         all_scores += scores

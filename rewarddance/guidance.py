@@ -5,7 +5,8 @@ latents before and after the step (exact for the deterministic schedulers of :mo
 extra denoiser call), decodes it with the pipeline's VAE, scores it with the reward model, and then resamples the
 batch as particles (Feynman-Kac steering, Singhal et al., 2025) or prunes it to the best paths. The batch keeps
 its size: a replaced latent becomes a copy of a surviving one, with part of its noise drawn afresh so the copies
-diverge (``refresh``).
+diverge (``refresh``). With several prompts, each prompt's rows are resampled among themselves (diffusers orders the
+batch prompt-major: prompt ``i`` holds rows ``i * n .. i * n + n - 1``), so a latent never moves to another prompt.
 
     cb = RewardGuidanceCallback(rm, "a red circle", every=5)
     images = run_guided(pipe, "a red circle", cb, num_images_per_prompt=4).images
@@ -41,12 +42,13 @@ class RewardGuidanceCallback(PipelineCallback):
 
     Args:
         rm: a :class:`~rewarddance.RewardModel` (anything with ``score(pixels, prompts)``).
-        prompt: one prompt, or one per batch row.
+        prompt: one prompt, one per pipeline prompt (in the pipeline's order), or one per batch row. Consecutive
+            rows with the same prompt form a group; resampling and pruning stay within a group.
         steps: step indices at which to score (each >= 1: the latents before the step are needed); default every
             ``every``-th step.
         every: spacing of the default steps.
         mode: ``resample`` (multinomial over the potentials, Feynman-Kac steering) or ``prune`` (keep the ``keep``
-            best, refill with their copies).
+            best of each prompt's rows, refill with their copies).
         potential: ``max`` (gain in the best reward so far), ``diff`` (gain since the last scored step) or ``sum``
             (the reward itself) -- each scaled by ``lam`` into a log-weight.
         refresh: fraction (0-1) of a copy's noise variance drawn afresh; 0 makes exact copies.
@@ -133,18 +135,35 @@ class RewardGuidanceCallback(PipelineCallback):
             inc = torch.maximum(best, r) - best
         return self.lam * inc
 
-    def _ancestors(self, r: torch.Tensor) -> torch.Tensor:
-        B = r.numel()
-        if self.mode == "prune":
-            k = self.keep or max(1, B // 2)
-            if not 1 <= k <= B:
-                raise ValueError(f"keep must be between 1 and the batch size {B}, got {k}")
-            best = torch.argsort(r, descending=True, stable=True)[:k]
-            return best[torch.arange(B) % k]
+    @staticmethod
+    def _groups(prompts: list[str]) -> list[range]:
+        """Runs of consecutive rows with the same prompt: the rows of one prompt in diffusers' prompt-major order."""
+        groups, start = [], 0
+        for i in range(1, len(prompts) + 1):
+            if i == len(prompts) or prompts[i] != prompts[start]:
+                groups.append(range(start, i))
+                start = i
+        return groups
+
+    def _ancestors(self, r: torch.Tensor, groups: list[range]) -> torch.Tensor:
+        """The row each row continues from, chosen within its own prompt's rows; sorted within each group, so
+        copies of one ancestor are adjacent."""
+        anc = torch.empty(r.numel(), dtype=torch.long)
         logw = self._log_weights(r)
-        w = torch.softmax(logw - logw.max(), dim=0)
-        idx = torch.multinomial(w, B, replacement=True, generator=self._gen)
-        return idx.sort().values
+        for rows in groups:
+            n = len(rows)
+            if self.mode == "prune":
+                k = self.keep or max(1, n // 2)
+                if not 1 <= k <= n:
+                    raise ValueError(f"keep must be between 1 and the rows per prompt ({n}), got {k}")
+                best = torch.argsort(r[rows.start : rows.stop], descending=True, stable=True)[:k]
+                local = best[torch.arange(n) % k]
+            else:
+                lw = logw[rows.start : rows.stop]
+                w = torch.softmax(lw - lw.max(), dim=0)
+                local = torch.multinomial(w, n, replacement=True, generator=self._gen)
+            anc[rows.start : rows.stop] = local.sort().values + rows.start
+        return anc
 
     @torch.no_grad()
     def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
@@ -163,10 +182,11 @@ class RewardGuidanceCallback(PipelineCallback):
             height, width = self._size(pipeline, latents)
             pixels = decode(pipeline, x0.to(latents.dtype), height, width)
             B = latents.shape[0]
-            r = self.rm.score(pixels, self._prompts(B), context=self.context).p_yes.float().cpu()
+            prompts = self._prompts(B)
+            r = self.rm.score(pixels, prompts, context=self.context).p_yes.float().cpu()
             self.rm_calls += 1
             self.images_scored += B
-            anc = self._ancestors(r)
+            anc = self._ancestors(r, self._groups(prompts))
             e = e[anc.to(e.device)]
             if self.refresh > 0:
                 first = torch.ones(B, dtype=torch.bool)
@@ -187,6 +207,11 @@ class RewardGuidanceCallback(PipelineCallback):
 def run_guided(pipe, prompt, callback: RewardGuidanceCallback, **pipe_kwargs):
     """``pipe(prompt, callback_on_step_end=callback, ...)`` after checking that the pipeline can take it."""
     check_pipeline(pipe)
+    if not isinstance(prompt, str) and len(prompt) > 1 and isinstance(callback.prompt, str):
+        raise ValueError(
+            f"callback.prompt: one prompt for a pipeline call with {len(prompt)} prompts; give the callback the same "
+            "list so each prompt's images are scored and resampled among themselves"
+        )
     callback.reset()
     return pipe(
         prompt=prompt,

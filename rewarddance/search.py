@@ -336,14 +336,51 @@ def plan_search(steps: int, n: int, m: int, start: int, forward: int, backward: 
     return rounds
 
 
-def search_cost(steps: int, n: int, m: int, start: int, rounds) -> int:
+def search_cost(steps: int, n: int, m: int, start: int, rounds, x0_evals: int = 0) -> int:
     """Denoiser evaluations (per sample) of a search: ``n`` paths to ``start``, ``n * m`` children per round, and
-    plain denoising of the ``n`` kept paths after the last round."""
+    plain denoising of the ``n`` kept paths after the last round.
+
+    ``x0_evals``: the extra evaluations a child needs for its ``x0`` estimate when its round ends before the last
+    level. :func:`search_over_paths` gets ``x0`` from the round's last step (0); a host sampler that can only run
+    whole steps asks the model once more (1, :func:`rewarddance.comfy.search_paths`)."""
     cost, k = n * start, start
     for _, lo, hi in rounds:
-        cost += n * m * (hi - lo)
+        cost += n * m * (hi - lo + (x0_evals if hi < steps else 0))
         k = hi
     return cost + n * (steps - k)
+
+
+def plan_within_budget(
+    steps: int,
+    n: int,
+    m: int,
+    start: int | None,
+    forward: int,
+    backward: int,
+    budget: int | None,
+    x0_evals: int = 0,
+) -> tuple[int, list[tuple[int, int, int]]]:
+    """``(start, rounds)`` of a search that fits ``budget`` denoiser evaluations (per sample; ``None``: no cap).
+
+    Checks the settings, plans the rounds with :func:`plan_search` and drops the last ones while
+    :func:`search_cost` exceeds the budget (their levels are then denoised plainly). ``start`` defaults to
+    ``steps // 4``. A budget below plain denoising of ``n`` paths is a :class:`BudgetError`."""
+    if n < 1 or m < 1:
+        raise ValueError(f"n and m must be at least 1, got n={n}, m={m}")
+    if not 0 < backward or forward < 0 or backward <= forward:
+        raise ValueError(f"need backward > forward >= 0, got forward={forward}, backward={backward}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    start = steps // 4 if start is None else start
+    if not 0 <= start < steps:
+        raise ValueError(f"start must be in [0, {steps}), got {start}")
+    floor = n * steps
+    if budget is not None and budget < floor:
+        raise BudgetError(f"budget {budget} is below plain denoising of n={n} paths ({floor} evaluations)")
+    rounds = plan_search(steps, n, m, start, forward, backward)
+    while budget is not None and rounds and search_cost(steps, n, m, start, rounds, x0_evals) > budget:
+        rounds = rounds[:-1]  # drop the last round: its levels are then denoised plainly
+    return start, rounds
 
 
 @torch.no_grad()
@@ -373,22 +410,10 @@ def search_over_paths(
     """
     from tqdm.auto import tqdm
 
-    if n < 1 or m < 1:
-        raise ValueError(f"n and m must be at least 1, got n={n}, m={m}")
-    if not 0 < backward or forward < 0 or backward <= forward:
-        raise ValueError(f"need backward > forward >= 0, got forward={forward}, backward={backward}")
     steps = num_inference_steps
-    start = steps // 4 if start is None else start
-    if not 0 <= start < steps:
-        raise ValueError(f"start must be in [0, {steps}), got {start}")
+    start, rounds = plan_within_budget(steps, n, m, start, forward, backward, budget)
     cfg = config or SamplerConfig()
     cfg = SamplerConfig(**{**cfg.__dict__, "num_inference_steps": steps})
-    rounds = plan_search(steps, n, m, start, forward, backward)
-    floor = n * steps
-    if budget is not None and budget < floor:
-        raise BudgetError(f"budget {budget} is below plain denoising of n={n} paths ({floor} evaluations)")
-    while budget is not None and rounds and search_cost(steps, n, m, start, rounds) > budget:
-        rounds = rounds[:-1]  # drop the last round: its levels are then denoised plainly
     sampler = Sampler(pipe, prompt, cfg)
     g = torch.Generator().manual_seed(seed)
     x = sampler.initial_latents([seed * 1000 + i for i in range(n)])

@@ -125,18 +125,30 @@ def test_best_of_n_seeds_keeps_the_best(rm):
         rd.best_of_n_seeds(sample, decode, rm, PROMPT, seed=0, n=3, steps=20, check_interrupt=interrupted)
 
 
-def test_search_paths_with_host_callbacks(rm):
-    """The search loop with a toy host sampler: a latent is a level counter plus a value; budget respected."""
-    steps, spent = 8, []
+@pytest.mark.parametrize(
+    "steps,budget,start,forward,backward",
+    [(8, 32, 2, 1, 3), (6, 36, 1, 2, 4), (20, 80, None, 2, 4)],  # the last: the node's defaults (budget 4 x steps)
+)
+def test_search_paths_budget_respected(rm, steps, budget, start, forward, backward):
+    """The search loop with a toy host sampler, counting every model evaluation it asks for: denoising steps and
+    the x0 estimate of each child scored before the last step. The count equals the reported cost and stays
+    within the budget, and the plan is the library's (``plan_within_budget`` with one evaluation per x0)."""
+    from rewarddance.search import BudgetError, plan_within_budget, search_cost
+
+    evals = []
 
     def denoise(x, lo, hi, seed):
-        spent.append(hi - lo)
+        evals.append(hi - lo)
         return x + (hi - lo) * 0.01
+
+    def x0_of(x, k):
+        evals.append(1 if k < steps else 0)  # at the last step the latents are the image: no model call
+        return x
 
     res = rd.search_paths(
         denoise=denoise,
         renoise=lambda x, level, lo, s: x + 0.001 * (s % 7),
-        x0_of=lambda x, k: x,
+        x0_of=x0_of,
         decode=lambda x: x.mean().clamp(0, 1).expand(1, 40, 40, 3),
         init=lambda s: torch.full((2, 3, 3), 0.1 * (s % 3)),
         rm=rm,
@@ -145,19 +157,19 @@ def test_search_paths_with_host_callbacks(rm):
         steps=steps,
         n=2,
         m=2,
-        start=2,
-        forward=1,
-        backward=3,
-        budget=4 * steps,
+        start=start,
+        forward=forward,
+        backward=backward,
+        budget=budget,
     )
-    from rewarddance.search import plan_search, search_cost
-
-    rounds = plan_search(steps, 2, 2, 2, 1, 3)
-    while search_cost(steps, 2, 2, 2, rounds) > 4 * steps:
-        rounds = rounds[:-1]
-    assert rounds and sum(spent) == search_cost(steps, 2, 2, 2, rounds) <= 4 * steps  # denoising within budget
-    assert res.evaluations == sum(spent) + 4 * len(rounds)  # plus one x0 estimate per child
-    assert res.image.shape == (1, 40, 40, 3) and len(res.scores) > 2
+    first, rounds = plan_within_budget(steps, 2, 2, start, forward, backward, budget, x0_evals=1)
+    assert rounds, "the budget should allow at least one search round"
+    assert sum(evals) == res.evaluations == search_cost(steps, 2, 2, first, rounds, x0_evals=1)
+    assert res.evaluations <= budget
+    assert len(res.scores) == 2 * 2 * len(rounds) + 2  # every child of every round, then the 2 final paths
+    assert res.image.shape == (1, 40, 40, 3)
+    with pytest.raises(BudgetError, match=f"budget 3 is below plain denoising of n=2 paths \\({2 * steps} evaluations"):
+        rd.search_paths(denoise, None, x0_of, None, None, rm, PROMPT, seed=0, steps=steps, budget=3)
 
 
 def test_pack_entry_point_is_light():

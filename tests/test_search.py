@@ -148,6 +148,45 @@ def test_guided_run_is_reproducible_and_copies_diverge(pipes, rm):
     assert (imgs[0] - imgs[1]).abs().max() > 1e-3  # copies got fresh noise
 
 
+class _ByPromptRM:
+    """A stand-in judge: every image of ``PROMPT`` outscores every image of any other prompt; within a prompt the
+    brighter image wins. Records the prompts it was asked about."""
+
+    def __init__(self):
+        self.asked = []
+
+    def score(self, pixels, prompts, context=None):
+        self.asked.append(list(prompts))
+        base = torch.tensor([0.8 if p == PROMPT else 0.1 for p in prompts])
+        return RewardOutput(p_yes=base + 0.1 * pixels.float().mean(dim=(1, 2, 3)).clamp(0, 1), margin=base)
+
+
+@pytest.mark.parametrize("mode", ["prune", "resample"])
+def test_guidance_resamples_within_each_prompts_rows(pipes, mode):
+    """Two prompts x 2 images: a latent never moves to the other prompt's rows, though one prompt scores higher."""
+    pipe = pipes("sd", "euler")
+    prompts, rm = [PROMPT, "two blue squares"], _ByPromptRM()
+    cb = RewardGuidanceCallback(rm, prompts, steps=[2, 4], mode=mode, keep=1, potential="sum", lam=1e3, refresh=0.0)
+    gen = torch.Generator().manual_seed(0)
+    out = run_guided(pipe, prompts, cb, num_images_per_prompt=2, generator=gen, output_type="pt", **_kw("sd"))
+    assert rm.asked[0] == [PROMPT, PROMPT, "two blue squares", "two blue squares"]  # diffusers' prompt-major rows
+    assert len(cb.history) == 2
+    for h in cb.history:
+        anc, s = h["ancestors"], h["scores"]
+        assert set(anc[:2]) <= {0, 1} and set(anc[2:]) <= {2, 3}, anc
+        if mode == "prune":  # keep=1: the best row of each prompt fills that prompt's rows
+            assert anc == [max((0, 1), key=s.__getitem__)] * 2 + [max((2, 3), key=s.__getitem__)] * 2
+    if mode == "prune":  # exact copies (refresh=0) under the same prompt stay equal; the prompts' images differ
+        assert torch.allclose(out.images[0], out.images[1], atol=1e-5)
+        assert torch.allclose(out.images[2], out.images[3], atol=1e-5)
+        assert (out.images[0] - out.images[2]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="callback.prompt: one prompt for a pipeline call with 2 prompts"):
+        run_guided(pipe, prompts, RewardGuidanceCallback(rm, PROMPT), num_images_per_prompt=2, **_kw("sd"))
+    too_many = RewardGuidanceCallback(rm, prompts, steps=[2], mode="prune", keep=3)
+    with pytest.raises(ValueError, match=r"keep must be between 1 and the rows per prompt \(2\), got 3"):
+        run_guided(pipe, prompts, too_many, num_images_per_prompt=2, **_kw("sd"))
+
+
 def test_callback_bad_input(pipes, rm):
     with pytest.raises(ValueError, match="mode"):
         RewardGuidanceCallback(rm, PROMPT, mode="greedy")

@@ -1,9 +1,15 @@
 """Atomic, resumable training checkpoints shared by the trainers.
 
 A checkpoint is a folder ``step-{N:07d}`` holding ``trainable.safetensors`` (the parameters being trained),
-``optimizer.pt`` (optimiser and LR-scheduler state), ``rng.pt`` (Python, numpy and torch generator states) and
-``state.json`` (step and anything the trainer adds). It is written to a temporary folder and renamed into place,
-so a crash never leaves a half-written checkpoint where a resume would find it.
+``optimizer.pt`` (optimiser and LR-scheduler state), ``rng.json`` (the Python and numpy generator states),
+``rng.safetensors`` (the torch generator state) and ``state.json`` (step and anything the trainer adds). It is
+written to a temporary folder and renamed into place, so a crash never leaves a half-written checkpoint where a
+resume would find it.
+
+Resuming runs no code from the folder: ``optimizer.pt`` is read with ``torch.load(weights_only=True)``, which
+accepts only tensors and plain containers, and the rest is safetensors and JSON. A checkpoint of the earlier
+format (its generator states pickled in ``rng.pt``) is refused with a :class:`CheckpointError` that says so, without
+unpickling anything: delete it (or the run's ``checkpoints`` folder), or resume it with the release that wrote it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,51 @@ import torch
 from safetensors.torch import load_file, save_file
 
 PREFIX = "step-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed safely; the message names the folder and the file."""
+
+
+def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """The Python and numpy generator states as JSON-ready values, and the torch one as a tensor."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss},
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    return plain, {"torch": torch.get_rng_state()}
+
+
+def _set_rng_state(path: Path) -> None:
+    plain = json.loads((path / "rng.json").read_text(encoding="utf-8"))
+    py, npy = plain["python"], plain["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    keys = np.array(npy["keys"], dtype=np.uint32)
+    np.random.set_state((npy["bit_generator"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+
+
+def _load_optimizer_file(path: Path) -> dict:
+    """``optimizer.pt`` through torch's weights-only unpickler: anything but tensors and plain containers (an object
+    whose unpickling would run code) is refused before it is built."""
+    import pickle
+
+    try:
+        return torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path / 'optimizer.pt'}: refused, it holds more than tensors and plain containers (not written by "
+            f"rewarddance, or altered); delete this checkpoint to start afresh ({first})"
+        ) from err
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -56,10 +107,9 @@ def save_checkpoint(
         },
         tmp / "optimizer.pt",
     )
-    torch.save(
-        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-        tmp / "rng.pt",
-    )
+    plain, tensors = _rng_state()
+    (tmp / "rng.json").write_text(json.dumps(plain), encoding="utf-8")
+    save_file(tensors, tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -105,11 +155,21 @@ def load_trainable(path: str | os.PathLike, model) -> None:
 
 def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, sharded: bool = False) -> dict:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state.json``. ``sharded``: an FSDP
-    model, whose weights :func:`load_trainable` put in before sharding and whose optimiser state must be by name."""
+    model, whose weights :func:`load_trainable` put in before sharding and whose optimiser state must be by name.
+
+    Raises :class:`CheckpointError` for a checkpoint of the earlier, pickled format or an ``optimizer.pt`` holding
+    anything but tensors and plain containers; nothing is restored then."""
     path = Path(path)
+    if not (path / "rng.json").is_file() or not (path / "rng.safetensors").is_file():
+        if (path / "rng.pt").exists():
+            raise CheckpointError(
+                f"{path}: this checkpoint predates the safe format (its rng.pt is a pickle, which resuming no longer "
+                "loads); delete it to start afresh, or resume it with the rewarddance release that wrote it"
+            )
+        raise CheckpointError(f"{path}: incomplete checkpoint, rng.json or rng.safetensors is missing")
+    opt = _load_optimizer_file(path)
     if not sharded:
         load_trainable(path, model)
-    opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     if sharded and not opt.get("by_name"):
         raise ValueError(f"{path}: written by a run without FSDP; resume it with distributed: ddp")
     if opt.get("by_name"):
@@ -120,10 +180,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, s
         optimizer.load_state_dict(opt["optimizer"])
     if scheduler is not None and opt["scheduler"] is not None:
         scheduler.load_state_dict(opt["scheduler"])
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
+    _set_rng_state(path)
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
