@@ -13,6 +13,7 @@ import sys
 from .dataset import evaluate, write_dataset
 from .prompts import CATEGORIES
 from .sample import SPLITS
+from .verify import NOT_CLEAN
 
 
 def _categories(text: str) -> tuple[str, ...]:
@@ -42,17 +43,20 @@ def cmd_make(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Verify a folder of images against their prompts and print a GenEval-style table."""
+    """Verify a folder of images against their prompts and print a GenEval-style table, and how many images are
+    not clean ShapesWorld scenes (each of those fails whatever its prompt)."""
     result = evaluate(args.path, skip_bad=args.skip_bad, progress=not args.no_progress)
     board = result.scoreboard
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             for row in result.rows:
                 f.write(json.dumps(row) + "\n")
+    unclean = sum(row["reason"].startswith(NOT_CLEAN) for row in result.rows)
     if args.json:
-        print(json.dumps({**board.to_dict(), "skipped": result.errors}))
+        print(json.dumps({**board.to_dict(), "not_clean": unclean, "skipped": result.errors}))
     else:
         print(board.table())
+        print(f"{NOT_CLEAN}{unclean} of {len(result.rows)} images ({100.0 * unclean / len(result.rows):.1f} %)")
         for err in result.errors:
             print(f"skipped line {err['line']} ({err['image']}): {err['error']}", file=sys.stderr)
     if args.min_accuracy is not None and (board.overall or 0.0) < args.min_accuracy:

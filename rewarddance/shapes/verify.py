@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .prompts import CATEGORIES, PromptSpec, check, parse_prompt
-from .scene import ShapesError
+from .scene import COLOURS, ShapesError
 
 # class index of each pixel: 0 background, then these colours
 CLASS_NAMES: tuple[str, ...] = ("background", "red", "orange", "yellow", "green", "blue", "purple", "white", "black")
@@ -59,6 +59,19 @@ class VerifierConfig:
     # clean triangles have t3 >= 0.50 and squares t4 >= 0.20; a 1.5 px blur at 64 px lowers those to 0.39 and 0.15
     triangle_t3: float = 0.25  # t3 at or above which (and at or above t4) a component is a triangle
     square_t4: float = 0.17  # t4 at or above which a component is a square
+    # strict checks: an image passes only if it is a clean scene (see ``scene_issue``); thresholds measured in
+    # benchmarks/bench_shapes.py (mode ``strict``) on clean and corrupted renders and on ``corrupt.garbage``
+    strict: bool = True  # False: the prompt rule alone, as before the strict checks
+    max_noise: float = 45.0  # per-channel pixel noise std (0-255) above which the frame is noise, not a scene
+    speckle_delta: float = 100.0  # a pixel this far (any channel) from its 3x3 median is a speck
+    max_speckle: float = 0.03  # share of the frame in specks above which the scene is speckled
+    background_band: tuple[float, float] = (70.0, 190.0)  # grey levels a background pixel may take (noise included)
+    background_chroma: float = 40.0  # chroma above which an unlabelled pixel is not background
+    max_unexplained: float = 0.05  # share of the frame that may be neither background nor part of an object
+    min_object_frac: float = 0.005  # smaller components are specks (counted as unexplained), not objects
+    min_fit: float = 0.75  # IoU of an object's outline with its shape's ideal outline at or above which it is a shape
+    min_solidity: float = 0.8  # area over convex-hull area at or above which an outline is solid
+    max_blur: float = 2.7  # edge blur (Gaussian sigma in px of a 64 px image) above which an object is a smear
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,17 @@ class Detection:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Result of verifying one image against one prompt."""
+    """Result of verifying one image against one prompt. ``clean``: the image is a clean ShapesWorld scene (when
+    not, ``passed`` is False and ``reason`` starts with ``"not a clean scene: "``)."""
 
     passed: bool
     reason: str
     category: str
     detections: tuple[Detection, ...] = field(default_factory=tuple)
+    clean: bool = True
+
+
+NOT_CLEAN = "not a clean scene: "  # the prefix of every reason given for an unclean image
 
 
 def _as_array(image) -> np.ndarray:
@@ -230,14 +248,16 @@ def _moments(mask: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> tuple[float, f
     return float(t3), float(t4)
 
 
-def _shape_moments(img: np.ndarray, labels: np.ndarray, comp: dict, config: VerifierConfig) -> tuple[float, float]:
-    """Shape moments of one component, measured on its half-coverage outline.
+def _outline(img: np.ndarray, labels: np.ndarray, comp: dict, config: VerifierConfig):
+    """Half-coverage outline of one component in its padded box: ``(mask, yy, xx, coverage)``.
 
     The segmentation thresholds cut a blurred object at different fractions of its contrast per colour (a third
     for a saturated red, two thirds for white). Here the local background is the median of unlabelled pixels
     around the box, each pixel's coverage is its contrast along the object's colour direction over the object's
     90th-percentile contrast, and the mask is coverage >= ``coverage_level``. With JPEG's blurred chroma this
-    roughly halves shape errors at 64 px (quality 30: 36 vs 67 of 557 objects).
+    roughly halves shape errors at 64 px (quality 30: 36 vs 67 of 557 objects). ``coverage`` is that map over
+    unlabelled and own pixels (NaN elsewhere), scaled down by how far the object's contrast falls short of its
+    palette colour's; None, and the mask the component itself, when there is too little background to measure.
     """
     H, W = labels.shape
     x0, y0, x1, y1 = comp["box"]
@@ -257,21 +277,179 @@ def _shape_moments(img: np.ndarray, labels: np.ndarray, comp: dict, config: Veri
             peak = float(np.percentile(proj[own], 90))
             near = (xx >= x0 - pad) & (xx < x1 + pad) & (yy >= y0 - pad) & (yy < y1 + pad)
             mask = (own | (free & near)) & (proj >= config.coverage_level * peak)
-            if mask.sum() >= max(config.min_area_px, 0.5 * comp["area"]):
-                return _moments(mask, yy, xx)
-    return _moments(own, yy, xx)
+            if mask.sum() >= max(config.min_area_px, 0.5 * comp["area"]) and peak > 0:
+                # the palette colour's own contrast here: a faded object (smeared or blurred into a blob) is far
+                # below it, so its coverage slope counts for less
+                full = float((np.asarray(COLOURS.get(comp["colour"], bg), np.float32) - bg) @ (direction / norm))
+                fade = min(1.0, peak / full) if full > 1e-6 else 1.0
+                return mask, yy, xx, np.where(own | free, proj / peak, np.nan) * fade
+    return own, yy, xx, None
 
 
-def detect(image, config: VerifierConfig | None = None) -> list[Detection]:
-    """Find the objects in an image (PIL, path, or ``[H, W, 3]`` array): colour, shape, box, centre.
+def _shape_moments(img: np.ndarray, labels: np.ndarray, comp: dict, config: VerifierConfig) -> tuple[float, float]:
+    """Shape moments of one component, measured on its half-coverage outline (:func:`_outline`)."""
+    mask, yy, xx, _ = _outline(img, labels, comp, config)
+    return _moments(mask, yy, xx)
 
-    Objects are reported left to right. Works at any size; images above ``config.work_size`` are downscaled.
+
+def _ideal(mask: np.ndarray, yy: np.ndarray, xx: np.ndarray, shape: str) -> np.ndarray:
+    """The ideal ``shape`` with the mask's area, centroid and orientation, rasterised at the same pixel centres.
+
+    Orientation from the complex moments: a square's corners make ``sum z^4`` point at ``4 phi + 180`` degrees for
+    a square turned by ``phi``; a triangle's corners make ``sum z^3`` point at three times a corner's direction.
     """
-    config = config or VerifierConfig()
-    rgb = _as_array(image)
-    H0, W0 = rgb.shape[:2]
+    area = float(mask.sum())
+    ys, xs = yy[mask], xx[mask]
+    z = (xx - xs.mean()) + 1j * (yy - ys.mean())
+    zm = z[mask]
+    if shape == "circle":
+        return np.abs(z) <= math.sqrt(area / math.pi)
+    if shape == "square":
+        phi = (np.angle((zm**4).sum()) - math.pi) / 4.0
+        w = z * np.exp(-1j * phi)
+        return np.maximum(np.abs(w.real), np.abs(w.imag)) <= 0.5 * math.sqrt(area)
+    corner = np.angle((zm**3).sum()) / 3.0
+    inradius = math.sqrt(4.0 * area / math.sqrt(3.0)) / (2.0 * math.sqrt(3.0))
+    inside = np.ones(z.shape, dtype=bool)
+    for k in range(3):  # the edge opposite a corner faces away from it: normals at corner + 60 + 120 k degrees
+        normal = corner + math.pi / 3.0 + 2.0 * math.pi * k / 3.0
+        inside &= (z * np.exp(-1j * normal)).real <= inradius
+    return inside
+
+
+def _fit(mask: np.ndarray, yy: np.ndarray, xx: np.ndarray, shape: str) -> float:
+    """Intersection over union of the outline with its ideal ``shape`` (1 = exactly that shape)."""
+    ideal = _ideal(mask, yy, xx, shape)
+    return float((mask & ideal).sum()) / max(float((mask | ideal).sum()), 1.0)
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area over the area of the convex hull of the mask's pixels (as unit squares): 1 for a convex shape."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    first = mask[rows].argmax(axis=1)
+    last = mask.shape[1] - mask[rows][:, ::-1].argmax(axis=1)
+    pts = sorted({(x, y) for r, a, b in zip(rows, first, last) for x in (a, b) for y in (r, r + 1)})
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    hull: list = []
+    for sweep in (pts, pts[::-1]):  # Andrew's monotone chain: lower then upper hull
+        part: list = []
+        for p in sweep:
+            while len(part) >= 2 and cross(part[-2], part[-1], p) <= 0:
+                part.pop()
+            part.append(p)
+        hull += part[:-1]
+    xs, ys = np.array([p[0] for p in hull], float), np.array([p[1] for p in hull], float)
+    area = 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
+    return float(mask.sum()) / max(area, 1.0)
+
+
+def _edge_blur(mask: np.ndarray, coverage: np.ndarray | None) -> float:
+    """Gaussian sigma (px) of the object's edge: a step blurred by sigma rises with slope ``1 / (sigma sqrt(2 pi))``
+    at half coverage, so sigma is that over the median coverage slope on the outline's edge pixels (pixels at
+    30-70 % coverage next to the half-coverage outline). 0 without a coverage map."""
+    if coverage is None:
+        return 0.0
+    gy, gx = np.gradient(coverage)
+    slope = np.hypot(gx, gy)
+    inner = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+    edge = (inner | ((coverage >= 0.3) & (coverage <= 0.7))) & np.isfinite(slope)
+    if edge.sum() < 4:
+        return 0.0
+    return 1.0 / (math.sqrt(2.0 * math.pi) * max(float(np.median(slope[edge])), 1e-6))
+
+
+def _channel_noise(rgb: np.ndarray) -> float:
+    """Per-channel white-noise std (mean over channels) from the 4-neighbour Laplacian, as :func:`_noise_sigma`."""
+    return sum(_noise_sigma(rgb[:, :, c].astype(np.float32)) for c in range(3)) / 3.0
+
+
+def _speckle_share(rgb: np.ndarray, config: VerifierConfig) -> float:
+    """Share of pixels that differ from their 3 x 3 median by more than ``speckle_delta`` in some channel."""
+    med = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).filter(ImageFilter.MedianFilter(3)), dtype=np.int16)
+    far = np.abs(rgb.astype(np.int16) - med).max(axis=2) > config.speckle_delta
+    return float(far[1:-1, 1:-1].mean())
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pct(share: float) -> str:
+    return f"{100.0 * share:.0f} %" if share >= 0.01 else f"{100.0 * share:.1f} %"
+
+
+def scene_issue(
+    rgb0: np.ndarray,
+    rgb: np.ndarray,
+    classes: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    comps: list[dict],
+    config: VerifierConfig,
+) -> str | None:
+    """Why an image is not a clean ShapesWorld scene (None when it is one). ``rgb0``: the input; ``rgb``, ``classes``,
+    ``labels``: the working image, its pixel classes and components; ``comps``: the measured components (with
+    ``t3``, ``t4`` and ``shape``).
+
+    A clean scene has (1) pixel noise no stronger than the tolerated corruptions, (2) few isolated specks, (3) no
+    region filling a large part of the frame, (4) objects whose outlines fit their shape, are solid, and have
+    sharp enough edges, (5) every other pixel a background grey.
+    """
+    noise = _channel_noise(rgb0)
+    if noise > config.max_noise:
+        return f"the frame is noise (pixel noise std {noise:.0f}, more than {config.max_noise:.0f})"
+    speckle = _speckle_share(rgb0, config) if min(rgb0.shape[:2]) >= 3 else 0.0
+    if speckle > config.max_speckle:
+        return f"{_pct(speckle)} of the frame is speckle"
+    H, W = labels.shape
+    frame = float(H * W)
+    area = np.bincount(labels.ravel(), minlength=count + 1)
+    if count and area[1:].max() > config.max_area_frac * frame:
+        big = int(np.argmax(area[1:])) + 1
+        colour = CLASS_NAMES[int(np.bincount(classes[labels == big]).argmax())]
+        return f"{_article(colour)} {colour} region fills {_pct(area[big] / frame)} of the frame"
+    img = rgb.astype(np.float32)
+    explained = np.zeros((H, W), dtype=bool)
+    pad = config.edge_pad + 2
+    side = min(H, W)
+    for c in comps:
+        if c["area"] < config.min_object_frac * frame:
+            continue
+        mask, yy, xx, coverage = _outline(img, labels, c, config)
+        where = f"{_article(c['colour'])} {c['colour']} blob at ({(c['cx'] + 0.5) / W:.2f}, {(c['cy'] + 0.5) / H:.2f})"
+        fit = _fit(mask, yy, xx, c["shape"])
+        if fit < config.min_fit:
+            return f"{where} fits no shape (best fit to a {c['shape']} {fit:.2f}, needs {config.min_fit})"
+        solidity = _solidity(mask)
+        if solidity < config.min_solidity:
+            return f"{where} is not solid (solidity {solidity:.2f}, needs {config.min_solidity})"
+        blur = _edge_blur(mask, coverage) * 64.0 / side
+        if blur > config.max_blur:
+            return f"{where} is smeared (edge blur {blur:.1f} px at 64 px, at most {config.max_blur})"
+        x0, y0, x1, y1 = c["box"]
+        explained[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad] = True
+    grey = img.mean(axis=2)
+    chroma = img.max(axis=2) - img.min(axis=2)
+    lo, hi = config.background_band
+    odd = np.where(classes > 0, True, (grey < lo) | (grey > hi) | (chroma > config.background_chroma))
+    # texture, not pixel noise: an odd pixel counts when two of its four neighbours are odd too
+    odd[1:-1, 1:-1] &= (odd[:-2, 1:-1].astype(np.int8) + odd[2:, 1:-1] + odd[1:-1, :-2] + odd[1:-1, 2:]) >= 2
+    unexplained = float((odd & ~explained).mean())
+    if unexplained > config.max_unexplained:
+        return f"{_pct(unexplained)} of the frame is unexplained texture"
+    return None
+
+
+def _analyse(image, config: VerifierConfig, strict: bool) -> tuple[list[Detection], str | None]:
+    """Detections (left to right) and, when ``strict``, why the image is not a clean scene (None if it is)."""
+    rgb0 = _as_array(image)
+    H0, W0 = rgb0.shape[:2]
     if min(H0, W0) < 8:
         raise ShapesError(f"image too small to verify: {W0}x{H0} px")
+    rgb = rgb0
     factor = max(1, math.ceil(max(H0, W0) / config.work_size))
     pil = None
     if factor > 1:
@@ -298,11 +476,12 @@ def detect(image, config: VerifierConfig | None = None) -> list[Detection]:
     dets = []
     for c in sorted(comps, key=lambda c: (c["cx"], c["cy"])):
         c["t3"], c["t4"] = _shape_moments(img, labels, c, config)
+        c["shape"] = _shape_of(c["t3"], c["t4"], config)
         x0, y0, x1, y1 = c["box"]
         box = (int(x0 * sx), int(y0 * sy), min(W0, math.ceil(x1 * sx)), min(H0, math.ceil(y1 * sy)))
         dets.append(
             Detection(
-                shape=_shape_of(c["t3"], c["t4"], config),
+                shape=c["shape"],
                 colour=c["colour"],
                 box=box,
                 x=(c["cx"] + 0.5) / W,
@@ -312,13 +491,34 @@ def detect(image, config: VerifierConfig | None = None) -> list[Detection]:
                 t4=c["t4"],
             )
         )
-    return dets
+    if not strict:
+        return dets, None
+    dets = [d for d in dets if d.area >= config.min_object_frac * H * W]  # specks are not objects
+    return dets, scene_issue(rgb0, rgb, classes, labels, count, comps, config)
+
+
+def detect(image, config: VerifierConfig | None = None) -> list[Detection]:
+    """Find the objects in an image (PIL, path, or ``[H, W, 3]`` array): colour, shape, box, centre.
+
+    Objects are reported left to right. Works at any size; images above ``config.work_size`` are downscaled.
+    No cleanliness check: :func:`verify` (or :func:`inspect_scene`) says whether the image is a clean scene.
+    """
+    return _analyse(image, config or VerifierConfig(), strict=False)[0]
+
+
+def inspect_scene(image, config: VerifierConfig | None = None) -> tuple[list[Detection], str | None]:
+    """Detections and why the image is not a clean ShapesWorld scene (``None`` when it is one)."""
+    return _analyse(image, config or VerifierConfig(), strict=True)
 
 
 def verify(image, prompt: str | PromptSpec, config: VerifierConfig | None = None) -> Verdict:
-    """Check one image against one prompt: parse the prompt, detect objects, apply the category's rule."""
+    """Check one image against one prompt: parse the prompt, detect objects, check that the image is a clean scene
+    (unless ``config.strict`` is False), then apply the category's rule."""
+    config = config or VerifierConfig()
     spec = prompt if isinstance(prompt, PromptSpec) else parse_prompt(prompt)
-    dets = detect(image, config)
+    dets, issue = _analyse(image, config, strict=config.strict)
+    if issue is not None:
+        return Verdict(False, NOT_CLEAN + issue, spec.category, tuple(dets), clean=False)
     passed, reason = check(spec, dets)
     return Verdict(passed=passed, reason=reason, category=spec.category, detections=tuple(dets))
 
