@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .distributed import process_state, sum_over_processes
-from .images import ImageError, load_image
+from .images import MAX_IMAGE_PIXELS, ImageError, load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST = "manifest.jsonl"
@@ -173,17 +174,36 @@ def _score_group(rm, items: Sequence[BatchItem], images: list, refs: list | None
     return [_row(it, float(p), float(m), r) for it, p, m, r in zip(items, out.p_yes, out.margin, reasons)]
 
 
-def _score_chunk(rm, chunk: Sequence[BatchItem], context, skip_bad: bool, bad: list[dict]) -> list[dict]:
+def _one_item_error(item: BatchItem, err: Exception) -> str:
+    """An error the model raised for a batch of one, named by the item: its "item 0: " (the position within that
+    batch of one) is replaced by the item's id and image."""
+    return f"{item.id} ({item.image}): {re.sub(r'^item 0: ', '', str(err))}"
+
+
+def _renamed(err: ValueError, message: str) -> ValueError:
+    """``err``'s class (PromptTooLongError, ImageError ...) with a new message; a plain ValueError if it needs more."""
+    try:
+        return type(err)(message)
+    except TypeError:
+        return ValueError(message)
+
+
+def _score_chunk(
+    rm, chunk: Sequence[BatchItem], context, skip_bad: bool, bad: list[dict], max_pixels: int = MAX_IMAGE_PIXELS
+) -> list[dict]:
     """Rows for the items of one chunk. Images load one by one so a bad file names itself; a model error on the
-    chunk is retried item by item under ``skip_bad`` to find the item that caused it."""
+    chunk is retried item by item to find the item that caused it, which is skipped under ``skip_bad`` and named in
+    the error otherwise."""
     loaded, cache = [], {}
     for it in chunk:
         try:
-            img = load_image(it.image, name=f"{it.id} ({it.image})")
+            img = load_image(it.image, name=f"{it.id} ({it.image})", max_pixels=max_pixels)
             ref = None
             if it.reference is not None:
                 if it.reference not in cache:
-                    cache[it.reference] = load_image(it.reference, name=f"reference of {it.id} ({it.reference})")
+                    cache[it.reference] = load_image(
+                        it.reference, name=f"reference of {it.id} ({it.reference})", max_pixels=max_pixels
+                    )
                 ref = cache[it.reference]
         except ImageError as err:
             if not skip_bad:
@@ -200,13 +220,15 @@ def _score_chunk(rm, chunk: Sequence[BatchItem], context, skip_bad: bool, bad: l
         try:
             rows += _score_group(rm, items, list(imgs), list(refs) if pairwise else None, context, len(items))
         except ValueError as err:
-            if not skip_bad:
-                raise ValueError(f"batch starting at {items[0].id}: {err}") from err
             for it, img, ref in group:
                 try:
                     rows += _score_group(rm, [it], [img], [ref] if pairwise else None, context, 1)
                 except ValueError as one_err:
-                    bad.append(_bad(it, one_err))
+                    if not skip_bad:
+                        raise _renamed(one_err, _one_item_error(it, one_err)) from one_err
+                    bad.append({**_bad(it, one_err), "error": _one_item_error(it, one_err)})
+            if not skip_bad:  # every item passed alone: the batch as a whole failed
+                raise ValueError(f"batch of {', '.join(it.id for it in items)}: {err}") from err
     return rows
 
 
@@ -219,9 +241,16 @@ def score_files(
     skip_bad: bool = False,
     errors_path: str | os.PathLike | None = None,
     progress: bool = True,
+    bad_lines: Sequence[dict] = (),
+    max_pixels: int | None = None,
 ) -> BatchReport:
     """Score ``items`` into the JSONL file ``output`` (see the module docstring). Items are sorted by reference and
-    prompt so that a batch shares its prefix; rows are appended in that order, each with its ``id``."""
+    prompt so that a batch shares its prefix; rows are appended in that order, each with its ``id``.
+
+    Under ``skip_bad`` the errors file starts with ``bad_lines`` (the malformed manifest lines :func:`read_items`
+    skipped) and each bad item is appended as soon as its chunk is done, so a killed run keeps what it found.
+    ``max_pixels`` bounds each image's size (default :data:`rewarddance.images.MAX_IMAGE_PIXELS`).
+    """
     from tqdm.auto import tqdm
 
     output = Path(output)
@@ -239,23 +268,30 @@ def score_files(
     report = BatchReport(
         already_done=len(items) - len(pending), errors_path=errors_path, processes=world, main=rank == 0
     )
+    errors_target = errors_path.with_name(f"{errors_path.name}.part{rank}") if state else errors_path
+    errors_target.write_text("", encoding="utf-8")  # a rerun tries last run's bad items again
+    if rank == 0 and bad_lines:
+        report.bad += list(bad_lines)
+        _append(errors_target, bad_lines)
     bar = tqdm(total=len(mine), desc="scoring", unit="img", disable=not progress or rank != 0)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start : start + batch_size]
-        report.written += _append(target, _score_chunk(rm, chunk, context, skip_bad, report.bad))
-        bar.update(len(chunk))
-    bar.close()
+    try:  # closed before any error is printed, so the message does not land on the bar's line
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            found = len(report.bad)
+            rows = _score_chunk(rm, chunk, context, skip_bad, report.bad, max_pixels or MAX_IMAGE_PIXELS)
+            report.written += _append(target, rows)
+            if len(report.bad) > found:
+                _append(errors_target, report.bad[found:])
+            bar.update(len(chunk))
+    finally:
+        bar.close()
     if state:
-        rank_errors = errors_path.with_name(f"{errors_path.name}.part{rank}")
-        rank_errors.write_text("".join(json.dumps(b) + "\n" for b in report.bad), encoding="utf-8")
         state.wait_for_everyone()
         if state.is_main_process:
             _merge_parts(output, errors_path, world)
         state.wait_for_everyone()
         report.bad = [json.loads(x) for x in errors_path.read_text(encoding="utf-8").splitlines() if x.strip()]
         report.written = sum_over_processes(report.written, state)
-    else:
-        errors_path.write_text("".join(json.dumps(b) + "\n" for b in report.bad), encoding="utf-8")
     if not report.bad:
         errors_path.unlink(missing_ok=True)
     return report

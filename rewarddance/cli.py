@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from .bundled import DEFAULT_RM, REWARD_MODELS  # names only: json, os, pathlib
+from .bundled import DEFAULT_RM, REWARD_MODELS, resolve  # names only: json, os, pathlib
+from .judge_info import mismatches, read_trained_for  # json and pathlib only
 
 MODEL_HELP = (
     f"model: a Hugging Face id, a local folder, or a bundled ShapesWorld judge ({', '.join(REWARD_MODELS)}); "
@@ -21,9 +23,22 @@ MODEL_HELP = (
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_RM, help=MODEL_HELP)
     p.add_argument("--prompt", default=None, help="the text prompt the images were generated from")
-    p.add_argument("--task", default="alignment", help="task preset (alignment, quality, aesthetics, ...)")
+    p.add_argument(
+        "--task", default=None, help="task preset (alignment, quality, aesthetics, ...); default: the judge's own"
+    )
     p.add_argument("--criteria", default=None, help="extra judging criteria")
-    p.add_argument("--cot", default="none", help="chain of thought: none, judgment_first, reasoning_first")
+    p.add_argument(
+        "--cot",
+        default=None,
+        help="chain of thought: none, judgment_first, reasoning_first; default: what the judge was trained with",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this (decompression bombs; default: 100 million, "
+        "rewarddance.images.MAX_IMAGE_PIXELS)",
+    )
     p.add_argument("--dtype", default=None, help="torch dtype, e.g. float32 or bfloat16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantisation")
@@ -33,10 +48,50 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
 
+def _warn(message: str) -> None:
+    print(f"rewarddance: warning: {message}", file=sys.stderr)
+
+
+def _quiet_libraries() -> None:
+    """Keep a command's output to its own lines: no "Loading weights" bar from transformers, no note from
+    bitsandbytes about the optional ``kernels`` package, no note per forward pass from its 8-bit matmul about
+    casting to float16. Warnings that matter (missing weights, say) still show."""
+    import logging
+
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _settle(args, objective: str | None = None):
+    """Fill ``--task`` and ``--cot`` from what the judge was trained for (its ``rewarddance.json``; ``none`` and
+    ``alignment`` for a general VLM) and warn, one line each, where the command asks it something else. Reads no
+    weights. Returns the judge's :class:`~rewarddance.judge_info.TrainedFor` or ``None``."""
+    folder = Path(resolve(args.model))
+    info = read_trained_for(folder) if folder.is_dir() else None
+    given_cot = args.cot
+    if args.task is None:
+        args.task = info.task if info else "alignment"
+    if args.cot is None:
+        args.cot = info.cot if info else "none"
+    for line in mismatches(info, args.model, objective=objective, cot=given_cot):
+        _warn(line)
+    return info
+
+
 def _context(args):
     from .context import RewardContext
 
     return RewardContext(task=args.task, criteria=args.criteria, cot=args.cot, decode_reasons=args.cot != "none")
+
+
+def _images(paths: list[str], max_pixels: int) -> list:
+    """The images of the command line, read here so that ``--max-pixels`` applies; errors name the file."""
+    from .images import MAX_IMAGE_PIXELS, load_image
+
+    return [load_image(path, max_pixels=max_pixels or MAX_IMAGE_PIXELS) for path in paths]
 
 
 def _load(args):
@@ -66,9 +121,11 @@ def cmd_score(args) -> int:
         raise ValueError("score: give image files, or --input DIR_OR_JSONL with --output FILE")
     if args.prompt is None:
         raise ValueError("score: --prompt is required when scoring image files")
+    _settle(args, objective="pairwise" if args.reference else "pointwise")
+    images = _images(args.images, args.max_pixels)
+    refs = _images([args.reference], args.max_pixels) * len(images) if args.reference else None
     rm, ctx = _load(args)
-    refs = [args.reference] * len(args.images) if args.reference else None
-    out = rm.score(args.images, args.prompt, context=ctx, batch_size=args.batch_size, references=refs)
+    out = rm.score(images, args.prompt, context=ctx, batch_size=args.batch_size, references=refs)
     rows = []
     for i, path in enumerate(args.images):
         row = {"image": path, "p_yes": float(out.p_yes[i]), "margin": float(out.margin[i])}
@@ -87,6 +144,9 @@ def cmd_score_batch(args) -> int:
     if args.output is None:
         raise ValueError("score --input needs --output FILE (JSON lines; appended to and resumed from)")
     items, bad_lines = read_items(args.input, prompt=args.prompt, reference=args.reference, skip_bad=args.skip_bad)
+    with_ref = sum(it.reference is not None for it in items)
+    for objective in ("pairwise",) * (with_ref > 0) + ("pointwise",) * (with_ref < len(items)):
+        _settle(args, objective=objective)
     no_prompt = [it.id for it in items if not it.prompt]
     if no_prompt and _context(args).uses_prompt:
         raise ValueError(
@@ -103,9 +163,14 @@ def cmd_score_batch(args) -> int:
         skip_bad=args.skip_bad,
         errors_path=args.errors,
         progress=not args.no_progress,
+        bad_lines=bad_lines,
+        max_pixels=args.max_pixels,
     )
-    bad = bad_lines + report.bad
-    msg = f"scored {report.written} images into {args.output} ({report.already_done} were already there)"
+    bad = report.bad
+    msg = (
+        f"scored {_count(report.written, 'image')} into {args.output} "
+        f"({report.already_done} {'was' if report.already_done == 1 else 'were'} already there)"
+    )
     if report.processes > 1:
         msg += f" with {report.processes} processes"
     if bad:
@@ -119,20 +184,34 @@ def cmd_score_batch(args) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_compare(args) -> int:
     if args.prompt is None:
         raise ValueError("compare: --prompt is required")
+    info = _settle(args, objective=args.objective)
+    objective = args.objective or (info.objective if info else "pairwise")
+    a, b = _images([args.a, args.b], args.max_pixels)
     rm, ctx = _load(args)
-    out = rm.compare([args.b], [args.a], args.prompt, context=ctx)
-    p = float(out.p_yes[0])
-    row = {
-        "a": args.a,
-        "b": args.b,
-        "p_b_better": p,
-        "margin": float(out.margin[0]),
-        "winner": args.b if p > 0.5 else args.a,
-    }
-    print(json.dumps(row) if args.json else f"P({args.b} better than {args.a}) = {p:.4f}; winner: {row['winner']}")
+    if objective == "pointwise":
+        # a pointwise judge scores each image on its own; Bradley-Terry on the two margins gives P(B better than A)
+        out = rm.score([a, b], args.prompt, context=ctx)
+        margin = float(out.margin[1] - out.margin[0])
+        p = 0.5 * (1.0 + math.tanh(margin / 2))  # sigmoid(margin), without overflow for large margins
+        p_a, p_b = float(out.p_yes[0]), float(out.p_yes[1])
+        how = f"pointwise judge: sigmoid(margin B - margin A); P(yes) of A {p_a:.4f}, of B {p_b:.4f}"
+    else:
+        out = rm.compare([b], [a], args.prompt, context=ctx)
+        p, margin = float(out.p_yes[0]), float(out.margin[0])
+        how = "pairwise: P(yes) to 'is image 2 better than image 1?'"
+    winner = args.b if p > 0.5 else args.a if p < 0.5 else None
+    row = {"a": args.a, "b": args.b, "p_b_better": p, "margin": margin, "winner": winner, "objective": objective}
+    if objective == "pointwise":
+        row.update(p_yes_a=float(out.p_yes[0]), p_yes_b=float(out.p_yes[1]))
+    text = f"P({args.b} better than {args.a}) = {p:.4f}; winner: {winner or 'tie'} ({how})"
+    print(json.dumps(row) if args.json else text)
     return 0
 
 
@@ -188,7 +267,7 @@ def cmd_train_captions(args, extra: list[str]) -> int:
 def cmd_train_refl(args, extra: list[str]) -> int:
     from .training.refl import ReFLConfig, train_refl
 
-    keys = ("step", "reward_before", "reward_after", "lora", "nan_skipped", "processes", "lora_checksum")
+    keys = ("step", "reward_before", "reward_after", "reward_on", "lora", "nan_skipped", "processes", "lora_checksum")
     return _train(ReFLConfig, train_refl, args, extra, lambda cfg, r: {k: r[k] for k in keys})
 
 
@@ -198,10 +277,13 @@ def cmd_eval_rm(args) -> int:
     from .training.data import read_pairs
     from .training.rm import evaluate_pairs
 
+    info = _settle(args, objective=args.objective)
+    objective = args.objective or (info.objective if info else "pairwise")
+    ctx = RewardContext(task=args.task, cot=args.cot)  # a bad --task or --cot fails before anything loads
     pairs, skipped = read_pairs(args.data, skip_bad=args.skip_bad)
     rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
-    ctx = RewardContext(task=args.task)
-    result = evaluate_pairs(rm, pairs, args.objective, ctx, args.batch_size)
+    result = evaluate_pairs(rm, pairs, objective, ctx, args.batch_size)
+    result["objective"] = objective
     result["skipped"] = skipped
     print(json.dumps(result))
     return 0
@@ -225,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="P(B better than A) for a prompt")
     compare.add_argument("a", help="image A (image 1, the reference)")
     compare.add_argument("b", help="image B (image 2, the candidate)")
+    compare.add_argument(
+        "--objective",
+        default=None,
+        choices=["pairwise", "pointwise"],
+        help="pairwise: ask 'is B better than A?'; pointwise: score each and compare (Bradley-Terry); "
+        "default: what the judge was trained for (pairwise for a general VLM)",
+    )
     _add_model_args(compare)
     compare.set_defaults(func=cmd_compare)
     train = sub.add_parser("train-rm", help="train a reward model on preference pairs (YAML config)")
@@ -242,8 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval-rm", help="pairwise accuracy, calibration and position bias on preference pairs")
     ev.add_argument("--model", default=DEFAULT_RM, help=MODEL_HELP)
     ev.add_argument("--data", required=True, help="a pairs.jsonl file or a folder holding one")
-    ev.add_argument("--objective", default="pairwise", choices=["pairwise", "pointwise"], help="how to ask")
-    ev.add_argument("--task", default="alignment", help="task preset")
+    ev.add_argument(
+        "--objective",
+        default=None,
+        choices=["pairwise", "pointwise"],
+        help="how to ask; default: what the judge was trained for (pairwise for a general VLM)",
+    )
+    ev.add_argument("--task", default=None, help="task preset; default: the judge's own (alignment)")
+    ev.add_argument("--cot", default=None, help="chain of thought mode; default: what the judge was trained with")
     ev.add_argument("--batch-size", type=int, default=16, help="pairs per batch")
     ev.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs and report them")
     ev.add_argument("--dtype", default=None, help="torch dtype")
@@ -266,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command != "shapes":  # (the shapes commands never import transformers: keep them quick)
+            _quiet_libraries()
         code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     except (ValueError, OSError) as err:  # ImageError, ModelLoadError, PromptTooLongError ... are ValueErrors
         print(f"rewarddance: error: {err}", file=sys.stderr)

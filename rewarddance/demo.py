@@ -53,6 +53,7 @@ def refl_config(generator: Path, model: str, prompts: list[str], out_dir: Path, 
         save_every=0,
         resume=False,
         seed=0,
+        eval_train_prompts=0,  # the demo measures its own held-out prompts, with the verifier too
     )
 
 
@@ -109,7 +110,7 @@ def format_table(table: dict, n: int) -> str:
     head = f"{'verifier alignment':<24}" + "".join(f"{c[:10]:>11}" for c in cats) + f"{'all':>8}"
     lines = [head, "-" * len(head)]
     for name, row in table.items():
-        if name.startswith("rm score"):
+        if name.startswith("rm score") or row["all"] != row["all"]:  # (NaN: a method that did not run)
             continue
         label = name.replace("best-of-N", f"best-of-{n}")
         cells = "".join(f"{100 * row[c]:>10.0f}%" if c in row else f"{'-':>11}" for c in cats)
@@ -188,33 +189,70 @@ def _to_pil(img):
     return Image.fromarray(arr)
 
 
-def save_grid(rows: list[PromptResult], path: Path, cell: int = 96) -> Path:
-    """One row per prompt: the candidates (P(yes) and verifier mark under each, best-of-N boxed in green), then the
-    search result; the prompt above each row."""
+GRID_CELL = 128  # px: a generator's image is shown at the largest whole multiple of its side up to this
+GRID_FONT = 14  # px
+LEGEND = "ok / x: ShapesWorld verifier's verdict;  box: judge's pick (best-of-N);  number: judge's P(yes)"
+
+
+def _font(size: int):
+    """Pillow's built-in scalable font at ``size`` px (Pillow >= 10.1), else its small bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow 10.0: no size argument
+        return ImageFont.load_default()
+
+
+def grid_cell(side: int, target: int = GRID_CELL) -> int:
+    """The displayed side of a ``side`` px image: a whole multiple of it (nearest-neighbour upscaling keeps each
+    pixel a crisp square) up to ``target``; an image larger than ``target`` is shrunk to it."""
+    return side * max(1, target // side) if side <= target else target
+
+
+def _cell_image(img, cell: int):
+    from PIL import Image
+
+    pil = _to_pil(img)
+    resample = Image.NEAREST if cell >= pil.width else Image.LANCZOS
+    return pil.resize((cell, cell), resample)
+
+
+def save_grid(rows: list[PromptResult], path: Path, cell: int | None = None) -> Path:
+    """A legend line, then one row per prompt: the prompt, the candidates (the judge's P(yes) and the verifier's
+    ok / x under each, the best-of-N pick boxed in green), then the search result. Cells are ``cell`` px (default:
+    :func:`grid_cell` of the images' side, nearest-neighbour upscaled)."""
     from PIL import Image, ImageDraw
 
+    cell = cell or grid_cell(rows[0].images[0].shape[-1])
+    font, title_font = _font(GRID_FONT), _font(GRID_FONT + 1)
     cols = len(rows[0].images) + (1 if rows[0].search_image is not None else 0)
-    pad, label, title = 6, 14, 14
-    width = pad + cols * (cell + pad)
-    height = len(rows) * (title + cell + label + pad) + pad
+    pad, line = 8, GRID_FONT + 8
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    texts = [LEGEND] + [f"{row.category}: {row.prompt}" for row in rows]
+    text_width = max(measure.textlength(text, font=title_font) for text in texts)
+    width = int(max(pad + cols * (cell + pad), 2 * pad + text_width))
+    height = pad + line + len(rows) * (line + cell + line + pad) + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    y = pad
+    draw.text((pad, pad), LEGEND, fill=(70, 70, 70), font=font)
+    y = pad + line + pad
     for row in rows:
-        draw.text((pad, y), f"{row.category}: {row.prompt}", fill=(0, 0, 0))
-        y += title
+        draw.text((pad, y), f"{row.category}: {row.prompt}", fill=(0, 0, 0), font=title_font)
+        y += line
         cells = [(img, s, p, i == row.best) for i, (img, s, p) in enumerate(zip(row.images, row.scores, row.passed))]
         if row.search_image is not None:
             cells.append((row.search_image, row.search_score, row.search_passed, False))
         for j, (img, score, passed, chosen) in enumerate(cells):
             x = pad + j * (cell + pad)
-            canvas.paste(_to_pil(img).resize((cell, cell), Image.NEAREST), (x, y))
+            canvas.paste(_cell_image(img, cell), (x, y))
             if chosen:
                 draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(0, 170, 0), width=3)
             tag = "search " if j == len(row.images) else ""
             mark = "ok" if passed else "x"
-            draw.text((x, y + cell + 2), f"{tag}{score:.2f} {mark}", fill=(0, 120, 0) if passed else (200, 0, 0))
-        y += cell + label + pad
+            colour = (0, 120, 0) if passed else (200, 0, 0)
+            draw.text((x, y + cell + 4), f"{tag}{score:.2f} {mark}", fill=colour, font=font)
+        y += cell + line + pad
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
@@ -227,9 +265,11 @@ def run_refl_demo(
     steps: int = 30,
     eval_prompts: int = 12,
     log=print,
+    progress: bool = False,
 ) -> dict:
-    """A short pointwise ReFL of the bundled generator with the reward model; verifier alignment and P(yes) of one
-    sample per held-out prompt, before and after (same seeds)."""
+    """A short pointwise ReFL of the bundled generator with the reward model; verifier alignment and P(yes) of two
+    samples per held-out prompt, before and after (same seeds). ``log`` gets a line as each stage starts and
+    ``progress`` shows the training's progress bar (stderr); the result is returned, not logged."""
     from .bundled import generator_defaults, load_generator, resolve
     from .model import RewardModel
     from .training.refl import train_refl
@@ -240,13 +280,28 @@ def run_refl_demo(
     held_out = [p for _, p in demo_prompts(max(1, eval_prompts // len(CATEGORIES)), seed=DEMO_SEED + 1)]
     train_prompts = [p for _, p in demo_prompts(20, seed=REFL_SEED)]
     rm = RewardModel.from_pretrained(model, device="cpu", dtype="float32")
+    log(f"ReFL: sampling {len(held_out)} held-out prompts x 2 images before training ...")
     before = measure_alignment(pipe, rm, held_out, kw)
+    log(f"ReFL: {steps} steps, LoRA of {generator} against {model} (output: {out_dir}) ...")
     cfg = refl_config(gen_path, model, train_prompts, out_dir, steps, kw)
-    train_refl(cfg, progress=False, rm=rm)
-    pipe.load_lora_weights(str(out_dir / "lora"))
+    train_refl(cfg, progress=progress, rm=rm)
+    _load_lora(pipe, out_dir / "lora")
+    log("ReFL: sampling the same prompts and seeds after training ...")
     after = measure_alignment(pipe, rm, held_out, kw)
-    log(f"ReFL {steps} steps: alignment {before['alignment']:.3f} -> {after['alignment']:.3f}")
     return {"steps": steps, "before": before, "after": after, "prompts": len(held_out)}
+
+
+def _load_lora(pipe, folder: Path) -> None:
+    """``pipe.load_lora_weights(folder)`` without diffusers' note that the text encoder has no LoRA (it has none:
+    ReFL trains the UNet only)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.load_lora_weights(str(folder))
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def sample_prompts(pipe, prompts: list[str], kw: dict, samples: int = 2, seed: int = 1000) -> list:
@@ -283,6 +338,9 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--out", default="rewarddance-demo.png", help="annotated grid PNG")
     demo.add_argument("--refl", action="store_true", help="also run a short ReFL on the CPU, report before/after")
     demo.add_argument("--refl-steps", type=int, default=30, help="ReFL optimiser steps")
+    demo.add_argument(
+        "--refl-prompts", type=int, default=12, help="held-out prompts scored before / after ReFL (a multiple of 6)"
+    )
     demo.add_argument("--refl-dir", default="rewarddance-demo-refl", help="ReFL output folder (LoRA, metrics)")
     demo.set_defaults(func=cmd_demo)
 
@@ -295,7 +353,11 @@ def cmd_demo(args) -> int:
     print(format_table(res.table, res.n))
     print(f"grid: {res.grid}   ({res.seconds:.0f} s)")
     if args.refl:
-        refl = run_refl_demo(args.model, args.generator, Path(args.refl_dir), args.refl_steps)
+        from .training.metrics import say  # stage lines and the progress bar on stderr; the result once, below
+
+        refl = run_refl_demo(
+            args.model, args.generator, Path(args.refl_dir), args.refl_steps, args.refl_prompts, log=say, progress=True
+        )
         b, a = refl["before"], refl["after"]
         print(
             f"ReFL ({refl['steps']} steps, {refl['prompts']} held-out prompts x 2 images): verifier alignment "

@@ -61,8 +61,11 @@ def _open_file(path: Path, label: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"{label}: no such file")
     if path.is_dir():
         raise ImageError(f"{label}: is a directory, not an image")
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # PIL's own bomb check (at open, past 2 x 89.5 Mpx) would refuse first, citing its limit, and would refuse a
+    # max_pixels raised above it: ours replaces it. Opening reads the header only; nothing is decoded before the check.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -75,12 +78,15 @@ def _open_file(path: Path, label: str, max_pixels: int) -> Image.Image:
             return img.copy()
     except ImageError:
         raise
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"{label}: refused as a decompression bomb ({err})") from err
+    except Image.DecompressionBombError as err:  # PIL's check, were another thread to have restored it meanwhile
+        raise ImageError(
+            f"{label}: more pixels than the limit of {max_pixels:,} (a decompression bomb or an unusually large "
+            "file; raise max_pixels to allow it)"
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{label}: unreadable or truncated image file ({err})") from err
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = previous
 
 
 def check_pixels(pixels: torch.Tensor, label: str = "pixels") -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from .context import RewardContext
 from .families import Family, family_for
 from .images import ImageError, as_image_list, check_pixels, load_image, to_tensor
+from .judge_info import TrainedFor, read_trained_for
 from .kernels import yes_prob
 from .preprocess import image_inputs
 from .tokens import answer_ids
@@ -64,6 +66,92 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def device_map_for(device: str | torch.device) -> dict:
+    """The ``device_map`` that puts a whole quantised model on ``device``: a GPU index for CUDA (``"cuda"`` without
+    an index means the current device, 0 when CUDA is not initialised or absent), else the device's name."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"": str(device)}
+    if device.index is not None:
+        return {"": device.index}
+    return {"": torch.cuda.current_device() if torch.cuda.is_available() else 0}
+
+
+# bitsandbytes' CPU 4-bit path (0.50) quantises a weight in blocks of 64 per row and, on CPUs with AVX512-BF16,
+# repacks rows in groups of 32: a Linear whose in_features is not a multiple of 64, or whose out_features is not a
+# multiple of 32, fails inside its forward ("N must be divisible by block_n", "shape '[96, 1]' is invalid").
+CPU_4BIT_IN_MULTIPLE = 64
+CPU_4BIT_OUT_MULTIPLE = 32
+
+
+def cpu_4bit_unsupported(config) -> tuple[list[str], int]:
+    """Names of the ``nn.Linear`` modules of a model built from ``config`` that bitsandbytes cannot run in 4-bit on
+    the CPU, and the number of Linear modules in all. The model is built on the meta device: no weights, no memory.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        skeleton = AutoModelForImageTextToText.from_config(config)
+    linears = [(n, m) for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
+    bad = [n for n, m in linears if m.in_features % CPU_4BIT_IN_MULTIPLE or m.out_features % CPU_4BIT_OUT_MULTIPLE]
+    return bad, len(linears)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; a one-line error for a name torch does not know or a GPU this machine
+    does not have (instead of a long traceback from the first CUDA call)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        msg = f"device: {device!r} is not a device name ({_first_line(err)}); use cpu, cuda or cuda:N"
+        raise ValueError(msg) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asks for a GPU, but CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for a name that can only be a folder: absolute, ``./``, ``~``, or more than one ``/`` (a hub id is
+    ``name`` or ``owner/name``)."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _check_hub_id(name: str) -> None:
+    """For a name that is not a local folder: a one-line :class:`ModelLoadError` when it cannot be a hub id, when
+    it is not in the Hugging Face cache while offline, or when the hub cannot be reached (one quick request, instead
+    of the hub client's ~30 s of retries)."""
+    if _looks_like_path(name):
+        raise ModelLoadError(f"{name}: no such folder")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError as err:  # not a valid repo id
+        raise ModelLoadError(f"{name}: no such folder, and not a Hugging Face model id ({_first_line(err)})") from err
+    if isinstance(cached, str):
+        return  # in the local cache: loads offline
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"{name}: no such folder, and not in the Hugging Face cache while offline (HF_HUB_OFFLINE is set)"
+        )
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)
+    except Exception as err:  # any transport failure: DNS, refused, timeout, proxy
+        raise ModelLoadError(
+            f"{name}: no such folder, and the Hugging Face hub ({constants.ENDPOINT}) cannot be reached "
+            f"({_first_line(err)})"
+        ) from err
+
+
 def _cache_kwarg(module) -> str:
     """Name of the KV-cache argument: ``cache`` in newer transformers, ``past_key_values`` before."""
     params = inspect.signature(module.forward).parameters
@@ -92,6 +180,8 @@ class RewardModel:
         self.max_length = getattr(text_cfg, "max_position_embeddings", None)
         self._image_token = getattr(processor, "image_token", None)
         self.stats = {"prefix_cached_items": 0, "plain_items": 0}  # how items were scored, for tests and logs
+        # what the judge was trained to answer (its folder's rewarddance.json); None for a general VLM
+        self.trained_for: TrainedFor | None = None
 
     # ----------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -120,13 +210,18 @@ class RewardModel:
 
         if quantization not in QUANTIZATION:
             raise ValueError(f"quantization must be one of {QUANTIZATION}, got {quantization!r}")
-        device = torch.device(device) if device is not None else _default_device()
+        device = _check_device(device) if device is not None else _default_device()
         if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+            found = getattr(torch, dtype.removeprefix("torch."), None)
+            if not isinstance(found, torch.dtype) or not found.is_floating_point:
+                raise ValueError(f"dtype: unknown {dtype!r}; use float32, bfloat16 or float16")
+            dtype = found
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         name = str(name_or_path)
         local = Path(name)
+        if not local.exists():
+            _check_hub_id(name)
         if local.exists():
             if not local.is_dir():
                 raise ModelLoadError(f"{name}: expected a model directory, got a file")
@@ -146,12 +241,29 @@ class RewardModel:
                     "only if you trust it"
                 ) from err
             raise ModelLoadError(f"{name}: cannot read the model config ({err})") from err
+        except OSError as err:  # not on the hub, gated, or the network failed mid-way: its first line says which
+            raise ModelLoadError(f"{name}: cannot read the model config ({_first_line(err)})") from err
         family = family_for(config.model_type)
         kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
         if quantization is not None:
             from transformers import BitsAndBytesConfig
 
             skip = ["lm_head"]
+            if quantization == "4bit" and device.type == "cpu":
+                kept, total = cpu_4bit_unsupported(config)
+                kept = [n for n in kept if n != "lm_head"]
+                if kept:
+                    logger.warning(
+                        "%s: 4-bit on the CPU keeps %d of %d Linear layers in %s: bitsandbytes' CPU kernels need "
+                        "in_features %% %d == 0 and out_features %% %d == 0",
+                        name,
+                        len(kept),
+                        total,
+                        str(dtype).removeprefix("torch."),
+                        CPU_4BIT_IN_MULTIPLE,
+                        CPU_4BIT_OUT_MULTIPLE,
+                    )
+                    skip += [re.escape(n) for n in kept]  # transformers reads each entry as a regex
             if quantization == "8bit":
                 kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
             else:
@@ -161,7 +273,7 @@ class RewardModel:
                     bnb_4bit_compute_dtype=dtype,
                     llm_int8_skip_modules=skip,
                 )
-            kwargs["device_map"] = {"": device.index if device.type == "cuda" else str(device)}
+            kwargs["device_map"] = device_map_for(device)
         try:
             model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
         except OSError as err:
@@ -169,7 +281,9 @@ class RewardModel:
         if quantization is None:
             model = model.to(device)
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
-        return cls(model, processor, family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
+        rm = cls(model, processor, family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
+        rm.trained_for = read_trained_for(local) if local.is_dir() else None
+        return rm
 
     @classmethod
     def _from_adapter(cls, folder: Path, dtype, device, quantization, trust_remote_code, answer_tokens, prefix_cache):
@@ -190,7 +304,9 @@ class RewardModel:
         model = model.merge_and_unload() if quantization is None else model
         has_processor = any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json"))
         processor = AutoProcessor.from_pretrained(str(folder)) if has_processor else rm.processor
-        return cls(model, processor, rm.family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
+        adapted = cls(model, processor, rm.family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
+        adapted.trained_for = read_trained_for(folder)
+        return adapted
 
     @property
     def device(self) -> torch.device:
@@ -567,6 +683,13 @@ class RewardModel:
         """
         return image_inputs(self.processor, [t.float() for t in images], self.family.name)
 
+    def _differentiable_read(self, texts: list[str], tensors: list[list[torch.Tensor]], context: RewardContext):
+        """(p_yes, margin) of items whose images are ``[3, H, W]`` tensors, with gradients to those tensors."""
+        pil = [[load_image(t.detach(), name="pixels") for t in lst] for lst in tensors]
+        inputs = dict(self._process(texts, pil))
+        inputs.update(self.family.stack_image_inputs([self._differentiable_image_inputs(lst) for lst in tensors]))
+        return self._read(self._last_hidden(inputs), context)
+
     def reward(
         self,
         pixels: torch.Tensor,
@@ -578,11 +701,18 @@ class RewardModel:
         """Differentiable reward for generated pixels ``[B, 3, H, W]`` in [0, 1]: float32 ``[B]``.
 
         Preprocessing (resize, normalise, patchify) runs in torch so gradients reach ``pixels``. ``output`` is
-        ``"p_yes"`` (default), ``"margin"`` or ``"log_p"`` (log P(yes)). ``references`` make it pairwise.
+        ``"p_yes"`` (default), ``"margin"`` or ``"log_p"`` (log P(yes)). ``references`` make it pairwise; then
+        ``context.average_orders`` also asks the swapped question and averages as :meth:`compare` does (``log_p``
+        is the log of the averaged ``p_yes``). ``cot="reasoning_first"`` needs decoding and is refused here.
         """
         if output not in ("p_yes", "margin", "log_p"):
             raise ValueError(f"output must be 'p_yes', 'margin' or 'log_p', got {output!r}")
         context = context or RewardContext()
+        if context.cot == "reasoning_first":
+            raise ValueError(
+                "context.cot='reasoning_first': reward() cannot decode the reasoning before the verdict; use "
+                "cot='none' or 'judgment_first' for a differentiable reward, or score() / compare()"
+            )
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise ImageError(f"pixels: expected a [B, 3, H, W] tensor in [0, 1], got {shape}")
@@ -600,12 +730,12 @@ class RewardModel:
                 for k, r in enumerate(refs)
             ]
         tensors = [ctx_t + ([ref_t[i]] if pairwise else []) + [cands[i]] for i in range(len(cands))]
-        pil = [[load_image(t.detach(), name="pixels") for t in lst] for lst in tensors]
-        inputs = self._process(texts, pil)
-        per_sample = [self._differentiable_image_inputs(lst) for lst in tensors]
-        inputs = dict(inputs)
-        inputs.update(self.family.stack_image_inputs(per_sample))
-        p, m = self._read(self._last_hidden(inputs), context)
+        p, m = self._differentiable_read(texts, tensors, context)
+        if pairwise and context.average_orders:
+            # the swapped question: is the reference better than the candidate? p -> (p + 1 - p_swapped) / 2
+            swapped = [ctx_t + [cands[i], ref_t[i]] for i in range(len(cands))]
+            p_swapped, m_swapped = self._differentiable_read(texts, swapped, context)
+            p, m = (p + 1.0 - p_swapped) / 2, (m - m_swapped) / 2
         if output == "margin":
             return m
         if output == "log_p":

@@ -98,8 +98,9 @@ def test_skip_bad_reports_and_keeps_the_rest(shapes_dir, expected, tiny_vlm, tmp
     assert "skipped 4 bad items" in err
     bad_ids = {recs[i]["id"] for i in (1, 2, 3)}
     logged = _rows(Path(str(out) + ".errors.jsonl"))
-    assert {b["id"] for b in logged} == bad_ids
-    assert any("context" in b["error"] for b in logged)
+    assert {b["id"] for b in logged if "id" in b} == bad_ids
+    assert [b["line"] for b in logged if "id" not in b] == [11]  # the malformed manifest line is logged too
+    assert any("context" in b["error"] and b["error"].startswith(recs[3]["id"]) for b in logged)
     rows = _rows(out)
     assert sorted(r["id"] for r in rows) == sorted(set(expected) - bad_ids)
     for r in rows:

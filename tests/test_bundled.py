@@ -155,22 +155,75 @@ def test_the_wheel_carries_the_bundled_weights(tmp_path):
                 assert f"rewarddance/bundled/{name}/{f.relative_to(bundled_path(name)).as_posix()}" in names
 
 
-def test_demo_refl_reports_before_and_after(tmp_path):
-    """A few ReFL steps of the bundled generator with the bundled judge: the LoRA is trained, loaded and measured on
-    the same held-out prompts and seeds (the improvement of a full run is in benchmarks/RESULTS.md)."""
-    from rewarddance.demo import run_refl_demo
+def test_demo_refl_reports_before_and_after_once_with_progress(tmp_path, capsys, monkeypatch):
+    """`rewarddance demo --refl` with a few ReFL steps of the bundled generator with the bundled judge: the LoRA is
+    trained, loaded and measured on the same held-out prompts and seeds (the improvement of a full run is in
+    benchmarks/RESULTS.md). The result is printed once; stage lines and the training's progress bar go to stderr."""
+    import rewarddance.demo as demo
+    from rewarddance.cli import main
 
-    res = run_refl_demo("shapes-m", "shapes-gen", tmp_path / "refl", steps=3, eval_prompts=6, log=print)
-    print(res)
+    real, results = demo.run_refl_demo, []
+
+    def recording(*args, **kw):
+        results.append(real(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(demo, "run_refl_demo", recording)
+    args = ["demo", "--n", "2", "--no-search", "--out", str(tmp_path / "grid.png"), "--refl", "--refl-steps", "3"]
+    assert main([*args, "--refl-prompts", "6", "--refl-dir", str(tmp_path / "refl")]) == 0
+    out, err = capsys.readouterr()
+    print(out)
+    (res,) = results
     assert res["before"]["images"] == res["after"]["images"] == 12
     assert res["before"]["p_yes"] != res["after"]["p_yes"]  # the trained LoRA changed the samples
     assert (tmp_path / "refl" / "lora").is_dir() and (tmp_path / "refl" / "metrics.csv").exists()
+    assert [line for line in out.splitlines() if "ReFL" in line] == [
+        f"ReFL (3 steps, 6 held-out prompts x 2 images): verifier alignment {100 * res['before']['alignment']:.1f}% "
+        f"-> {100 * res['after']['alignment']:.1f}%, mean P(yes) {res['before']['p_yes']:.3f} -> "
+        f"{res['after']['p_yes']:.3f}"
+    ]
+    assert "ReFL: sampling 6 held-out prompts x 2 images before training" in err
+    assert "refl: 100%" in err and "3/3" in err  # the training's progress bar
+    assert "search over paths" not in out  # --no-search: no row of NaN
+
+
+def test_demo_grid_is_crisp_and_says_what_its_marks_mean(tmp_path):
+    """Each 32 px candidate is shown as an exact 4x nearest-neighbour upscale (128 px of square pixels); above the
+    prompt's line a legend line explains ok / x, the box and the number; both lines are drawn at least 13 px tall
+    (Pillow's default 10 px font was hard to read)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from rewarddance.demo import PromptResult, save_grid
+
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 32, 32, generator=gen) for _ in range(3)]
+    row = PromptResult("colors", "a photo of a red square", images, [0.91, 0.2, 0.5], [True, False, False], best=0)
+    with Image.open(save_grid([row], tmp_path / "grid.png")) as im:
+        canvas = np.asarray(im.convert("RGB"))
+    tops = []
+    for img in images:
+        big = (img * 255).round().to(torch.uint8).permute(1, 2, 0).numpy().repeat(4, 0).repeat(4, 1)
+        ys, xs = np.nonzero((canvas == big[0, 0]).all(-1))
+        found = [y for y, x in zip(ys, xs) if np.array_equal(canvas[y : y + 128, x : x + 128], big)]
+        assert len(found) == 1
+        tops += found
+    inked = (canvas[: min(tops)] < 150).all(-1).any(1)  # rows above the images holding dark text pixels
+    bands, start = [], None
+    for y, dark in enumerate([*inked, False]):
+        if dark and start is None:
+            start = y
+        elif not dark and start is not None:
+            bands.append(y - start)
+            start = None
+    assert len(bands) == 2 and min(bands) >= 13, bands  # the legend line and the prompt line
 
 
 def test_generated_pairs_carry_the_verifiers_reasons(held_out, tmp_path):
     folder = held_out["generated"]
     rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rows) > 100
+    assert len(rows) >= 50  # 62: the strict verifier passes 6.1 % of the samples (217 pairs, 30 % before it)
     for row in rows[:30]:
         assert verify(folder / row["chosen"], row["prompt"]).passed
         verdict = verify(folder / row["rejected"], row["prompt"])

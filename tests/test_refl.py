@@ -132,6 +132,40 @@ def test_interrupted_run_resumes_exactly(smooth_rm, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+    # without eval_prompts the reward before / after is measured on training prompts (fixed seeds), and a resumed
+    # run reports the number its first part measured
+    assert straight["reward_on"].startswith("3 training prompts") and 0 < straight["reward_before"] < 1
+    assert resumed["reward_before"] == straight["reward_before"]
+    assert resumed["reward_after"] == pytest.approx(straight["reward_after"], abs=1e-6)
+
+
+def test_a_run_resumed_after_a_crash_logs_each_step_once(smooth_rm, tmp_path, monkeypatch, capsys):
+    """A crash in step 4 with the newest checkpoint at step 2 and step 3 in metrics.csv: the rerun says where it
+    resumes and metrics.csv holds each step once."""
+    import rewarddance.training.refl as refl
+
+    real, calls = refl.reward_of_prompt, []
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 7:  # the first rollout of step 4 (two a step)
+            raise RuntimeError("killed")
+        return real(*args, **kw)
+
+    def logged_steps() -> list[int]:
+        return [int(row.split(",")[0]) for row in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+
+    cfg = _cfg(tmp_path, max_steps=5, save_every=2, eval_prompts=[], eval_train_prompts=0)
+    monkeypatch.setattr(refl, "reward_of_prompt", crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm)
+    monkeypatch.setattr(refl, "reward_of_prompt", real)
+    assert logged_steps() == [1, 2, 3]
+    capsys.readouterr()
+    res = train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm)
+    assert "resuming from step 2" in capsys.readouterr().err
+    assert logged_steps() == [1, 2, 3, 4, 5]
+    assert res["reward_before"] is None and res["reward_on"].startswith("no reward measured: eval_prompts is empty")
 
 
 def test_pairwise_mode_and_pretraining_loss(smooth_rm, tmp_path):
@@ -333,7 +367,8 @@ def test_fsdp_trains_like_ddp_and_resumes(tiny_vlm, tmp_path, launch_two, json_o
 
     launch("resumed", 29543, distributed="fsdp", max_steps=2)
     resumed = launch("resumed", 29544, distributed="fsdp")
-    assert resumed["row"]["step"] == 3 and resumed["row"]["reward_before"] is None  # it went on from step 2
+    assert resumed["row"]["step"] == 3  # it went on from step 2, and reports the reward its first part measured
+    assert resumed["row"]["reward_before"] == pytest.approx(fsdp["row"]["reward_before"], rel=1e-6)
     assert len((tmp_path / "resumed" / "metrics.csv").read_text().splitlines()) == 4  # header + 2 + 1 steps
     worst = max((resumed["lora"][k] - fsdp["lora"][k]).abs().max().item() for k in fsdp["lora"])
     print(f"FSDP resumed vs straight: largest difference {worst:.2e}")

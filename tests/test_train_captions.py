@@ -77,6 +77,51 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tiny_vlm, scenes,
     assert b["checksum"] == pytest.approx(a["checksum"], rel=1e-9)
 
 
+def _logged_steps(out: Path) -> list[int]:
+    return [int(row.split(",")[0]) for row in (out / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def test_a_run_resumed_after_a_crash_logs_each_step_once(tiny_vlm, scenes, tmp_path, monkeypatch, capsys):
+    """A crash in step 6, after rows past the newest checkpoint (step 3) were written: the rerun says where it
+    resumes, runs steps 4-7 again and metrics.csv holds each step once (also when max_steps is not a multiple of
+    log_every)."""
+    import rewarddance.training.caption as caption
+
+    real, calls = caption.caption_loss, []
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("killed")
+        return real(*args, **kw)
+
+    cfg = _cfg(tiny_vlm("llava", init_std=0.02), scenes, tmp_path / "o", max_steps=7, save_every=3, log_every=2)
+    monkeypatch.setattr(caption, "caption_loss", crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_captions(cfg, progress=False)
+    monkeypatch.setattr(caption, "caption_loss", real)
+    assert _logged_steps(tmp_path / "o") == [1, 2, 3, 4]  # step 4 ran after the last checkpoint
+    capsys.readouterr()
+    res = train_captions(cfg, progress=False)
+    assert "resuming from step 3" in capsys.readouterr().err
+    assert [h["step"] for h in res["history"]] == [4, 5, 6, 7]
+    assert _logged_steps(tmp_path / "o") == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_rows_after_the_checkpoint_are_dropped_from_metrics_and_eval_files(tmp_path):
+    from rewarddance.training.metrics import append_csv, drop_rows_after
+
+    csv_path = tmp_path / "metrics.csv"
+    append_csv(csv_path, [{"step": s, "loss": 1.0 / s} for s in range(1, 6)])
+    assert drop_rows_after(csv_path, 3) == 2
+    assert csv_path.read_text().splitlines() == ["step,loss", "1,1.0", "2,0.5", "3,0.3333333333333333"]
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text('{"step": 2, "id": {}}\n{"step": 4, "id": {}}\n{"step": 6, "i')  # the last line torn by a kill
+    assert drop_rows_after(evals, 3) == 2 and evals.read_text() == '{"step": 2, "id": {}}\n'
+    assert drop_rows_after(csv_path, 0) == 3 and not csv_path.exists()  # a fresh start begins a new file
+    assert drop_rows_after(tmp_path / "none.csv", 0) == 0
+
+
 def test_bad_rows_are_named_or_skipped(scenes, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(scenes, bad)

@@ -105,7 +105,58 @@ def test_ece_and_eval_metrics(rm_cache, pairs_dir):
     assert expected_calibration_error(torch.tensor([0.9, 0.9]), torch.tensor([0.0, 0.0])) == pytest.approx(0.9)
     pairs, _ = read_pairs(pairs_dir)
     res = evaluate_pairs(rm_cache(FAMILY), pairs[:4], "pairwise")
-    assert res["pairs"] == 4 and 0 <= res["accuracy"] <= 1 and 0 <= res["position_bias_rate"] <= 1
+    assert res["pairs"] == 4 and set(res) == {"pairs", "accuracy", "ece", "position_bias_rate"}
+
+
+class _PlantedJudge:
+    """Answers with planted numbers per pair: ``compare`` gives ``fwd[k]`` when pair k's chosen image is image 2
+    and ``bwd[k]`` when its rejected one is; ``score`` gives ``(p, margin)`` of pair k's chosen or rejected image."""
+
+    def __init__(self, pairs, fwd=(), bwd=(), chosen=(), rejected=()):
+        from rewarddance.training.data import load_pair_images
+
+        self.table = {}
+        for k, pair in enumerate(pairs):
+            c, r = load_pair_images(pair)
+            self.table[c.tobytes()] = (fwd[k] if fwd else None, chosen[k] if chosen else None)
+            self.table[r.tobytes()] = (bwd[k] if bwd else None, rejected[k] if rejected else None)
+
+    def compare(self, images, references, prompts, context=None):
+        from rewarddance.model import RewardOutput
+
+        p = torch.tensor([self.table[im.tobytes()][0] for im in images])
+        return RewardOutput(p_yes=p, margin=p.logit())
+
+    def score(self, images, prompts, context=None):
+        from rewarddance.model import RewardOutput
+
+        p, m = zip(*(self.table[im.tobytes()][1] for im in images))
+        return RewardOutput(p_yes=torch.tensor(p), margin=torch.tensor(m))
+
+
+def test_eval_metrics_of_planted_answers(pairs_dir):
+    """Accuracy, ECE and position bias computed from known answers, over chunks of 3 pairs. The planted values sit
+    inside the ECE's 0.05-wide bins, away from their edges, and no bin holds both right and wrong answers."""
+    import math
+
+    pairs = read_pairs(pairs_dir)[0][:5]
+    # pairwise: right when (fwd + 1 - bwd) / 2 > 0.5: pairs 0, 1, 3 (fwd > 0.5 alone would also count pair 4); the
+    # verdict stays put under the swap (biased) for pairs 1, 2, 4. ECE of fwd + bwd against labels 11111 00000:
+    # confidences .92 .82 .73 .62 .57 | .83 .72 .63 .88 .67, right: 1 1 0 1 1 | 1 0 1 1 0 -> (.08 + .18 + .73 + .38
+    # + .43 + .17 + .72 + .37 + .12 + .67) / 10 = 0.385
+    judge = _PlantedJudge(pairs, fwd=[0.92, 0.82, 0.27, 0.62, 0.57], bwd=[0.17, 0.72, 0.37, 0.12, 0.67])
+    res = evaluate_pairs(judge, pairs, "pairwise", batch_size=3)
+    assert res["pairs"] == 5 and res["accuracy"] == 0.6 and res["position_bias_rate"] == 0.6
+    assert res["ece"] == pytest.approx(0.385, abs=1e-6)
+    # pointwise: right when P(yes | chosen) > P(yes | rejected): pairs 0, 1, 4 (the margins would say 0, 1, 3, 4);
+    # calibration of sigmoid(margin_c - margin_r) = .92 .82 .27 .62 .57 and complements: 2 x (.08 + .18 + .73 + .38
+    # + .43) / 10 = 0.36
+    gaps = [math.log(q / (1 - q)) for q in (0.92, 0.82, 0.27, 0.62, 0.57)]
+    chosen = [(0.6, g + 1.0) for g in gaps]
+    rejected = [(p, 1.0) for p in (0.3, 0.4, 0.6, 0.7, 0.5)]
+    res = evaluate_pairs(_PlantedJudge(pairs, chosen=chosen, rejected=rejected), pairs, "pointwise", batch_size=3)
+    assert res["accuracy"] == 0.6 and "position_bias_rate" not in res
+    assert res["ece"] == pytest.approx(0.36, abs=1e-6)
 
 
 def _train_cli(cfg_path: Path, *extra: str) -> subprocess.Popen:

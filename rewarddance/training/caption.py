@@ -27,7 +27,7 @@ from ..images import ImageError, load_image
 from ..kernels import selected_logprobs
 from ..model import RewardModel
 from . import loop
-from .config import config_from_yaml
+from .config import coerce_settings, config_from_yaml
 from .data import DataError, check_image_file, jsonl_lines
 from .loop import LM_TARGETS
 from .rm import encode_answers, save_reward_model
@@ -69,6 +69,7 @@ class CaptionTrainConfig:
     log_every: int = field(default=50, metadata={"help": "write metrics.csv every N steps"})
 
     def __post_init__(self):
+        coerce_settings(self)  # YAML's "1e-3" is a string: each value as its field's type
         if self.train not in ("all", "lm", "projector", "lora"):
             raise ValueError(f"CaptionTrainConfig: train must be all, lm, projector or lora, got {self.train!r}")
         if self.batch_size < 1 or self.max_steps < 1:

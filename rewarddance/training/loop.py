@@ -20,7 +20,7 @@ import torch
 from ..distributed import any_process, average_gradients, process_state
 from ..model import RewardModel
 from .checkpoint import StopFlag, list_checkpoints, load_checkpoint, save_checkpoint
-from .metrics import append_csv
+from .metrics import append_csv, drop_rows_after, say
 
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
@@ -110,7 +110,12 @@ def start(cfg, out: Path) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step = 0
     if cfg.resume and list_checkpoints(out / "checkpoints"):
-        step = load_checkpoint(list_checkpoints(out / "checkpoints")[-1], module, optimizer, scheduler)["step"]
+        newest = list_checkpoints(out / "checkpoints")[-1]
+        step = load_checkpoint(newest, module, optimizer, scheduler)["step"]
+        if rank == 0:
+            say(f"resuming from step {step} ({newest})")
+    if rank == 0:  # rows of steps after the checkpoint were written by the run that stopped: they run again
+        drop_rows_after(out / "metrics.csv", step)
     return Run(rm, module, params, optimizer, scheduler, step, state, rank, world)
 
 
@@ -129,6 +134,7 @@ def run(
     from tqdm.auto import tqdm
 
     history: list[dict] = []
+    written = 0  # rows of history already in metrics.csv
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc=desc, disable=not progress)
     with StopFlag() as flag:
         while run.step < cfg.max_steps:
@@ -147,12 +153,16 @@ def run(
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             if run.rank == 0 and cfg.log_every and (run.step % cfg.log_every == 0 or run.step == cfg.max_steps):
-                append_csv(out / "metrics.csv", history[-cfg.log_every :])
+                append_csv(out / "metrics.csv", history[written:])
+                written = len(history)
             if after_step is not None and run.step < cfg.max_steps:
                 after_step(run.step)
             stop = any_process(flag.stop, run.state)
             if stop or run.step == cfg.max_steps or (cfg.save_every and run.step % cfg.save_every == 0):
                 if run.rank == 0:
+                    if cfg.log_every:  # every step up to a checkpoint is in metrics.csv
+                        append_csv(out / "metrics.csv", history[written:])
+                        written = len(history)
                     save_checkpoint(
                         out / "checkpoints",
                         run.step,

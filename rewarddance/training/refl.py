@@ -42,8 +42,8 @@ from .checkpoint import (
     load_trainable,
     save_checkpoint,
 )
-from .config import config_from_yaml
-from .metrics import append_csv
+from .config import coerce_settings, config_from_yaml
+from .metrics import append_csv, drop_rows_after, say
 
 MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
 LOSSES = ("hinge", "log")
@@ -57,11 +57,19 @@ class ReFLConfig:
 
     pretrained: str = field(metadata={"help": "diffusers folder, hub id, single file (.safetensors), shapes-gen"})
     reward_model: str = field(metadata={"help": "reward model: a Hugging Face id, a local folder or shapes-s/m/l"})
-    prompts: list = field(metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"})
+    prompts: list[str] | str = field(
+        metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"}
+    )
     output_dir: str = field(metadata={"help": "checkpoints, metrics.csv, samples and the LoRA go here"})
     model_type: str = field(default="auto", metadata={"help": "auto, sd, sdxl, sd3 or flux (single files need it)"})
     single_file_config: str | None = field(default=None, metadata={"help": "diffusers folder/id for a single file"})
-    eval_prompts: list = field(default_factory=list, metadata={"help": "held-out prompts for the reward curve"})
+    eval_prompts: list[str] | str = field(
+        default_factory=list, metadata={"help": "held-out prompts for the reward before / after (a list or a file)"}
+    )
+    eval_train_prompts: int = field(
+        default=4,
+        metadata={"help": "without eval_prompts: score this many training prompts before / after instead (0: none)"},
+    )
     mode: str = field(default="pointwise", metadata={"help": "pointwise, or pairwise against cached references"})
     references: str | None = field(default=None, metadata={"help": "folder written by build_references (pairwise)"})
     loss: str = field(default="hinge", metadata={"help": "hinge: relu(hinge_margin - r); log: -log r"})
@@ -74,12 +82,14 @@ class ReFLConfig:
     )
     quantization: str | None = field(default=None, metadata={"help": "reward model in None, 8bit or 4bit"})
     num_inference_steps: int = field(default=30, metadata={"help": "length of the sampling schedule"})
-    stop_range: list = field(default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"})
+    stop_range: list[int] = field(
+        default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"}
+    )
     guidance_scale: float | None = field(default=None, metadata={"help": "CFG scale; None: the pipeline default"})
     resolution: int | None = field(default=None, metadata={"help": "image side in px; None: the pipeline default"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha"})
-    lora_targets: list = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
+    lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
     batch_size: int = field(default=2, metadata={"help": "prompts per step"})
@@ -99,7 +109,7 @@ class ReFLConfig:
     eval_images: int = field(default=2, metadata={"help": "images per eval prompt"})
     sample_every: int = field(default=0, metadata={"help": "save a sample grid of eval prompts every N steps"})
     window: int = field(default=20, metadata={"help": "sliding window of the reward mean / std"})
-    trackers: list = field(
+    trackers: list[str] = field(
         default_factory=list,
         metadata={"help": "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow ... (files: logs/)"},
     )
@@ -116,6 +126,7 @@ class ReFLConfig:
         return config_from_yaml(cls, path, overrides)
 
     def __post_init__(self):
+        coerce_settings(self)  # YAML's "5e-5" is a string: each value as its field's type
         checks = [
             (self.model_type in MODEL_TYPES, f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"),
             (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
@@ -125,6 +136,7 @@ class ReFLConfig:
                 f"cot must be none or judgment_first (a reward read before any decoding), got {self.cot!r}",
             ),
             (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
+            (self.eval_train_prompts >= 0, f"eval_train_prompts must be 0 or more, got {self.eval_train_prompts}"),
             (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
             (self.distributed in ("ddp", "fsdp"), f"distributed must be ddp or fsdp, got {self.distributed!r}"),
@@ -207,6 +219,20 @@ def read_pretrain_folder(folder) -> list[tuple[torch.Tensor, str]]:
     if not items:
         raise ValueError(f"{manifest}: no items")
     return items
+
+
+def reward_prompts(cfg: ReFLConfig, prompts: list[str]) -> tuple[list[str], str]:
+    """The prompts scored before and after training (``cfg.eval_images`` images each, fixed seeds) and a line
+    saying what they are: ``eval_prompts`` when given, else ``eval_train_prompts`` training prompts spread over the
+    list (not held out, so the gain on them is an upper bound), else none and why."""
+    if cfg.eval_prompts:
+        chosen = read_prompts(cfg.eval_prompts)
+        return chosen, f"{len(chosen)} eval_prompts x {cfg.eval_images} images"
+    n = min(cfg.eval_train_prompts, len(prompts))
+    if n <= 0:
+        return [], "no reward measured: eval_prompts is empty and eval_train_prompts is 0"
+    chosen = [prompts[i * len(prompts) // n] for i in range(n)]
+    return chosen, f"{n} training prompts x {cfg.eval_images} images (no eval_prompts given; not held out)"
 
 
 def add_lora(denoiser, cfg: ReFLConfig) -> list[torch.nn.Parameter]:
@@ -368,7 +394,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     # --- everything that can be wrong with the config fails here, before any training
     out = Path(cfg.output_dir)
     prompts = read_prompts(cfg.prompts)
-    eval_prompts = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else []
+    eval_prompts, reward_on = reward_prompts(cfg, prompts)
     refs = None
     if cfg.mode == "pairwise":
         ref_dir = Path(cfg.references)
@@ -445,14 +471,22 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     out.mkdir(parents=True, exist_ok=True)
     if main:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
-    step = 0
+    step, resumed = 0, {}
     if resume_from is not None:
-        step = load_checkpoint(resume_from, denoiser, optimizer, scheduler, sharded=fsdp)["step"]
+        resumed = load_checkpoint(resume_from, denoiser, optimizer, scheduler, sharded=fsdp)
+        step = resumed["step"]
+        if main:
+            say(f"resuming from step {step} ({resume_from})")
+    if main:  # rows of steps after the checkpoint were written by the run that stopped: they run again
+        drop_rows_after(out / "metrics.csv", step)
 
     def checkpoint() -> None:  # every process calls it: under FSDP they gather the state together
         full = gather_full_state(denoiser, optimizer) if fsdp else None
         if main:
-            save_checkpoint(ckpt_dir, step, denoiser, optimizer, scheduler, keep=cfg.keep_checkpoints, full_state=full)
+            extra = {"reward_before": reward_before}  # a resumed run reports the reward its first part measured
+            save_checkpoint(
+                ckpt_dir, step, denoiser, optimizer, scheduler, extra=extra, keep=cfg.keep_checkpoints, full_state=full
+            )
 
     size = cfg.resolution
     sampler_cfg = SamplerConfig(
@@ -486,7 +520,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         else contextlib.nullcontext()
     )
     trackers = open_trackers(cfg, out) if main else []
-    reward_before = evaluate("") if step == 0 else None
+    reward_before = evaluate("") if step == 0 else resumed.get("reward_before")
     window: deque = deque(maxlen=cfg.window)
     history, nan_run, nan_total = [], 0, 0
     metrics = out / "metrics.csv"
@@ -590,6 +624,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         "step": step,
         "reward_before": reward_before,
         "reward_after": reward_after,
+        "reward_on": reward_on,
         "history": history,
         "lora": str(lora_dir),
         "nan_skipped": nan_total,

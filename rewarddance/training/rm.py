@@ -31,12 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from ..context import RewardContext
+from ..judge_info import TrainedFor, write_trained_for
 from ..kernels import selected_logprobs, yes_prob
 from ..model import RewardModel
 from . import loop
-from .config import config_from_yaml
+from .config import coerce_settings, config_from_yaml
 from .data import PreferencePair, iter_pairs, load_pair_images, read_pairs, stream_pairs
 from .loop import LM_TARGETS
+from .metrics import drop_rows_after
 
 OBJECTIVES = ("pointwise", "pairwise")
 TRAIN_PARTS = ("lora", "projector", "lm", "all")
@@ -50,7 +52,7 @@ class RMTrainConfig:
     model: str = field(metadata={"help": "base VLM: a Hugging Face id or a local folder"})
     data: str = field(metadata={"help": "training pairs: a pairs.jsonl file or a folder holding one"})
     output_dir: str = field(metadata={"help": "checkpoints, metrics.csv and the final model go here"})
-    eval_data: dict = field(
+    eval_data: dict[str, str] = field(
         default_factory=dict, metadata={"help": "name -> pairs file/folder, e.g. {id: ..., ood: ...}"}
     )
     objective: str = field(default="pairwise", metadata={"help": "pointwise (BT + weighted CE) or pairwise"})
@@ -89,6 +91,7 @@ class RMTrainConfig:
     log_every: int = field(default=10, metadata={"help": "write metrics.csv every N steps"})
 
     def __post_init__(self):
+        coerce_settings(self)  # YAML's "5e-5" is a string: each value as its field's type
         checks = [
             (self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}"),
             (self.train in TRAIN_PARTS, f"train must be one of {TRAIN_PARTS}, got {self.train!r}"),
@@ -291,8 +294,14 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def save_reward_model(rm: RewardModel, out_dir: str | os.PathLike, merge: bool = True) -> Path:
-    """Save so that ``RewardModel.from_pretrained(out_dir)`` loads it: merged weights, or base + LoRA adapter."""
+def save_reward_model(
+    rm: RewardModel, out_dir: str | os.PathLike, merge: bool = True, trained_for: TrainedFor | None = None
+) -> Path:
+    """Save so that ``RewardModel.from_pretrained(out_dir)`` loads it: merged weights, or base + LoRA adapter.
+
+    ``trained_for`` (how the judge was trained to be asked) goes to ``rewarddance.json`` beside the weights, where
+    ``RewardModel.trained_for`` and the command line read it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = rm.model
@@ -306,6 +315,9 @@ def save_reward_model(rm: RewardModel, out_dir: str | os.PathLike, merge: bool =
     else:
         model.save_pretrained(out, safe_serialization=True)
     rm.processor.save_pretrained(out)
+    if trained_for is not None:
+        write_trained_for(out, trained_for)
+        rm.trained_for = trained_for
     return out
 
 
@@ -322,6 +334,8 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
         pairs, skipped = read_pairs(cfg.data, skip_bad=cfg.skip_bad)
     evals = {name: read_pairs(path, skip_bad=cfg.skip_bad)[0] for name, path in cfg.eval_data.items()}
     run = loop.start(cfg, out)
+    if run.rank == 0:  # evaluations after the checkpoint run again
+        drop_rows_after(out / "eval.jsonl", run.step)
     rm, context = run.rm, RewardContext(task=cfg.task, cot=cfg.cot)
     results: dict = {}
 
@@ -360,7 +374,8 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     if evals:
         results = evaluate(run.step)
     if run.rank == 0:
-        save_reward_model(rm, out / "final", merge=cfg.merge)
+        trained_for = TrainedFor(objective=cfg.objective, cot=cfg.cot, task=cfg.task)
+        save_reward_model(rm, out / "final", merge=cfg.merge, trained_for=trained_for)
     if run.state:
         run.state.wait_for_everyone()
     return {
