@@ -28,8 +28,8 @@ def child(kind: str, steps: int, checkpointing: bool, device: str = "cpu") -> di
     import torch
 
     from rewarddance import RewardModel
-    from rewarddance.tiny import build_tiny_vlm
-    from rewarddance.tiny_diffusion import build_tiny_pipeline
+    from rewarddance.testing.tiny import build_tiny_vlm
+    from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
     from rewarddance.training.refl import ReFLConfig, train_refl
 
     torch.set_num_threads(2)

@@ -113,7 +113,7 @@ def build_model(arch: Arch, out_dir: Path, seed: int = 0) -> Path:
     """Save a random Idefics3 model of ``arch`` with the offline tokenizer and a one-tile processor."""
     import transformers as tf
 
-    from rewarddance.tiny import build_tokenizer
+    from rewarddance.testing.tiny import build_tokenizer
 
     tokenizer = build_tokenizer("idefics3")
     tid = tokenizer.convert_tokens_to_ids
@@ -238,7 +238,7 @@ class Floor:
 
         self.rm, self.pairwise = rm, pairwise
         self.context = RewardContext()
-        base = rm._base
+        base = rm.backbone
         self.base, self.text_model = base, base.text_model
         self.image_token = base.config.image_token_id
         around = rm.tokenizer.convert_tokens_to_ids("<fake_token_around_image>")
@@ -261,9 +261,9 @@ class Floor:
 
         self.ref_pixels = pixels(items[0], 0) if pairwise else None
         self.cand_pixels = [pixels(it, it["pixel_values"].shape[1] - 1) for it in items]
-        from rewarddance.model import _cache_kwarg
+        from rewarddance.prefix import cache_kwarg
 
-        self.cache_arg = _cache_kwarg(self.text_model)
+        self.cache_arg = cache_kwarg(self.text_model)
         self.parts: dict[str, float] = {}
 
     def _features(self, px) -> torch.Tensor:
@@ -304,7 +304,7 @@ class Floor:
         out = self.text_model(
             inputs_embeds=suffix_emb, attention_mask=mask, use_cache=True, **{self.cache_arg: expanded}
         )
-        p, m = self.rm._read(out.last_hidden_state[:, -1], self.context)
+        p, m = self.rm.read(out.last_hidden_state[:, -1], self.context)
         sync(dev)
         t2 = time.perf_counter()
         self.parts = {"vision": t1 - t0, "text": t2 - t1}
@@ -425,8 +425,8 @@ def profile_cached(rm, cands, ref, pairwise: bool) -> dict:
     with contextlib.ExitStack() as stack:
         stack.enter_context(patched(proc_cls, "__call__", "processor (all calls)"))
         stack.enter_context(patched(ip_cls, "__call__", "  of which image preprocessing"))
-        stack.enter_context(patched(rm._base, "get_image_features", "vision + connector"))
-        stack.enter_context(patched(rm._base.text_model, "forward", "text model"))
+        stack.enter_context(patched(rm.backbone, "get_image_features", "vision + connector"))
+        stack.enter_context(patched(rm.backbone.text_model, "forward", "text model"))
         t = time.perf_counter()
         run_rm(rm, cands, ref, pairwise, True)
         total = time.perf_counter() - t

@@ -21,8 +21,8 @@ from rewarddance import RewardModel
 from rewarddance.guidance import RewardGuidanceCallback, run_guided
 from rewarddance.pipelines import SamplerConfig
 from rewarddance.search import best_of_n, search_over_paths, tournament
-from rewarddance.tiny import build_tiny_vlm
-from rewarddance.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny import build_tiny_vlm
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 
 PROMPT = "a red circle left of a blue square"
 

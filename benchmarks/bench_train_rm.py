@@ -36,7 +36,7 @@ def build(out: Path, vocab: int) -> None:
     from transformers import AutoModelForImageTextToText
 
     from rewarddance.shapes import write_dataset
-    from rewarddance.tiny import build_tiny_vlm
+    from rewarddance.testing.tiny import build_tiny_vlm
 
     build_tiny_vlm("llava", out / "model")
     model = AutoModelForImageTextToText.from_pretrained(out / "model")
@@ -52,11 +52,11 @@ def full_logits_loss(rm, items, cfg, context):
     from rewarddance.training.rm import encode_items
 
     inputs, verdict_pos, targets = encode_items(rm, items, context)
-    logits = rm.model(**rm._to_model(inputs), use_cache=False).logits.float()  # [B, T, V]
+    logits = rm.model(**rm.to_device(inputs), use_cache=False).logits.float()  # [B, T, V]
     logp = torch.log_softmax(logits, dim=-1)
     B = logp.shape[0]
     rows = logp[torch.arange(B), verdict_pos]
-    yes, no = rm._answer_ids(context)
+    yes, no = rm.verdict_ids(context)
     log_yes, log_no = rows[:, yes].logsumexp(-1), rows[:, no].logsumexp(-1)
     labels = torch.tensor([it.yes for it in items])
     ce = -torch.where(labels, log_yes, log_no).mean()
@@ -77,12 +77,12 @@ def gathered_logits_loss(rm, items, cfg, context):
     from rewarddance.training.rm import encode_items
 
     inputs, verdict_pos, targets = encode_items(rm, items, context)
-    hidden = rm._base(**rm._to_model(inputs), use_cache=False).last_hidden_state  # [B, T, H]
+    hidden = rm.hidden_states(inputs)  # [B, T, H]
     B = hidden.shape[0]
     keep = targets != -100
     rows = torch.cat([hidden[torch.arange(B), verdict_pos], hidden[keep]])  # [B + K, H]
-    logp = torch.log_softmax(F.linear(rows, rm._head_weight, rm._head_bias).float(), dim=-1)  # [B + K, V]
-    yes, no = rm._answer_ids(context)
+    logp = torch.log_softmax(F.linear(rows, *rm.head(trainable=True)).float(), dim=-1)  # [B + K, V]
+    yes, no = rm.verdict_ids(context)
     log_yes, log_no = logp[:B, yes].logsumexp(-1), logp[:B, no].logsumexp(-1)
     labels = torch.tensor([it.yes for it in items])
     ce = -torch.where(labels, log_yes, log_no).mean()

@@ -2,8 +2,8 @@
 
     python benchmarks/remeasure_cards.py [--work /tmp/remeasure]
 
-The generator's alignment (``bundled.train.measure_generator``, the card's prompts and seed) and each judge's
-accuracy on the held-out pairs of the generator's samples (``bundled.train.eval_data`` labels them with the
+The generator's alignment (``recipes.shapes.measure_generator``, the card's prompts and seed) and each judge's
+accuracy on the held-out pairs of the generator's samples (``recipes.shapes.eval_data`` labels them with the
 verifier at the time it runs, as ``tests/test_bundled.py`` does) depend on the verifier. This rewrites those numbers
 in ``card.json`` and the ``README.md`` rendered from it, keeps the numbers they replace under ``remeasured.before``
 (the first time only), and says in the card's note that the judges' training pairs were labelled by the verifier of
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rewarddance.bundled import GENERATOR, REWARD_MODELS, available, bundled_path, card, load_generator
-from rewarddance.bundled.train import eval_data, measure_generator, measure_rm, write_card
+from rewarddance.recipes.shapes import eval_data, measure_generator, measure_rm, write_card
 
 VERIFIER = "strict (a clean scene and the prompt; rewarddance.shapes.verify, issue 19)"
 

@@ -11,7 +11,7 @@ For every bundled reward model (``shapes-s``, ``shapes-m``, ``shapes-l``: one ar
   reward-hacking signal: a larger RM keeps a higher variance late in training).
 
 Ablations, each against the bundled judge of ``--ablation-size`` (the same recipe from the same caption-pretrained
-base; the changed judges are trained into ``--work`` by ``rewarddance.bundled.train.train_variant`` when missing):
+base; the changed judges are trained into ``--work`` by ``rewarddance.recipes.shapes.train_variant`` when missing):
 
 - ``pairwise``: a pairwise judge (reference image + candidate) vs the pointwise one: accuracy, and ReFL against
   references cached from best-of-16 by the pairwise judge's tournament, the top 2 vs the bottom 2 (Tables 7 and 8);
@@ -44,9 +44,9 @@ import torch
 
 from rewarddance import RewardContext, RewardModel
 from rewarddance.bundled import REWARD_MODELS, available, bundled_path, card, generator_defaults, load_generator
-from rewarddance.bundled.train import eval_data, measure_rm, train_variant
 from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts, refl_config, sample_prompts
 from rewarddance.pipelines import SamplerConfig
+from rewarddance.recipes.shapes import eval_data, measure_rm, train_variant
 from rewarddance.search import build_references, load_references, search_over_paths
 from rewarddance.shapes import verify
 from rewarddance.training.refl import train_refl

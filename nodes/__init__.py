@@ -128,7 +128,8 @@ class CompareImages(io.ComfyNode):
             node_id="RewardDanceCompareImages",
             display_name="Compare Images",
             category=CATEGORY,
-            description="P(image b is better than image a) for the prompt, and the winner of each pair.",
+            description="P(image b is better than image a) for the prompt (Bradley-Terry on the two scores for a "
+            "judge trained pointwise), the winner of each pair, and a table naming how the judge was asked.",
             inputs=[
                 _rm_input(),
                 io.Image.Input("image_a", tooltip="image 1 (the reference)"),
@@ -139,13 +140,14 @@ class CompareImages(io.ComfyNode):
             outputs=[
                 io.Float.Output(display_name="p_b_better", is_output_list=True),
                 io.Image.Output(display_name="winner"),
+                io.String.Output(display_name="details"),
             ],
         )
 
     @classmethod
     def execute(cls, reward_model, image_a, image_b, prompt, context=None) -> io.NodeOutput:
-        p, winners = rd.compare_images(reward_model, image_a, image_b, prompt, context)
-        return io.NodeOutput(p, winners)
+        p, winners, details = rd.compare_images(reward_model, image_a, image_b, prompt, context)
+        return io.NodeOutput(p, winners, details)
 
 
 class BestOfNSelect(io.ComfyNode):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .distributed import process_state, sum_over_processes
 from .images import MAX_IMAGE_PIXELS, ImageError, load_image
+from .manifest import read_jsonl
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST = "manifest.jsonl"
@@ -58,34 +59,26 @@ class BatchReport:
 def _record_items(path: Path, prompt: str | None, reference: str | None, bad: list[dict]) -> list[BatchItem]:
     root = path.parent
     items, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                bad.append({"line": lineno, "error": f"{where}: not valid JSON ({err.msg})"})
-                continue
-            if not isinstance(rec, dict) or "image" not in rec:
-                bad.append({"line": lineno, "error": f"{where}: expected a JSON object with an 'image' field"})
-                continue
-            item_id = str(rec.get("id", rec["image"]))
-            if item_id in seen:
-                raise BatchInputError(f"{where}: id {item_id!r} already used on line {seen[item_id]}")
-            seen[item_id] = lineno
-            ref = rec.get("reference", reference)
-            extra = tuple((k, rec[k]) for k in ("category", "split") if k in rec)
-            items.append(
-                BatchItem(
-                    id=item_id,
-                    image=str(root / rec["image"]),
-                    prompt=rec.get("prompt", prompt),
-                    reference=None if ref is None else str(root / ref if "reference" in rec else ref),
-                    extra=extra,
-                )
+    for lineno, rec in read_jsonl(path, skip_bad=True, bad=bad):
+        where = f"{path}:{lineno}"
+        if "image" not in rec:
+            bad.append({"line": lineno, "error": f"{where}: expected a JSON object with an 'image' field"})
+            continue
+        item_id = str(rec.get("id", rec["image"]))
+        if item_id in seen:
+            raise BatchInputError(f"{where}: id {item_id!r} already used on line {seen[item_id]}")
+        seen[item_id] = lineno
+        ref = rec.get("reference", reference)
+        extra = tuple((k, rec[k]) for k in ("category", "split") if k in rec)
+        items.append(
+            BatchItem(
+                id=item_id,
+                image=str(root / rec["image"]),
+                prompt=rec.get("prompt", prompt),
+                reference=None if ref is None else str(root / ref if "reference" in rec else ref),
+                extra=extra,
             )
+        )
     return items
 
 

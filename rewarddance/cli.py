@@ -1,4 +1,13 @@
-"""Command line: ``rewarddance score`` and ``rewarddance compare``.
+"""Command line ``rewarddance``, eight commands:
+
+- ``score``: pointwise P(yes) of images for a prompt (or pairwise against ``--reference``), or a resumable batch job
+  over a JSONL manifest or a folder (``--input``, ``--output``);
+- ``compare``: P(image B is better than image A) for a prompt;
+- ``train-rm``, ``train-captions``, ``train-refl``: the trainers, each from a YAML config with ``--key value``
+  overrides;
+- ``eval-rm``: accuracy, calibration and position bias of a judge on preference pairs;
+- ``shapes``: ShapesWorld, an offline GenEval (``shapes make`` renders data, ``shapes eval`` verifies images);
+- ``demo``: generate, judge and choose with the bundled models, offline.
 
 Heavy imports (torch, transformers) happen inside the commands so that ``rewarddance --help`` is quick.
 """
@@ -282,7 +291,7 @@ def cmd_eval_rm(args) -> int:
     ctx = RewardContext(task=args.task, cot=args.cot)  # a bad --task or --cot fails before anything loads
     pairs, skipped = read_pairs(args.data, skip_bad=args.skip_bad)
     rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
-    result = evaluate_pairs(rm, pairs, objective, ctx, args.batch_size)
+    result = evaluate_pairs(rm, pairs, objective, ctx, args.batch_size, max_pixels=args.max_pixels)
     result["objective"] = objective
     result["skipped"] = skipped
     print(json.dumps(result))
@@ -341,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cot", default=None, help="chain of thought mode; default: what the judge was trained with")
     ev.add_argument("--batch-size", type=int, default=16, help="pairs per batch")
     ev.add_argument("--skip-bad", action="store_true", help="skip unreadable pairs and report them")
+    ev.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this (default: rewarddance.images.MAX_IMAGE_PIXELS, 100 million)",
+    )
     ev.add_argument("--dtype", default=None, help="torch dtype")
     ev.add_argument("--device", default=None, help="cpu, cuda ...")
     ev.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantisation")

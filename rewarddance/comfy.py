@@ -7,6 +7,7 @@ ComfyUI's IMAGE is ``[B, H, W, C]`` float in [0, 1]; the library takes ``[B, 3, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,10 @@ from pathlib import Path
 import torch
 
 from .context import RewardContext
+from .judge_info import mismatches
 from .search import tournament
+
+log = logging.getLogger(__name__)
 
 MODELS_FOLDER = "rewarddance"  # ComfyUI's models/rewarddance
 QUANTIZATION = ("none", "8bit", "4bit")
@@ -158,8 +162,18 @@ def score_images(rm, image: torch.Tensor, prompt: str, context: dict | None = No
     return scores, image[order], "\n".join(lines), reasons
 
 
+def _judge_name(rm) -> str:
+    return getattr(getattr(getattr(rm, "model", None), "config", None), "_name_or_path", "") or "the reward model"
+
+
 def compare_images(rm, a: torch.Tensor, b: torch.Tensor, prompt: str, context: dict | None = None):
-    """P(b better than a) per pair (a batch of one is paired with every image of the other), and the winners."""
+    """P(b better than a) per pair (a batch of one is paired with every image of the other), the winners, and a
+    text table that names how the judge was asked.
+
+    A judge trained pointwise (``rm.trained_for``, from its ``rewarddance.json``) scores each image on its own and
+    the pair is compared by Bradley-Terry on the margins, sigmoid(margin_b - margin_a), as ``rewarddance compare``
+    does; any other judge is asked "is image 2 (b) better than image 1 (a)?". A context asking for a chain-of-thought
+    mode the judge was not trained with is logged as a warning."""
     pa, pb = to_bchw(a, "image_a"), to_bchw(b, "image_b")
     if len(pa) != len(pb):
         if len(pa) == 1:
@@ -169,12 +183,27 @@ def compare_images(rm, a: torch.Tensor, b: torch.Tensor, prompt: str, context: d
         else:
             raise NodeInputError(f"image_a has {len(pa)} images and image_b {len(pb)}: give equal batches or one image")
     ctx, _ = _ctx(context)
-    out = rm.compare(list(pb), list(pa), prompt, context=ctx)
-    p = out.p_yes.tolist()
+    info = getattr(rm, "trained_for", None)
+    if context is not None:
+        for line in mismatches(info, _judge_name(rm), cot=ctx.cot):
+            log.warning("Compare Images: %s", line)
+    n = len(pa)
+    if info is not None and info.objective == "pointwise":
+        out = rm.score(list(pa) + list(pb), prompt, context=ctx)
+        p = torch.sigmoid(out.margin[n:] - out.margin[:n]).tolist()
+        how = "pointwise judge: p_b_better = sigmoid(margin_b - margin_a) (Bradley-Terry)"
+        rows = [f"{i:>4}  {p[i]:.4f}  {float(out.p_yes[i]):.4f}  {float(out.p_yes[n + i]):.4f}" for i in range(n)]
+        header = "pair  p_b_better  p_yes_a  p_yes_b"
+    else:
+        out = rm.compare(list(pb), list(pa), prompt, context=ctx)
+        p = out.p_yes.tolist()
+        how = "pairwise: p_b_better = P(yes) to 'is image 2 (b) better than image 1 (a)?'"
+        rows = [f"{i:>4}  {p[i]:.4f}  {float(out.margin[i]):+.3f}" for i in range(n)]
+        header = "pair  p_b_better  margin"
     winners = torch.stack([pb[i] if p[i] > 0.5 else pa[i] for i in range(len(p))])
     if winners.shape[0] and len({tuple(x.shape) for x in winners}) > 1:
         raise NodeInputError("the winners have different sizes; ComfyUI batches need one size")
-    return p, to_bhwc(winners)
+    return p, to_bhwc(winners), "\n".join([how, header, *rows])
 
 
 @dataclass

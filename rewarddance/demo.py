@@ -1,22 +1,26 @@
 """``rewarddance demo``: generate, judge, choose, and measure whether the judge helped, offline on the CPU.
 
-With the bundled models (:mod:`rewarddance.bundled`): for a few ShapesWorld prompts across the six categories the
-bundled generator draws ``n`` candidates, the bundled reward model scores them, and the best is chosen (best-of-N);
-search over paths spends the same denoiser budget on one search. ShapesWorld's programmatic verifier then says
-which images really match their prompts, so the table shows the judge's effect measured by something other than
-the judge: verifier alignment of the first sample vs best-of-N vs search. An annotated grid is saved as a PNG.
+With the bundled models (:mod:`rewarddance.bundled`): for ShapesWorld prompts across the six categories (four each
+by default) the bundled generator draws ``n`` candidates, the bundled reward model scores them, and the best is
+chosen (best-of-N); search over paths spends the same denoiser budget on one search. ShapesWorld's strict
+programmatic verifier then says which images really match their prompts (and which are not even clean scenes), so
+the table shows the judge's effect measured by something other than the judge: verifier alignment of the first
+sample vs best-of-N vs search vs any candidate, each with its binomial standard error and n, and the paired
+difference best-of-N minus first sample. An annotated grid (each candidate's verdict with a short reason) is saved.
 ``--refl`` also runs a short ReFL (LoRA) of the generator with the reward model and reports before / after.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bundled import DEFAULT_RM
-from .shapes import CATEGORIES, verify
+from .shapes import CATEGORIES, parse_prompt, verify
 from .shapes.sample import example_rng, sample_prompt
+from .shapes.verify import NOT_CLEAN
 
 DEMO_SEED = 2024  # prompts of the demo (in-domain, never used to train the bundled generator: its seed is 31)
 REFL_SEED = 77  # ReFL training prompts, distinct from the demo's
@@ -57,6 +61,42 @@ def refl_config(generator: Path, model: str, prompts: list[str], out_dir: Path, 
     )
 
 
+# words that identify each reason the strict verifier gives for an unclean image, and the grid's short name for it
+UNCLEAN_KINDS = (
+    ("the frame is noise", "noise"),
+    ("of the frame is speckle", "speckle"),
+    ("region fills", "fill"),
+    ("fits no shape", "no shape"),
+    ("is not solid", "not solid"),
+    ("is smeared", "smear"),
+    ("unexplained texture", "texture"),
+)
+
+
+def short_reason(verdict, prompt: str) -> str:
+    """The verifier's verdict in a few characters for the grid: ``"ok"``, ``"x unclean: speckle"`` (not a clean
+    scene, and why), ``"x count 1!=2"`` (objects found != asked), ``"x no red circle"`` (a requested object is
+    missing), ``"x not left of"`` (both objects there, wrong relation), ``"x one for two"`` (one object would have to
+    be two of the requested ones)."""
+    if verdict.passed:
+        return "ok"
+    if not verdict.clean:
+        issue = verdict.reason.removeprefix(NOT_CLEAN)
+        kind = next((short for words, short in UNCLEAN_KINDS if words in issue), " ".join(issue.split()[:2]))
+        return f"x unclean: {kind}"
+    spec = parse_prompt(prompt)
+    dets = verdict.detections
+    if spec.category == "counting":
+        req = spec.objects[0]
+        return f"x count {sum(req.matches(d) for d in dets)}!={req.count}"
+    missing = next((req for req in spec.objects if not any(req.matches(d) for d in dets)), None)
+    if missing is not None:
+        return f"x no {missing.noun}"
+    if spec.category == "position":
+        return f"x not {spec.relation}"
+    return "x one for two"
+
+
 @dataclass
 class PromptResult:
     category: str
@@ -68,6 +108,9 @@ class PromptResult:
     search_image: object = None  # [3, H, W] tensor
     search_score: float | None = None
     search_passed: bool | None = None
+    reasons: list[str] = field(default_factory=list)  # short_reason per candidate (empty: not recorded)
+    clean: list[bool] = field(default_factory=list)  # verifier: a clean scene, per candidate
+    search_reason: str | None = None
 
 
 @dataclass
@@ -80,44 +123,77 @@ class DemoResult:
     table: dict = field(default_factory=dict)
 
 
-def _alignment(rows: list[PromptResult], pick) -> float:
-    values = [pick(r) for r in rows]
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else float("nan")
+def share(values: list[bool]) -> dict:
+    """``{"k", "n", "p", "se"}``: how many of ``values`` are true, of how many, the share and its binomial standard
+    error ``sqrt(p (1 - p) / n)`` (NaN for no values)."""
+    n, k = len(values), sum(bool(v) for v in values)
+    p = k / n if n else float("nan")
+    return {"k": k, "n": n, "p": p, "se": math.sqrt(p * (1 - p) / n) if n else float("nan")}
+
+
+METHODS = {  # what each alignment figure takes from a prompt's results: did the chosen image pass?
+    "first sample": lambda r: r.passed[0],
+    "best-of-N": lambda r: r.passed[r.best],
+    "search over paths": lambda r: r.search_passed,
+    "any candidate (oracle)": lambda r: any(r.passed),
+}
 
 
 def summarize(rows: list[PromptResult]) -> dict:
-    """Verifier alignment (share of prompts whose chosen image passes) per method, overall and per category."""
-    methods = {
-        "first sample": lambda r: r.passed[0],
-        "best-of-N": lambda r: r.passed[r.best],
-        "search over paths": lambda r: r.search_passed,
-        "any candidate (oracle)": lambda r: any(r.passed),
-    }
-    table = {name: {"all": _alignment(rows, pick)} for name, pick in methods.items()}
-    for name, pick in methods.items():
+    """Verifier alignment per method (the share of prompts whose chosen image passes, with n and standard error),
+    overall (``"all"``) and per category; the share of all best-of-N candidates that are not a clean scene; the
+    paired difference best-of-N minus first sample; the judge's mean P(yes) of the first and the chosen sample."""
+    table = {}
+    for name, pick in METHODS.items():
+        if any(pick(r) is None for r in rows):  # search did not run
+            continue
+        table[name] = {"all": share([pick(r) for r in rows])}
         for c in CATEGORIES:
-            subset = [r for r in rows if r.category == c]
+            subset = [pick(r) for r in rows if r.category == c]
             if subset:
-                table[name][c] = _alignment(subset, pick)
+                table[name][c] = share(subset)
+    table["not a clean scene"] = {"all": share([not ok for r in rows for ok in r.clean])}
+    diffs = [float(r.passed[r.best]) - float(r.passed[0]) for r in rows]
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else float("nan")
+    table["best-of-N - first"] = {"all": {"p": mean, "se": math.sqrt(var / len(diffs)), "n": len(diffs)}}
     table["rm score, first"] = {"all": sum(r.scores[0] for r in rows) / len(rows)}
     table["rm score, best-of-N"] = {"all": sum(r.scores[r.best] for r in rows) / len(rows)}
     return table
 
 
+def _pm(cell: dict) -> str:
+    return f"{100 * cell['p']:5.1f}% +- {100 * cell['se']:4.1f}"
+
+
 def format_table(table: dict, n: int) -> str:
+    """The table ``rewarddance demo`` prints: per category the prompts passed of those asked, overall the share
+    +- its standard error and n; then the unclean share, the paired difference and the judge's scores."""
     cats = [c for c in CATEGORIES if c in table["first sample"]]
-    head = f"{'verifier alignment':<24}" + "".join(f"{c[:10]:>11}" for c in cats) + f"{'all':>8}"
+    head = f"{'verifier alignment':<24}" + "".join(f"{c[:10]:>11}" for c in cats) + f"{'all (+- SE)':>17}{'n':>5}"
     lines = [head, "-" * len(head)]
-    for name, row in table.items():
-        if name.startswith("rm score") or row["all"] != row["all"]:  # (NaN: a method that did not run)
+    for name in METHODS:
+        if name not in table:
             continue
+        row = table[name]
         label = name.replace("best-of-N", f"best-of-{n}")
-        cells = "".join(f"{100 * row[c]:>10.0f}%" if c in row else f"{'-':>11}" for c in cats)
-        lines.append(f"{label:<24}{cells}{100 * row['all']:>7.1f}%")
+        cells = "".join(f"{row[c]['k']:>9}/{row[c]['n']}" for c in cats)
+        lines.append(f"{label:<24}{cells}{_pm(row['all']):>17}{row['all']['n']:>5}")
+    lines.append("-" * len(head))
+    unclean, diff = table["not a clean scene"]["all"], table["best-of-N - first"]["all"]
     lines.append(
-        f"mean P(yes) of the first sample {table['rm score, first']['all']:.3f}, "
-        f"of the best-of-{n} choice {table['rm score, best-of-N']['all']:.3f}"
+        f"not a clean scene (verifier): {100 * unclean['p']:.1f}% +- {100 * unclean['se']:.1f} of all "
+        f"{unclean['n']} candidates ({unclean['k']})"
+    )
+    differs = diff["p"] != 0 and abs(diff["p"]) >= 2 * diff["se"]
+    verdict = "a difference (at least 2 SE)" if differs else "no difference (under 2 SE)"
+    lines.append(
+        f"best-of-{n} - first sample: {100 * diff['p']:+.1f} points +- {100 * diff['se']:.1f} (paired SE, "
+        f"n={diff['n']}): {verdict}"
+    )
+    lines.append(
+        f"judge's mean P(yes): first sample {table['rm score, first']['all']:.3f}, "
+        f"best-of-{n} choice {table['rm score, best-of-N']['all']:.3f}"
     )
     return "\n".join(lines)
 
@@ -126,7 +202,7 @@ def run_demo(
     model: str = DEFAULT_RM,
     generator: str = "shapes-gen",
     n: int = 8,
-    per_category: int = 1,
+    per_category: int = 4,
     search: bool = True,
     seed: int = 0,
     grid: str | Path | None = "rewarddance-demo.png",
@@ -144,16 +220,21 @@ def run_demo(
     rm = RewardModel.from_pretrained(model, device="cpu", dtype="float32")
     steps = kw["num_inference_steps"]
     rows = []
-    for category, prompt in demo_prompts(per_category):
-        bon = best_of_n(pipe, rm, prompt, n=n, seed=seed, batch_size=n, **kw)
+    for i, (category, prompt) in enumerate(demo_prompts(per_category)):
+        # each prompt its own seeds: a prompt drawn twice (single_object has only three) is two independent trials
+        first_seed = seed + i * n
+        bon = best_of_n(pipe, rm, prompt, n=n, seed=first_seed, batch_size=n, **kw)
         images = [img.float().cpu() for img in bon.images]
+        verdicts = [verify(_to_pil(img), prompt) for img in images]
         row = PromptResult(
             category=category,
             prompt=prompt,
             images=images,
             scores=[float(s) for s in bon.scores],
-            passed=[verify(_to_pil(img), prompt).passed for img in images],
+            passed=[v.passed for v in verdicts],
             best=bon.order[0],
+            reasons=[short_reason(v, prompt) for v in verdicts],
+            clean=[v.clean for v in verdicts],
         )
         if search:
             # the same denoiser budget as best-of-N: n samples x steps
@@ -166,12 +247,13 @@ def run_demo(
                 m=2,
                 num_inference_steps=steps,
                 budget=n * steps,
-                seed=seed,
+                seed=first_seed,
                 config=SamplerConfig(guidance_scale=kw["guidance_scale"], height=kw["height"], width=kw["width"]),
             )
             row.search_image = res.best.float().cpu()
             row.search_score = float(res.scores[0])
-            row.search_passed = verify(_to_pil(row.search_image), prompt).passed
+            verdict = verify(_to_pil(row.search_image), prompt)
+            row.search_passed, row.search_reason = verdict.passed, short_reason(verdict, prompt)
         rows.append(row)
         log(f"{category:<14} {prompt!r}: best-of-{n} P(yes) {row.scores[row.best]:.3f} (first {row.scores[0]:.3f})")
     result = DemoResult(rows=rows, n=n, seconds=time.time() - start)
@@ -191,7 +273,10 @@ def _to_pil(img):
 
 GRID_CELL = 128  # px: a generator's image is shown at the largest whole multiple of its side up to this
 GRID_FONT = 14  # px
-LEGEND = "ok / x: ShapesWorld verifier's verdict;  box: judge's pick (best-of-N);  number: judge's P(yes)"
+LEGEND = (
+    "number: judge's P(yes);  box: judge's pick (best-of-N);  ok / x why: ShapesWorld verifier's verdict "
+    "(unclean: not a clean scene; count found!=asked)"
+)
 
 
 def _font(size: int):
@@ -219,40 +304,49 @@ def _cell_image(img, cell: int):
 
 
 def save_grid(rows: list[PromptResult], path: Path, cell: int | None = None) -> Path:
-    """A legend line, then one row per prompt: the prompt, the candidates (the judge's P(yes) and the verifier's
-    ok / x under each, the best-of-N pick boxed in green), then the search result. Cells are ``cell`` px (default:
-    :func:`grid_cell` of the images' side, nearest-neighbour upscaled)."""
+    """A legend line, then one row per prompt: the prompt, the candidates (under each the judge's P(yes) and the
+    verifier's verdict with its short reason, :func:`short_reason`; the best-of-N pick boxed in green), then the
+    search result. Images are ``cell`` px (default: :func:`grid_cell` of the images' side, nearest-neighbour
+    upscaled); a column is wide enough for its longest reason."""
     from PIL import Image, ImageDraw
 
     cell = cell or grid_cell(rows[0].images[0].shape[-1])
     font, title_font = _font(GRID_FONT), _font(GRID_FONT + 1)
-    cols = len(rows[0].images) + (1 if rows[0].search_image is not None else 0)
     pad, line = 8, GRID_FONT + 8
+    table = []  # per row: (image, score line, verdict line, passed, chosen) per column
+    for row in rows:
+        marks = row.reasons or ["ok" if ok else "x" for ok in row.passed]
+        cells = [
+            (img, f"{s:.2f}", mark, ok, i == row.best)
+            for i, (img, s, ok, mark) in enumerate(zip(row.images, row.scores, row.passed, marks))
+        ]
+        if row.search_image is not None:
+            mark = row.search_reason or ("ok" if row.search_passed else "x")
+            cells.append((row.search_image, f"search {row.search_score:.2f}", mark, row.search_passed, False))
+        table.append(cells)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    col = max([cell] + [int(measure.textlength(t, font=font)) + 1 for cells in table for c in cells for t in c[1:3]])
+    cols = max(len(cells) for cells in table)
     texts = [LEGEND] + [f"{row.category}: {row.prompt}" for row in rows]
     text_width = max(measure.textlength(text, font=title_font) for text in texts)
-    width = int(max(pad + cols * (cell + pad), 2 * pad + text_width))
-    height = pad + line + len(rows) * (line + cell + line + pad) + pad
+    width = int(max(pad + cols * (col + pad), 2 * pad + text_width))
+    height = pad + line + len(rows) * (line + cell + 2 * line + pad) + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, pad), LEGEND, fill=(70, 70, 70), font=font)
     y = pad + line + pad
-    for row in rows:
+    for row, cells in zip(rows, table):
         draw.text((pad, y), f"{row.category}: {row.prompt}", fill=(0, 0, 0), font=title_font)
         y += line
-        cells = [(img, s, p, i == row.best) for i, (img, s, p) in enumerate(zip(row.images, row.scores, row.passed))]
-        if row.search_image is not None:
-            cells.append((row.search_image, row.search_score, row.search_passed, False))
-        for j, (img, score, passed, chosen) in enumerate(cells):
-            x = pad + j * (cell + pad)
+        for j, (img, score, mark, passed, chosen) in enumerate(cells):
+            x = pad + j * (col + pad)
             canvas.paste(_cell_image(img, cell), (x, y))
             if chosen:
                 draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], outline=(0, 170, 0), width=3)
-            tag = "search " if j == len(row.images) else ""
-            mark = "ok" if passed else "x"
+            draw.text((x, y + cell + 4), score, fill=(40, 40, 40), font=font)
             colour = (0, 120, 0) if passed else (200, 0, 0)
-            draw.text((x, y + cell + 4), f"{tag}{score:.2f} {mark}", fill=colour, font=font)
-        y += cell + line + pad
+            draw.text((x, y + cell + 4 + line), mark, fill=colour, font=font)
+        y += cell + 2 * line + pad
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
@@ -332,8 +426,8 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--model", default=DEFAULT_RM, help=f"reward model (default: the bundled {DEFAULT_RM})")
     demo.add_argument("--generator", default="shapes-gen", help="diffusers folder (default: the bundled shapes-gen)")
     demo.add_argument("--n", type=int, default=8, help="candidates per prompt")
-    demo.add_argument("--per-category", type=int, default=1, help="prompts per category (six categories)")
-    demo.add_argument("--seed", type=int, default=0, help="first candidate seed")
+    demo.add_argument("--per-category", type=int, default=4, help="prompts per category (six categories)")
+    demo.add_argument("--seed", type=int, default=0, help="first candidate seed (prompt i uses seed + i * n on)")
     demo.add_argument("--no-search", action="store_true", help="skip search over paths")
     demo.add_argument("--out", default="rewarddance-demo.png", help="annotated grid PNG")
     demo.add_argument("--refl", action="store_true", help="also run a short ReFL on the CPU, report before/after")

@@ -7,7 +7,6 @@ rejecting them, and raises :class:`ImageError` naming the input for what cannot 
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -168,9 +167,3 @@ def as_image_list(images, what: str = "images") -> list:
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         return [images]
     return list(images)
-
-
-def grid_size(n: int) -> tuple[int, int]:
-    """Rows and columns of a near-square grid holding ``n`` tiles."""
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols

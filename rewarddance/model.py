@@ -10,7 +10,6 @@ shared prefix is run once and its KV cache is reused for every candidate.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import re
@@ -22,8 +21,20 @@ import torch
 from .context import RewardContext
 from .families import Family, family_for
 from .images import ImageError, as_image_list, check_pixels, load_image, to_tensor
-from .judge_info import TrainedFor, read_trained_for
-from .kernels import yes_prob
+from .judge_info import TrainedFor, read_trained_for, write_trained_for
+from .kernels import selected_logprobs, yes_prob
+from .loading import (
+    CPU_4BIT_IN_MULTIPLE,
+    CPU_4BIT_OUT_MULTIPLE,
+    ModelLoadError,
+    _check_device,
+    _check_hub_id,
+    _check_local_weights,
+    _first_line,
+    cpu_4bit_unsupported,
+    device_map_for,
+)
+from .prefix import score_shared, shared_groups
 from .preprocess import image_inputs
 from .tokens import answer_ids
 
@@ -33,14 +44,13 @@ QUANTIZATION = (None, "8bit", "4bit")
 
 
 CPU_BATCH = 4  # default items per forward pass on the CPU
+# default candidates per suffix pass of the shared-prefix path on the CPU: the vision tower runs faster one image at a
+# time there (16 candidates of a 256M VLM at 512 px: 26.3 s one at a time vs 27.7 s in fours; benchmarks/RESULTS.md)
+CPU_SUFFIX_BATCH = 1
 
 
 class PromptTooLongError(ValueError):
     """A rendered prompt does not fit in the model's context window."""
-
-
-class ModelLoadError(ValueError):
-    """A checkpoint that cannot be loaded as a reward model; the message names it."""
 
 
 @dataclass
@@ -55,107 +65,8 @@ class RewardOutput:
         return self.p_yes.shape[0]
 
 
-def _check_local_weights(path: Path) -> None:
-    if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        hint = f" (found {', '.join(found[:3])}: convert them to safetensors)" if found else ""
-        raise ModelLoadError(f"{path}: no .safetensors weights in this model directory{hint}")
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_map_for(device: str | torch.device) -> dict:
-    """The ``device_map`` that puts a whole quantised model on ``device``: a GPU index for CUDA (``"cuda"`` without
-    an index means the current device, 0 when CUDA is not initialised or absent), else the device's name."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return {"": str(device)}
-    if device.index is not None:
-        return {"": device.index}
-    return {"": torch.cuda.current_device() if torch.cuda.is_available() else 0}
-
-
-# bitsandbytes' CPU 4-bit path (0.50) quantises a weight in blocks of 64 per row and, on CPUs with AVX512-BF16,
-# repacks rows in groups of 32: a Linear whose in_features is not a multiple of 64, or whose out_features is not a
-# multiple of 32, fails inside its forward ("N must be divisible by block_n", "shape '[96, 1]' is invalid").
-CPU_4BIT_IN_MULTIPLE = 64
-CPU_4BIT_OUT_MULTIPLE = 32
-
-
-def cpu_4bit_unsupported(config) -> tuple[list[str], int]:
-    """Names of the ``nn.Linear`` modules of a model built from ``config`` that bitsandbytes cannot run in 4-bit on
-    the CPU, and the number of Linear modules in all. The model is built on the meta device: no weights, no memory.
-    """
-    from transformers import AutoModelForImageTextToText
-
-    with torch.device("meta"):
-        skeleton = AutoModelForImageTextToText.from_config(config)
-    linears = [(n, m) for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
-    bad = [n for n, m in linears if m.in_features % CPU_4BIT_IN_MULTIPLE or m.out_features % CPU_4BIT_OUT_MULTIPLE]
-    return bad, len(linears)
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``; a one-line error for a name torch does not know or a GPU this machine
-    does not have (instead of a long traceback from the first CUDA call)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        msg = f"device: {device!r} is not a device name ({_first_line(err)}); use cpu, cuda or cuda:N"
-        raise ValueError(msg) from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} asks for a GPU, but CUDA is not available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device: {device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-def _looks_like_path(name: str) -> bool:
-    """True for a name that can only be a folder: absolute, ``./``, ``~``, or more than one ``/`` (a hub id is
-    ``name`` or ``owner/name``)."""
-    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _check_hub_id(name: str) -> None:
-    """For a name that is not a local folder: a one-line :class:`ModelLoadError` when it cannot be a hub id, when
-    it is not in the Hugging Face cache while offline, or when the hub cannot be reached (one quick request, instead
-    of the hub client's ~30 s of retries)."""
-    if _looks_like_path(name):
-        raise ModelLoadError(f"{name}: no such folder")
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(name, "config.json")
-    except ValueError as err:  # not a valid repo id
-        raise ModelLoadError(f"{name}: no such folder, and not a Hugging Face model id ({_first_line(err)})") from err
-    if isinstance(cached, str):
-        return  # in the local cache: loads offline
-    if constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(
-            f"{name}: no such folder, and not in the Hugging Face cache while offline (HF_HUB_OFFLINE is set)"
-        )
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=10)
-    except Exception as err:  # any transport failure: DNS, refused, timeout, proxy
-        raise ModelLoadError(
-            f"{name}: no such folder, and the Hugging Face hub ({constants.ENDPOINT}) cannot be reached "
-            f"({_first_line(err)})"
-        ) from err
-
-
-def _cache_kwarg(module) -> str:
-    """Name of the KV-cache argument: ``cache`` in newer transformers, ``past_key_values`` before."""
-    params = inspect.signature(module.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 class RewardModel:
@@ -174,11 +85,9 @@ class RewardModel:
         self._head_weight = head.weight
         self._head_bias = getattr(head, "bias", None)
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper or not
-        self._base = inner.model
-        self._cache_arg = _cache_kwarg(self._base)
+        self.backbone = inner.model  # the model without its language-model head: vision, connector, text model
         text_cfg = model.config.get_text_config()
         self.max_length = getattr(text_cfg, "max_position_embeddings", None)
-        self._image_token = getattr(processor, "image_token", None)
         self.stats = {"prefix_cached_items": 0, "plain_items": 0}  # how items were scored, for tests and logs
         # what the judge was trained to answer (its folder's rewarddance.json); None for a general VLM
         self.trained_for: TrainedFor | None = None
@@ -308,6 +217,26 @@ class RewardModel:
         adapted.trained_for = read_trained_for(folder)
         return adapted
 
+    def save(self, out_dir: str | os.PathLike, merge: bool = True, trained_for: TrainedFor | None = None) -> Path:
+        """Save so that :meth:`from_pretrained` loads ``out_dir`` back: full weights (a LoRA merged in first when
+        ``merge``, and then this model holds the merged weights too) or, with ``merge=False``, the LoRA adapter
+        alone; the processor beside them. ``trained_for`` (how the judge was trained to be asked) goes to
+        ``rewarddance.json``, where :attr:`trained_for` and the command line read it."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if hasattr(model, "peft_config") and merge:
+            model = self.model = model.merge_and_unload()  # the backbone's layers are merged in place
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors
+        else:
+            model.save_pretrained(out, safe_serialization=True)
+        self.processor.save_pretrained(out)
+        if trained_for is not None:
+            write_trained_for(out, trained_for)
+            self.trained_for = trained_for
+        return out
+
     @property
     def device(self) -> torch.device:
         return self._head_weight.device
@@ -344,11 +273,8 @@ class RewardModel:
                 raise ValueError(f"references: got {len(refs)} references for {B} images")
         return cands, prompts, refs
 
-    def _images_of(self, i: int, cands, refs, context: RewardContext, pairwise: bool) -> list:
-        shared = context.example_images(pairwise) + ([refs[i]] if pairwise else [])
-        return shared + [cands[i]]
-
-    def _texts(self, prompts, context: RewardContext, pairwise: bool) -> list[str]:
+    def prompt_texts(self, prompts, context: RewardContext, pairwise: bool) -> list[str]:
+        """The chat-template text of each prompt's question under ``context``, ending where the answer begins."""
         return [
             self.processor.apply_chat_template(
                 context.messages(p, pairwise), add_generation_prompt=True, tokenize=False
@@ -361,7 +287,7 @@ class RewardModel:
         context = context or RewardContext()
         pairwise = references is not None
         _, prompts, _ = self._items(images, prompts, references, context, pairwise)
-        return self._texts(prompts, context, pairwise)
+        return self.prompt_texts(prompts, context, pairwise)
 
     def _load_all(self, items: list, label: str) -> list:
         return [
@@ -369,7 +295,8 @@ class RewardModel:
             for k, x in enumerate(items)
         ]
 
-    def _check_length(self, lengths, what: str = "prompt") -> None:
+    def check_length(self, lengths, what: str = "prompt") -> None:
+        """A :class:`PromptTooLongError` naming the first item whose token count exceeds the model's context."""
         if self.max_length is None:
             return
         for i, n in enumerate(lengths):
@@ -379,9 +306,11 @@ class RewardModel:
                     f"{self.max_length}; shorten the prompt or criteria, use fewer examples or smaller images"
                 )
 
-    def _process(self, texts: list[str], image_lists: list[list]):
+    def encode(self, texts: list[str], image_lists: list[list]):
+        """Tokenise ``texts`` with their images (one list per text) into model inputs, a left-padded batch; the
+        length of each is checked against the model's context."""
         inputs = self.processor(text=texts, images=image_lists, padding=True, return_tensors="pt")
-        self._check_length(inputs["attention_mask"].sum(dim=1).tolist())
+        self.check_length(inputs["attention_mask"].sum(dim=1).tolist())
         return inputs
 
     def prepare(self, images, prompts, context: RewardContext | None = None, references=None):
@@ -393,23 +322,45 @@ class RewardModel:
         refs = self._load_all(refs, "references") if pairwise else None
         ctx_imgs = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
         lists = [ctx_imgs + ([refs[i]] if pairwise else []) + [cands[i]] for i in range(len(cands))]
-        return self._process(self._texts(prompts, context, pairwise), lists)
+        return self.encode(self.prompt_texts(prompts, context, pairwise), lists)
 
     # ----------------------------------------------------------------------------------------------- reading
-    def _answer_ids(self, context: RewardContext):
+    def verdict_ids(self, context: RewardContext) -> tuple[list[int], list[int]]:
+        """The token ids read as "yes" and as "no" under ``context`` (its ``answer_tokens``, else the model's)."""
         key = (context.answer_tokens,) if context.answer_tokens is not None else (None,)
         if key not in self._ids_cache:
             self._ids_cache[key] = answer_ids(self.tokenizer, context.answer_tokens)
         return self._ids_cache[key]
 
-    def _read(self, hidden: torch.Tensor, context: RewardContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states ``[N, H]`` -> (p_yes, margin), each float32 ``[N]``."""
-        yes, no = self._answer_ids(context)
-        # the judge is frozen: detach the head so a backward through the reward builds no dense [V, H] weight gradient
-        bias = self._head_bias.detach() if self._head_bias is not None else None
-        return yes_prob(hidden, self._head_weight.detach(), yes, no, bias=bias, normalize=context.normalize)
+    def head(self, trainable: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The language-model head as ``(weight [V, H], bias [V] or None)``.
 
-    def _to_model(self, inputs: dict) -> dict:
+        Frozen (default): both detached, so a backward through a reward builds no dense ``[V, H]`` weight gradient.
+        ``trainable``: the weight keeps its graph when it requires grad (training the whole model) and the bias as
+        it is.
+        """
+        w, b = self._head_weight, self._head_bias
+        if not trainable:
+            return w.detach(), b.detach() if b is not None else None
+        return (w if w.requires_grad else w.detach()), b
+
+    def read(
+        self, hidden: torch.Tensor, context: RewardContext, trainable: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``[N, H]`` at answer positions -> (p_yes, margin), each float32 ``[N]``, differentiable in
+        ``hidden`` (and in the head when ``trainable``, see :meth:`head`)."""
+        yes, no = self.verdict_ids(context)
+        weight, bias = self.head(trainable)
+        return yes_prob(hidden, weight, yes, no, bias=bias, normalize=context.normalize)
+
+    def token_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor, trainable: bool = True) -> torch.Tensor:
+        """log P(``targets[n]`` | ``hidden[n]``) over the whole vocabulary, ``[N]`` float32, without building
+        ``[N, V]`` logits (:func:`rewarddance.kernels.selected_logprobs`); the head trains when ``trainable``."""
+        weight, bias = self.head(trainable)
+        return selected_logprobs(hidden, weight, targets, bias=bias)
+
+    def to_device(self, inputs: dict) -> dict:
+        """``inputs`` with every tensor on the model's device and floating-point ones in its dtype."""
         out = {}
         for k, v in inputs.items():
             if isinstance(v, torch.Tensor):
@@ -419,161 +370,14 @@ class RewardModel:
             out[k] = v
         return out
 
+    def hidden_states(self, inputs: dict) -> torch.Tensor:
+        """One forward pass of the backbone (no head, no cache) on encoded ``inputs``: the last layer's hidden
+        states ``[B, T, H]``, with gradients where anything requires them."""
+        return self.backbone(**self.to_device(inputs), use_cache=False).last_hidden_state
+
     def _last_hidden(self, inputs: dict) -> torch.Tensor:
-        """One forward pass of the base model; hidden state at the last (left-padded) position, ``[B, H]``."""
-        out = self._base(**self._to_model(inputs), use_cache=False)
-        return out.last_hidden_state[:, -1]
-
-    # ----------------------------------------------------------------------------------------------- shared prefix
-    def _probe_text(self) -> str:
-        if not hasattr(self, "_probe"):
-            msg = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "."}]}]
-            self._probe = self.processor.apply_chat_template(msg, add_generation_prompt=True, tokenize=False)
-        return self._probe
-
-    def _image_inputs(self, img) -> dict:
-        """The processor's image inputs for one image alone (one sample holding one image)."""
-        out = self.processor(text=[self._probe_text()], images=[[img]], return_tensors="pt")
-        return {k: out[k] for k in self.family.image_keys if k in out}
-
-    def _join(self, per_image: list[dict]) -> dict:
-        """Image inputs of several images that sit in one sample."""
-        if len(per_image) == 1:
-            return per_image[0]
-        if self.family.name in ("idefics3", "smolvlm"):
-            return {k: torch.cat([d[k] for d in per_image], dim=1) for k in per_image[0]}
-        out = self.family.stack_image_inputs(per_image)
-        if "batch_num_images" in out:
-            out["batch_num_images"] = out["batch_num_images"].sum().reshape(1)
-        return out
-
-    def _rope_positions(self, ids: torch.Tensor, image_inputs: dict, mm_types: torch.Tensor) -> torch.Tensor:
-        """M-RoPE position ids ``[3, 1, L]`` of one full sequence (Qwen families)."""
-        pos, _ = self._base.get_rope_index(
-            ids[None].to(self.device),
-            mm_token_type_ids=mm_types[None].to(self.device),
-            image_grid_thw=image_inputs["image_grid_thw"].to(self.device),
-            attention_mask=torch.ones_like(ids)[None].to(self.device),
-        )
-        return pos
-
-    def _score_shared(self, texts, image_lists, n_shared: int, context, batch_size: int):
-        """Score items whose texts and first ``n_shared`` images are identical but for the last image.
-
-        Returns (p_yes, margin) or None when the prefix cannot be split cleanly (then the caller runs the plain path).
-        """
-        full = [self.processor(text=[t], images=[imgs], return_tensors="pt") for t, imgs in zip(texts, image_lists)]
-        ids = [f["input_ids"][0] for f in full]
-        self._check_length([len(x) for x in ids])
-        P = self._prefix_length(texts[0], image_lists[0], ids[0])
-        if P is None or any(len(x) <= P or not torch.equal(x[:P], ids[0][:P]) for x in ids):
-            logger.debug("no clean shared prefix; scoring without the cache")
-            return None
-        prefix_ids = ids[0][:P]
-        shared_imgs = image_lists[0][:n_shared]
-        per_image = {}
-        for imgs in image_lists:
-            for img in imgs:
-                if id(img) not in per_image and not self.family.images_depend_on_sample:
-                    per_image[id(img)] = self._image_inputs(img)
-        if self.family.images_depend_on_sample:
-            # the processor lays out an image differently inside a multi-image sample: cut it out of the sample
-            for i, imgs in enumerate(image_lists):
-                for k, img in enumerate(imgs):
-                    per_image.setdefault(
-                        id(img), {key: full[i][key][k : k + 1] for key in ("pixel_values", "image_sizes")}
-                    )
-        shared_inputs = self._join([per_image[id(x)] for x in shared_imgs]) if shared_imgs else {}
-        n_images = torch.tensor([len(image_lists[0])])
-        if "batch_num_images" in self.family.image_keys and shared_inputs:
-            # LLaVA-OneVision lays out an image differently when its sample holds several: say how many there are
-            shared_inputs["batch_num_images"] = n_images
-        rope = None
-        if self.family.mrope:
-            rope = [
-                self._rope_positions(
-                    ids[i], self._join([per_image[id(x)] for x in image_lists[i]]), full[i]["mm_token_type_ids"][0]
-                )
-                for i in range(len(ids))
-            ]
-        # 1. the prefix, once, with only the shared images
-        prefix_inputs = {"input_ids": prefix_ids[None], "attention_mask": torch.ones(1, P, dtype=torch.long)}
-        prefix_inputs.update(shared_inputs)
-        if rope is not None:
-            prefix_inputs["position_ids"] = rope[0][:, :, :P]
-            prefix_inputs["mm_token_type_ids"] = full[0]["mm_token_type_ids"][:, :P]
-        with torch.no_grad():
-            prefix_out = self._base(**self._to_model(prefix_inputs), use_cache=True)
-        prefix_cache = getattr(prefix_out, "cache", None) or getattr(prefix_out, "past_key_values", None)
-        kv = [(layer.keys, layer.values) for layer in prefix_cache.layers]
-        # 2. the candidates' suffixes, batch by batch, attending to the prefix through expanded cache views
-        p_all, m_all = [], []
-        for start in range(0, len(ids), batch_size):
-            idx = list(range(start, min(start + batch_size, len(ids))))
-            B = len(idx)
-            S = max(len(ids[i]) - P for i in idx)  # longest suffix in this batch
-            suffix = torch.full((B, S), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros(B, P + S, dtype=torch.long)
-            mask[:, :P] = 1
-            last = torch.empty(B, dtype=torch.long)
-            for r, i in enumerate(idx):
-                n = len(ids[i]) - P
-                suffix[r, :n] = ids[i][P:]
-                mask[r, P : P + n] = 1
-                last[r] = n - 1
-            inputs = {"input_ids": suffix, "attention_mask": mask}
-            inputs.update(self.family.stack_image_inputs([per_image[id(image_lists[i][-1])] for i in idx]))
-            if "batch_num_images" in self.family.image_keys:
-                inputs["batch_num_images"] = n_images.expand(B)
-            if rope is not None:
-                pos = torch.zeros(3, B, S, dtype=torch.long)
-                types = torch.zeros(B, S, dtype=full[0]["mm_token_type_ids"].dtype)
-                for r, i in enumerate(idx):
-                    n = len(ids[i]) - P
-                    pos[:, r, :n] = rope[i][:, 0, P:].cpu()
-                    pos[:, r, n:] = pos[:, r, n - 1 : n] + 1 + torch.arange(S - n)
-                    types[r, :n] = full[i]["mm_token_type_ids"][0, P:]
-                inputs["position_ids"] = pos
-                inputs["mm_token_type_ids"] = types
-            cache = self._expanded_cache(kv, B)
-            with torch.no_grad():
-                out = self._base(**self._to_model(inputs), use_cache=True, **{self._cache_arg: cache})
-            hidden = out.last_hidden_state[torch.arange(B, device=self.device), last.to(self.device)]
-            p, m = self._read(hidden, context)
-            p_all.append(p.cpu())
-            m_all.append(m.cpu())
-        return torch.cat(p_all), torch.cat(m_all)
-
-    def _prefix_length(self, text: str, images: list, ids: torch.Tensor) -> int | None:
-        """Tokens before the last image's block in ``ids`` (the full tokenisation of ``text`` with ``images``).
-
-        A special token is inserted just before the last image placeholder and the text processed again; the
-        position where the two token sequences part is the split, valid only if removing the marker gives back
-        exactly ``ids`` (so the prefix is never tokenised on its own).
-        """
-        cut = text.rfind(self._image_token) if self._image_token else -1
-        marker = self.tokenizer.eos_token or self.tokenizer.pad_token
-        if cut < 0 or marker is None:
-            return None
-        marked = self.processor(text=[text[:cut] + marker + text[cut:]], images=[images], return_tensors="pt")
-        m = marked["input_ids"][0]
-        if len(m) != len(ids) + 1:
-            return None
-        differ = (m[:-1] != ids).nonzero()
-        k = int(differ[0]) if len(differ) else len(ids)
-        if m[k] != self.tokenizer.convert_tokens_to_ids(marker) or not torch.equal(m[k + 1 :], ids[k:]):
-            return None
-        return k
-
-    def _expanded_cache(self, kv, B: int):
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(kv):
-            # [1, heads, P, head_dim] -> [B, heads, P, head_dim] as views; the update below concatenates into new
-            # tensors, so the shared prefix is never written.
-            cache.update(k.expand(B, *k.shape[1:]), v.expand(B, *v.shape[1:]), layer)
-        return cache
+        """Hidden state at the last (left-padded) position, ``[B, H]``."""
+        return self.hidden_states(inputs)[:, -1]
 
     # ----------------------------------------------------------------------------------------------- scoring
     @torch.no_grad()
@@ -581,28 +385,21 @@ class RewardModel:
         cands = self._load_all(cands, "images")
         refs = self._load_all(refs, "references") if pairwise else None
         ctx_imgs = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
-        texts = self._texts(prompts, context, pairwise)
+        texts = self.prompt_texts(prompts, context, pairwise)
         lists = [ctx_imgs + ([refs[i]] if pairwise else []) + [cands[i]] for i in range(len(cands))]
         B = len(cands)
         # on the CPU small batches run faster per item (measured 27.3 s vs 31.5 s for 16 candidates of a 256M VLM at
         # 512 px: benchmarks/RESULTS.md); a GPU wants the whole batch
-        batch_size = batch_size or (B if self.device.type == "cuda" else min(B, CPU_BATCH))
+        cuda = self.device.type == "cuda"
+        suffix_batch = batch_size or (B if cuda else CPU_SUFFIX_BATCH)
+        batch_size = batch_size or (B if cuda else min(B, CPU_BATCH))
         p_yes = torch.empty(B)
         margin = torch.empty(B)
         reasons: list[str] | None = [""] * B if context.wants_reasons else None
         done = torch.zeros(B, dtype=torch.bool)
         if self.prefix_cache and not context.wants_reasons and B > 1:
-            # group by everything but the candidate: same text and same shared images
-            groups: dict[tuple, list[int]] = {}
-            for i in range(B):
-                key = (texts[i], *(id(x) for x in lists[i][:-1]))
-                groups.setdefault(key, []).append(i)
-            for idx in groups.values():
-                if len(idx) < 2:
-                    continue
-                res = self._score_shared(
-                    [texts[i] for i in idx], [lists[i] for i in idx], len(lists[idx[0]]) - 1, context, batch_size
-                )
+            for idx in shared_groups(texts, lists):
+                res = score_shared(self, [texts[i] for i in idx], [lists[i] for i in idx], context, suffix_batch)
                 if res is not None:
                     p_yes[idx], margin[idx] = res
                     done[idx] = True
@@ -611,14 +408,14 @@ class RewardModel:
         self.stats["plain_items"] += len(todo)
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
-            inputs = self._process([texts[i] for i in idx], [lists[i] for i in idx])
+            inputs = self.encode([texts[i] for i in idx], [lists[i] for i in idx])
             if context.wants_reasons:
                 p, m, why = self._score_with_reasons(inputs, [texts[i] for i in idx], [lists[i] for i in idx], context)
                 for r, i in enumerate(idx):
                     reasons[i] = why[r]
             else:
                 with torch.no_grad():
-                    p, m = self._read(self._last_hidden(inputs), context)
+                    p, m = self.read(self._last_hidden(inputs), context)
             p_yes[idx], margin[idx] = p.float().cpu(), m.float().cpu()
         return RewardOutput(p_yes=p_yes, margin=margin, reasons=reasons)
 
@@ -628,17 +425,17 @@ class RewardModel:
         L = inputs["input_ids"].shape[1]
         with torch.no_grad():
             gen = self.model.generate(
-                **self._to_model(inputs), max_new_tokens=context.max_reason_tokens, do_sample=False
+                **self.to_device(inputs), max_new_tokens=context.max_reason_tokens, do_sample=False
             )
             reasons = [r.strip() for r in self.tokenizer.batch_decode(gen[:, L:], skip_special_tokens=True)]
             if context.cot == "reasoning_first":
                 # a judge trained by train-rm writes "<reason>\nFinal answer (yes or no): ..."; keep the reason only
                 reasons = [r.split("Final answer")[0].strip() for r in reasons]
             if context.cot == "judgment_first":
-                p, m = self._read(self._last_hidden(inputs), context)
+                p, m = self.read(self._last_hidden(inputs), context)
             else:
                 follow = [t + r + "\nFinal answer (yes or no):" for t, r in zip(texts, reasons)]
-                p, m = self._read(self._last_hidden(self._process(follow, lists)), context)
+                p, m = self.read(self._last_hidden(self.encode(follow, lists)), context)
         return p, m, reasons
 
     def score(
@@ -686,9 +483,9 @@ class RewardModel:
     def _differentiable_read(self, texts: list[str], tensors: list[list[torch.Tensor]], context: RewardContext):
         """(p_yes, margin) of items whose images are ``[3, H, W]`` tensors, with gradients to those tensors."""
         pil = [[load_image(t.detach(), name="pixels") for t in lst] for lst in tensors]
-        inputs = dict(self._process(texts, pil))
+        inputs = dict(self.encode(texts, pil))
         inputs.update(self.family.stack_image_inputs([self._differentiable_image_inputs(lst) for lst in tensors]))
-        return self._read(self._last_hidden(inputs), context)
+        return self.read(self._last_hidden(inputs), context)
 
     def reward(
         self,
@@ -701,9 +498,10 @@ class RewardModel:
         """Differentiable reward for generated pixels ``[B, 3, H, W]`` in [0, 1]: float32 ``[B]``.
 
         Preprocessing (resize, normalise, patchify) runs in torch so gradients reach ``pixels``. ``output`` is
-        ``"p_yes"`` (default), ``"margin"`` or ``"log_p"`` (log P(yes)). ``references`` make it pairwise; then
-        ``context.average_orders`` also asks the swapped question and averages as :meth:`compare` does (``log_p``
-        is the log of the averaged ``p_yes``). ``cot="reasoning_first"`` needs decoding and is refused here.
+        ``"p_yes"`` (default), ``"margin"`` or ``"log_p"`` (log P(yes)). ``references`` make it pairwise; they are
+        fixed targets, detached, so no gradient reaches them. Then ``context.average_orders`` also asks the swapped
+        question and averages as :meth:`compare` does (``log_p`` is the log of the averaged ``p_yes``).
+        ``cot="reasoning_first"`` needs decoding and is refused here.
         """
         if output not in ("p_yes", "margin", "log_p"):
             raise ValueError(f"output must be 'p_yes', 'margin' or 'log_p', got {output!r}")
@@ -719,14 +517,14 @@ class RewardModel:
         check_pixels(pixels, "pixels")
         pairwise = references is not None
         cands, prompts, refs = self._items(pixels, prompts, references, context, pairwise)
-        texts = self._texts(prompts, context, pairwise)
+        texts = self.prompt_texts(prompts, context, pairwise)
         ctx_t = [
             to_tensor(load_image(x, name=f"examples[{k}]")) for k, x in enumerate(context.example_images(pairwise))
         ]
         ref_t = None
-        if pairwise:
+        if pairwise:  # references are fixed targets: no gradient reaches them, even from a tensor that asks for one
             ref_t = [
-                r if isinstance(r, torch.Tensor) else to_tensor(load_image(r, name=f"references[{k}]"))
+                r.detach() if isinstance(r, torch.Tensor) else to_tensor(load_image(r, name=f"references[{k}]"))
                 for k, r in enumerate(refs)
             ]
         tensors = [ctx_t + ([ref_t[i]] if pairwise else []) + [cands[i]] for i in range(len(cands))]

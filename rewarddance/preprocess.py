@@ -16,7 +16,7 @@ Integer outputs (grids, image sizes, masks) are equal.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -426,17 +426,17 @@ def _llava_onevision(images: list[torch.Tensor], s: _Settings) -> dict[str, torc
     }
 
 
-_PIPELINES: dict[str, Callable[[list[torch.Tensor], _Settings], dict[str, torch.Tensor]]] = {
-    "qwen2_vl": _qwen_vl,
-    "qwen2_5_vl": _qwen_vl,
-    "qwen3_vl": _qwen_vl,
-    "internvl": _internvl,
-    "idefics3": _idefics3,
-    "smolvlm": _idefics3,
-    "llava": _llava,
-    "llava_onevision": _llava_onevision,
-}
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(_PIPELINES)
+# Which pipeline each family uses is recorded once, in ``rewarddance.families.FAMILIES`` (``Family.preprocess``).
+# That module imports the pipelines above, so this one looks the families up only when asked.
+SUPPORTED_FAMILIES: tuple[str, ...]  # declared for linters and readers; __getattr__ below returns it
+
+
+def __getattr__(name: str):
+    if name == "SUPPORTED_FAMILIES":  # the families image_inputs accepts, by name
+        from .families import FAMILY_NAMES
+
+        return FAMILY_NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_images(images) -> list[torch.Tensor]:
@@ -477,10 +477,9 @@ def image_inputs(processor, images: list[torch.Tensor], family: str) -> dict[str
     that is not ``[3, H, W]``, values outside [0, 1] or NaN; ``NotImplementedError`` for a resample filter torch
     cannot differentiate (box, hamming).
     """
-    pipeline = _PIPELINES.get(family)
-    if pipeline is None:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(SUPPORTED_FAMILIES)}")
-    return pipeline(_check_images(images), _Settings(processor))
+    from .families import family_named
+
+    return family_named(family).preprocess(_check_images(images), _Settings(processor))
 
 
 __all__ = ["SUPPORTED_FAMILIES", "image_inputs"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .images import as_image_list, load_image, to_tensor
+from .manifest import ManifestError, read_jsonl
 from .pipelines import Sampler, SamplerConfig, compose, renoise
 
 
@@ -254,11 +255,7 @@ def build_references(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.jsonl"
-    done = set()
-    if manifest.exists():
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                done.add(json.loads(line)["prompt"])
+    done = {row["prompt"] for _, row in _reference_rows(manifest)} if manifest.exists() else set()
     generate = _pipeline_generate(pipe, pipe_kwargs) if _is_pipeline(pipe) else pipe
     for p_index, prompt in enumerate(tqdm(list(prompts), desc="references", disable=not progress)):
         if prompt in done:
@@ -296,12 +293,16 @@ def build_references(
 def load_references(out_dir: str | os.PathLike) -> dict[str, list[Path]]:
     """``prompt -> [reference image paths]`` from a folder written by :func:`build_references`."""
     out = Path(out_dir)
-    refs = {}
-    for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            refs[row["prompt"]] = [out / f for f in row["images"]]
-    return refs
+    return {row["prompt"]: [out / f for f in row["images"]] for _, row in _reference_rows(out / "manifest.jsonl")}
+
+
+def _reference_rows(manifest: Path):
+    """``(line_no, row)`` of a reference manifest; a line that is not one raises, naming the file and line."""
+    for line_no, row in read_jsonl(manifest):
+        missing = [k for k in ("prompt", "images") if k not in row]
+        if missing:
+            raise ManifestError(f"{manifest}:{line_no}: missing field(s) {', '.join(missing)}")
+        yield line_no, row
 
 
 # ------------------------------------------------------------------------------------------------ search over paths
@@ -324,9 +325,10 @@ class SearchResult:
         return self.images[0]
 
 
-def plan_search(steps: int, n: int, m: int, start: int, forward: int, backward: int) -> list[tuple[int, int, int]]:
+def plan_search(steps: int, start: int, forward: int, backward: int) -> list[tuple[int, int, int]]:
     """The search rounds as ``(level, renoised to, denoised to)``: each re-noises the kept paths from ``level`` up
-    to ``max(0, level - forward)`` and denoises them ``backward`` levels (not past the last)."""
+    to ``max(0, level - forward)`` and denoises them ``backward`` levels (not past the last). The rounds do not
+    depend on how many paths are kept or re-noised; :func:`search_cost` counts what they cost."""
     rounds, k = [], start
     while k < steps:
         lo = max(0, k - forward)
@@ -377,7 +379,7 @@ def plan_within_budget(
     floor = n * steps
     if budget is not None and budget < floor:
         raise BudgetError(f"budget {budget} is below plain denoising of n={n} paths ({floor} evaluations)")
-    rounds = plan_search(steps, n, m, start, forward, backward)
+    rounds = plan_search(steps, start, forward, backward)
     while budget is not None and rounds and search_cost(steps, n, m, start, rounds, x0_evals) > budget:
         rounds = rounds[:-1]  # drop the last round: its levels are then denoised plainly
     return start, rounds

@@ -16,7 +16,7 @@ def tiny_vlm(tmp_path_factory):
 
     ``init_std`` defaults to 0.2 so that random outputs depend visibly on the image and prompt.
     """
-    from rewarddance.tiny import build_tiny_vlm
+    from rewarddance.testing.tiny import build_tiny_vlm
 
     built: dict[tuple, str] = {}
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
 import torch
 
+from rewarddance import RewardModel
 from rewarddance import comfy as rd
 from rewarddance.comfy import NodeInputError
+from rewarddance.judge_info import TrainedFor, write_trained_for
 
 PROMPT = "a red circle"
 
@@ -53,13 +56,45 @@ def test_score_images_sorts_and_matches_the_api(rm):
 
 def test_compare_images_broadcasts_and_checks_batches(rm):
     a, b = _images(1, seed=1), _images(2, seed=2)
-    p, winners = rd.compare_images(rm, a, b, PROMPT)
+    p, winners, details = rd.compare_images(rm, a, b, PROMPT)
     want = rm.compare(list(rd.to_bchw(b)), [rd.to_bchw(a)[0]] * 2, PROMPT).p_yes.tolist()
     assert p == pytest.approx(want, abs=1e-6) and winners.shape == (2, 40, 40, 3)
     for i in range(2):
         assert torch.allclose(winners[i], (b[i] if want[i] > 0.5 else a[0]), atol=1e-6)
+    assert details.splitlines()[0].startswith("pairwise:")  # a judge without rewarddance.json is asked pairwise
+    assert [float(row.split()[1]) for row in details.splitlines()[2:]] == pytest.approx(want, abs=1e-4)
     with pytest.raises(NodeInputError, match="image_a has 2 images and image_b 3"):
         rd.compare_images(rm, _images(2), _images(3), PROMPT)
+
+
+def test_compare_images_with_a_pointwise_judge_is_bradley_terry(tiny_vlm, tmp_path, caplog):
+    """A judge whose rewarddance.json says pointwise is never asked the pairwise question: P(b better than a) is
+    sigmoid(margin_b - margin_a) of its own scores; a context asking another cot mode than it was trained with warns."""
+    folder = tmp_path / "judge"
+    shutil.copytree(tiny_vlm("llava"), folder)
+    write_trained_for(folder, TrainedFor(objective="pointwise"))
+    judge = RewardModel.from_pretrained(str(folder), device="cpu")
+    assert judge.trained_for.objective == "pointwise"
+    a, b = _images(1, seed=1), _images(2, seed=2)
+    with caplog.at_level(logging.WARNING, logger="rewarddance.comfy"):
+        p, winners, details = rd.compare_images(judge, a, b, PROMPT, rd.make_context(cot="none"))
+    assert not caplog.records  # asked as it was trained
+    ma = judge.score(rd.to_bchw(a), PROMPT).margin
+    mb = judge.score(rd.to_bchw(b), PROMPT).margin
+    want = torch.sigmoid(mb - ma[0]).tolist()
+    assert p == pytest.approx(want, abs=1e-5)
+    pairwise = judge.compare(list(rd.to_bchw(b)), [rd.to_bchw(a)[0]] * 2, PROMPT).p_yes.tolist()
+    assert max(abs(x - y) for x, y in zip(p, pairwise)) > 0.05  # not the pairwise answer under another name
+    for i in range(2):
+        assert torch.allclose(winners[i], (b[i] if want[i] > 0.5 else a[0]), atol=1e-6)
+    assert details.splitlines()[0].startswith("pointwise judge") and "Bradley-Terry" in details
+    swapped, _, _ = rd.compare_images(judge, b[:1], a, PROMPT)
+    assert swapped[0] == pytest.approx(1 - p[0], abs=1e-5)  # P(a better than b) = 1 - P(b better than a)
+    judge.trained_for = TrainedFor(objective="pointwise", cot="judgment_first")
+    with caplog.at_level(logging.WARNING, logger="rewarddance.comfy"):
+        rd.compare_images(judge, a, b, PROMPT, rd.make_context(cot="none"))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "trained with cot=judgment_first" in warned[0] and "cot=none" in warned[0]
 
 
 def test_select_best_with_latent_and_mask_passthrough(rm):

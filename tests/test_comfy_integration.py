@@ -64,9 +64,8 @@ def sd15(tmp_path_factory):
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from rewarddance.single_file import save_single_file, unet_to_ldm
-    from rewarddance.tiny_diffusion import build_sd15_layout_pipeline
-    from rewarddance.training.refl import COMFY_LORA_FILE, save_lora
+    from rewarddance.testing.tiny_diffusion import build_sd15_layout_pipeline
+    from rewarddance.training.export import COMFY_LORA_FILE, save_lora, save_single_file, unet_to_ldm
 
     root = tmp_path_factory.mktemp("sd15")
     pipe = build_sd15_layout_pipeline()

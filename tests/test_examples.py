@@ -3,7 +3,7 @@
 Each shipped YAML is loaded into its config dataclass, so a renamed or retyped setting breaks the test and not a
 newcomer's first run; the three generic configs also run two steps (one for ReFL) through the command line with
 tiny or bundled models, their data and model paths overridden the way a user would. The shapes-m recipe files must
-equal the recipe `python -m rewarddance.bundled.train` uses.
+equal the recipe `python -m rewarddance.recipes.shapes` uses.
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ def test_refl_example_runs_with_the_bundled_models(tmp_path, capsys):
 
 
 def test_shapes_m_recipe_files_are_the_bundled_recipe():
-    """The settings and the data commands in examples/training/shapes-m/ equal rewarddance/bundled/train.py's."""
-    from rewarddance.bundled import train as recipe
+    """The settings and the data commands in examples/training/shapes-m/ equal rewarddance/recipes/shapes.py's."""
     from rewarddance.cli import build_parser
+    from rewarddance.recipes import shapes as recipe
 
     stages = {
         "1-captions.yaml": {**recipe.CAPTION, "save_every": 0},

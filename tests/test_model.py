@@ -9,7 +9,7 @@ from PIL import Image
 
 from rewarddance import Example, RewardContext, RewardModel
 from rewarddance.model import RewardOutput
-from rewarddance.tiny import FAMILIES
+from rewarddance.testing.tiny import FAMILIES
 
 PROMPT = "a red circle left of a blue square"
 
@@ -303,10 +303,13 @@ def test_pairwise_reward_gradients_reach_candidates_only(rm_cache):
     # pixels on the uint8 grid, at the processor's own size (56 px): the stock path neither rounds nor resizes, so
     # both paths see the same numbers (measured |d margin| ~2e-6)
     pixels = (_smooth_pixels(2, 56, 56, seed=1) * 255).round().div(255).requires_grad_()
-    refs = (_smooth_pixels(2, 56, 56, seed=2) * 255).round().div(255)
+    # references are fixed targets (ReFL): one that requires grad, as a generated reference would, gets none
+    refs = (_smooth_pixels(2, 56, 56, seed=2) * 255).round().div(255).requires_grad_()
     m = rm.reward(pixels, PROMPT, references=refs, output="margin")
     m.sum().backward()
     assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+    assert refs.grad is None or not refs.grad.any(), "reward() must not send gradients to the references"
+    refs = refs.detach()
     with torch.no_grad():
         plain = rm.compare(pixels.detach(), refs, PROMPT).margin
         other_refs = rm.compare(pixels.detach(), refs.flip(0), PROMPT).margin

@@ -19,7 +19,7 @@ from PIL import Image
 
 from rewarddance.images import ImageError
 from rewarddance.preprocess import SUPPORTED_FAMILIES, image_inputs
-from rewarddance.tiny import FAMILIES
+from rewarddance.testing.tiny import FAMILIES
 
 LEVELS = {"idefics3": 2.5, "smolvlm": 2.5}  # allowed deviation in uint8 levels; 1.5 for the other families
 CASES = {  # (height, width) of the images of one sample

@@ -18,7 +18,7 @@ import pytest
 from rewarddance import RewardModel
 from rewarddance.context import RewardContext
 from rewarddance.shapes import write_dataset
-from rewarddance.tiny import build_tiny_vlm
+from rewarddance.testing.tiny import build_tiny_vlm
 from rewarddance.training.caption import CaptionTrainConfig, train_captions
 from rewarddance.training.data import load_pair_images, read_pairs
 from rewarddance.training.rm import RMTrainConfig, evaluate_pairs, train_rm

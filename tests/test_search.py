@@ -25,7 +25,7 @@ from rewarddance.search import (
     search_over_paths,
     tournament,
 )
-from rewarddance.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 
 PROMPT = "a red circle"
 SIZE = 32
@@ -219,7 +219,7 @@ def test_callback_bad_input(pipes, rm):
 def test_search_over_paths_end_to_end_within_budget(pipes, rm, kind, scheduler):
     pipe = pipes(kind, scheduler)
     steps, n, m = 6, 2, 2
-    full = plan_search(steps, n, m, start=2, forward=1, backward=2)
+    full = plan_search(steps, start=2, forward=1, backward=2)
     assert full == [(2, 1, 3), (3, 2, 4), (4, 3, 5), (5, 4, 6)]
     budget = 30  # the full plan costs search_cost(...) = 36 > 30: the last rounds are dropped
     assert search_cost(steps, n, m, 2, full) == 36

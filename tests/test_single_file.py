@@ -1,4 +1,4 @@
-"""Single-file (LDM layout) checkpoints: written by rewarddance.single_file, read back by diffusers'
+"""Single-file (LDM layout) checkpoints: written by rewarddance.training.export, read back by diffusers'
 ``from_single_file``, and trained from by the ReFL trainer."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rewarddance.single_file import save_single_file
-from rewarddance.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
+from rewarddance.training.export import save_single_file
 from rewarddance.training.refl import ReFLConfig, load_pipeline, train_refl
 
 

@@ -7,8 +7,8 @@
 
 Each is an ordinary Hugging Face / diffusers folder with a ``README.md`` model card (data, steps, seed, measured
 accuracy) and a ``card.json`` holding the same numbers for tests. ``RewardModel.from_pretrained("shapes-m")`` and
-:func:`load_generator` find them by name; a local folder of the same name takes precedence. The scripts that
-reproduce them are in :mod:`rewarddance.bundled.train`.
+:func:`load_generator` find them by name; a local folder of the same name takes precedence. The seeded scripts
+that reproduce them are in :mod:`rewarddance.recipes.shapes`; this package holds the folders and the resolver.
 """
 
 from __future__ import annotations

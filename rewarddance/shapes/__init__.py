@@ -31,7 +31,7 @@ from .render import render, render_array
 from .sample import (
     SPLITS,
     Example,
-    SamplerConfig,
+    LayoutConfig,
     iter_examples,
     sample_example,
     sample_examples,
@@ -66,7 +66,7 @@ __all__ = [
     "ObjectReq",
     "Pair",
     "PromptSpec",
-    "SamplerConfig",
+    "LayoutConfig",
     "Scene",
     "Scoreboard",
     "ShapeObject",

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..manifest import read_jsonl
 from .pairs import iter_pairs
 from .prompts import CATEGORIES, caption, parse_prompt
 from .render import MIN_SIZE, render
@@ -177,18 +178,8 @@ def geneval_records(folder: Path) -> list[dict]:
 
 def read_records(path: str | os.PathLike) -> Iterator[dict]:
     """JSON objects of a JSONL file, one per non-empty line; a line that is not an object raises with its number."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ShapesError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise ShapesError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield record
+    for _, record in read_jsonl(path, error=ShapesError):
+        yield record
 
 
 @dataclass

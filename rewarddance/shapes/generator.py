@@ -11,7 +11,7 @@ The tokenizer is a byte-level BPE trained on ShapesWorld's prompt words, so ever
 meant to be imperfect: after ~20 minutes of CPU training it draws the colours and rough shapes of a prompt but often
 misses counts, relations and shapes, which leaves a reward model room to help (best-of-N, search, ReFL).
 
-    python -m rewarddance.bundled.train generator --out ./shapes-gen   # then DiffusionPipeline.from_pretrained(...)
+    python -m rewarddance.recipes.shapes generator --out ./shapes-gen   # then DiffusionPipeline.from_pretrained(...)
 """
 
 from __future__ import annotations
@@ -81,9 +81,10 @@ def prompt_words() -> list[str]:
 
 def build_tokenizer(max_length: int = 24):
     """Byte-level BPE over ShapesWorld's words (each word one token), CLIP-style begin/end tokens, pad = end."""
-    from ..tiny_diffusion import _tokenizer
+    from ..bpe import build_bpe_tokenizer
 
-    return _tokenizer(max_length, vocab_size=1000, texts=[" ".join(prompt_words())] * 8, add_prefix_space=True)
+    texts = [" ".join(prompt_words())] * 8
+    return build_bpe_tokenizer(texts, max_length, vocab_size=1000, add_prefix_space=True)
 
 
 def build_pipeline(cfg: GeneratorConfig):

@@ -26,7 +26,7 @@ import numpy as np
 from .prompts import CATEGORIES, OPPOSITE, PromptSpec, check, dominant_relation
 from .sample import (
     Example,
-    SamplerConfig,
+    LayoutConfig,
     allowed_colours,
     example_rng,
     iter_examples,
@@ -99,7 +99,7 @@ def _valid(ex: Example, rejected: Scene) -> bool:
 Made = tuple[Scene, str] | None
 
 
-def _hard_count(ex: Example, rng: np.random.Generator, config: SamplerConfig) -> Made:
+def _hard_count(ex: Example, rng: np.random.Generator, config: LayoutConfig) -> Made:
     spec, scene = ex.spec, ex.scene
     named = _named_indices(spec, scene)
     if spec.category != "counting":  # single_object / two_object: one named object is missing
@@ -127,7 +127,7 @@ def _hard_count(ex: Example, rng: np.random.Generator, config: SamplerConfig) ->
     return None
 
 
-def _hard_shape(ex: Example, rng: np.random.Generator, config: SamplerConfig) -> Made:
+def _hard_shape(ex: Example, rng: np.random.Generator, config: LayoutConfig) -> Made:
     spec, scene = ex.spec, ex.scene
     prompt_shapes = {r.shape for r in spec.objects}
     candidates = []  # (object index, new shape)
@@ -147,7 +147,7 @@ def _hard_shape(ex: Example, rng: np.random.Generator, config: SamplerConfig) ->
     return None
 
 
-def _hard_colour(ex: Example, rng: np.random.Generator, config: SamplerConfig) -> Made:
+def _hard_colour(ex: Example, rng: np.random.Generator, config: LayoutConfig) -> Made:
     spec, scene = ex.spec, ex.scene
     named = _named_indices(spec, scene)
     if spec.category == "color_attr" and rng.random() < 0.5:  # attribute binding: the two colours swap
@@ -177,7 +177,7 @@ def _mirror(o: ShapeObject, horizontal: bool) -> ShapeObject:
     return ShapeObject(o.shape, o.colour, o.x, round(1.0 - o.y, 4), o.size, round((180.0 - o.rotation) % 360.0, 2))
 
 
-def _hard_relation(ex: Example, rng: np.random.Generator, config: SamplerConfig) -> Made:
+def _hard_relation(ex: Example, rng: np.random.Generator, config: LayoutConfig) -> Made:
     spec, scene = ex.spec, ex.scene
     new = scene.with_objects(_mirror(o, spec.relation in ("left of", "right of")) for o in scene.objects)
     (i, *_), (j, *_) = _named_indices(spec, new)
@@ -190,7 +190,7 @@ def _hard_relation(ex: Example, rng: np.random.Generator, config: SamplerConfig)
     )
 
 
-def _easy(ex: Example, rng: np.random.Generator, config: SamplerConfig) -> Made:
+def _easy(ex: Example, rng: np.random.Generator, config: LayoutConfig) -> Made:
     for _ in range(50):
         category = str(rng.choice([c for c in CATEGORIES if c != ex.category]))
         other = sample_example(category, rng, ex.split, config)
@@ -210,7 +210,7 @@ _MAKERS = {
 
 
 def make_pair(
-    ex: Example, rng: np.random.Generator, negative: str | None = None, config: SamplerConfig | None = None
+    ex: Example, rng: np.random.Generator, negative: str | None = None, config: LayoutConfig | None = None
 ) -> Pair:
     """A preference pair for example ``ex``.
 
@@ -218,7 +218,7 @@ def make_pair(
     one of the category's hard kinds at random. A kind that cannot apply to the category (or to this scene)
     falls back to the category's other kinds, then ``easy``.
     """
-    config = config or SamplerConfig()
+    config = config or LayoutConfig()
     hard = HARD_NEGATIVES[ex.category]
     if negative is None:
         negative = "easy" if rng.random() < EASY_SHARE else str(rng.choice(hard))
@@ -238,7 +238,7 @@ def iter_pairs(
     seed: int = 0,
     split: str = "id",
     categories: tuple[str, ...] | list[str] = CATEGORIES,
-    config: SamplerConfig | None = None,
+    config: LayoutConfig | None = None,
     start: int = 0,
 ) -> Iterator[Pair]:
     """Pairs ``start .. start + n - 1``, made one at a time; pair ``i`` depends only on ``(seed, split, i)``.
@@ -254,7 +254,7 @@ def sample_pairs(
     seed: int = 0,
     split: str = "id",
     categories: tuple[str, ...] | list[str] = CATEGORIES,
-    config: SamplerConfig | None = None,
+    config: LayoutConfig | None = None,
     start: int = 0,
 ) -> list[Pair]:
     """``n`` pairs cycling through ``categories`` (see :func:`iter_pairs`)."""

@@ -38,8 +38,8 @@ _SPLIT_CODE = {"id": 1, "ood": 2}
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
-    """Layout knobs; lengths are fractions of the image side."""
+class LayoutConfig:
+    """How scenes are laid out (object sizes, gaps, margins, jitter); lengths are fractions of the image side."""
 
     size_by_count: tuple[tuple[float, float], ...] = ((0.22, 0.32), (0.22, 0.32), (0.19, 0.26), (0.17, 0.22))
     """object size range for scenes of 1-2, 3, and 4+ objects (index min(n, 4) - 1)"""
@@ -149,7 +149,7 @@ def sample_prompt(category: str, rng: np.random.Generator, split: str = "id") ->
     return PromptSpec(category, tuple(reqs))
 
 
-def object_sizes(n: int, rng: np.random.Generator, config: SamplerConfig) -> list[float]:
+def object_sizes(n: int, rng: np.random.Generator, config: LayoutConfig) -> list[float]:
     """``n`` object sizes from the range for scenes of ``n`` objects."""
     lo, hi = config.size_by_count[min(max(n, 1), len(config.size_by_count)) - 1]
     return [float(rng.uniform(lo, hi)) for _ in range(n)]
@@ -159,7 +159,7 @@ def _radius(shape: str, size: float) -> float:
     return 0.5 * size * SHAPE_SCALE[shape]
 
 
-def _fits(x: float, y: float, r: float, placed: list[tuple[float, float, float]], config: SamplerConfig) -> bool:
+def _fits(x: float, y: float, r: float, placed: list[tuple[float, float, float]], config: LayoutConfig) -> bool:
     lo = r + config.margin
     if not (lo <= x <= 1 - lo and lo <= y <= 1 - lo):
         return False
@@ -169,7 +169,7 @@ def _fits(x: float, y: float, r: float, placed: list[tuple[float, float, float]]
 def place_objects(
     shapes: list[str],
     rng: np.random.Generator,
-    config: SamplerConfig,
+    config: LayoutConfig,
     placed: list[tuple[float, float, float]] | None = None,
     sizes: list[float] | None = None,
     rounds: int = 30,
@@ -202,7 +202,7 @@ def place_objects(
 
 
 def place_related(
-    shape_a: str, shape_b: str, relation: str, rng: np.random.Generator, config: SamplerConfig
+    shape_a: str, shape_b: str, relation: str, rng: np.random.Generator, config: LayoutConfig
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Positions ``(x, y, size)`` for A and B such that A is clearly ``relation`` B (within the jitter)."""
     size_a, size_b = object_sizes(2, rng, config)
@@ -235,10 +235,10 @@ def make_object(shape: str, colour: str, pos: tuple[float, float, float], rng: n
 
 
 def scene_for(
-    spec: PromptSpec, rng: np.random.Generator, split: str = "id", config: SamplerConfig | None = None
+    spec: PromptSpec, rng: np.random.Generator, split: str = "id", config: LayoutConfig | None = None
 ) -> Scene:
     """A random scene that satisfies ``spec`` and the split's rules."""
-    config = config or SamplerConfig()
+    config = config or LayoutConfig()
     check_split(split)
     # shapes and colours (None = free) of the objects the prompt names, then extras
     named: list[tuple[str, str | None]] = []
@@ -274,7 +274,7 @@ def scene_for(
 
 
 def sample_example(
-    category: str, rng: np.random.Generator, split: str = "id", config: SamplerConfig | None = None
+    category: str, rng: np.random.Generator, split: str = "id", config: LayoutConfig | None = None
 ) -> Example:
     """One random example (prompt and satisfying scene) of ``category``."""
     spec = sample_prompt(category, rng, split)
@@ -286,7 +286,7 @@ def iter_examples(
     seed: int = 0,
     split: str = "id",
     categories: tuple[str, ...] | list[str] = CATEGORIES,
-    config: SamplerConfig | None = None,
+    config: LayoutConfig | None = None,
     start: int = 0,
 ) -> Iterator[Example]:
     """Examples ``start .. start + n - 1`` cycling through ``categories``, made one at a time."""
@@ -306,7 +306,7 @@ def sample_examples(
     seed: int = 0,
     split: str = "id",
     categories: tuple[str, ...] | list[str] = CATEGORIES,
-    config: SamplerConfig | None = None,
+    config: LayoutConfig | None = None,
     start: int = 0,
 ) -> list[Example]:
     """``n`` examples cycling through ``categories`` (balanced to within one per category), reproducible by seed.

@@ -1,7 +1,7 @@
 """Caption pretraining: teach a VLM to describe images before it is trained to judge them.
 
 A reward model is normally fine-tuned from a VLM that already sees: its vision tower, projector and language model
-were aligned on image-text data first. A VLM built from scratch (the tiny models of ``rewarddance.tiny``, the
+were aligned on image-text data first. A VLM built from scratch (the tiny models of ``rewarddance.testing.tiny``, the
 bundled ShapesWorld judges) has not been, and a yes/no verdict is one bit of supervision per image: measured on
 ShapesWorld pairs with a tiny LLaVA, reward training from random weights sat at the Bradley-Terry loss of chance
 for 2,000 steps. A caption is a dozen supervised tokens per image, each of which (a colour, a shape, a count, a
@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from ..images import ImageError, load_image
-from ..kernels import selected_logprobs
 from ..model import RewardModel
 from . import loop
 from .config import coerce_settings, config_from_yaml
@@ -152,15 +151,15 @@ def caption_loss(rm: RewardModel, rows: list[Captioned], question: str = QUESTIO
     """``(mean cross-entropy, token accuracy, caption tokens)`` of the captions of ``rows``; differentiable in the
     first."""
     inputs, targets = caption_batch(rm, rows, question)
-    hidden = rm._base(**rm._to_model(inputs), use_cache=False).last_hidden_state
+    hidden = rm.hidden_states(inputs)  # [B, T, H]
     keep = (targets != -100).to(hidden.device)
     sel, tgt = hidden[keep], targets.to(hidden.device)[keep]
-    weight = rm._head_weight if rm._head_weight.requires_grad else rm._head_weight.detach()
-    logp = selected_logprobs(sel, weight, tgt, bias=rm._head_bias)
+    logp = rm.token_log_probs(sel, tgt)
+    weight, bias = rm.head()
     right = 0
     with torch.no_grad():  # greedy predictions, a block of rows at a time (no [T, V] logits for the whole batch)
         for k in range(0, len(tgt), 256):
-            logits = sel[k : k + 256] @ weight.T + (rm._head_bias if rm._head_bias is not None else 0)
+            logits = sel[k : k + 256] @ weight.T + (bias if bias is not None else 0)
             right += int((logits.argmax(-1) == tgt[k : k + 256]).sum())
     return -logp.mean(), right / max(1, len(tgt)), len(tgt)
 

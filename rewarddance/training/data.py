@@ -14,7 +14,6 @@ Two on-disk formats:
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 from collections.abc import Iterator
@@ -23,7 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..images import ImageError, load_image
+from ..images import MAX_IMAGE_PIXELS, ImageError, load_image
+from ..manifest import read_jsonl
 
 PAIRS = "pairs.jsonl"
 
@@ -119,18 +119,18 @@ def stream_pairs(
 
 def jsonl_lines(file: Path) -> Iterator[tuple[str, dict | DataError]]:
     """``(where, row)`` for each non-blank line of a JSON Lines file, ``where`` being ``file:line``; a line that is
-    not a JSON object comes as a :class:`DataError` naming it, for the caller to raise or report."""
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{file}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, DataError(f"{where}: not valid JSON ({err.msg})")
-                continue
-            yield where, row if isinstance(row, dict) else DataError(f"{where}: not a JSON object")
+    not a JSON object comes as a :class:`DataError` naming it, in file order, for the caller to raise or report."""
+    bad: list[dict] = []
+
+    def flush():  # the bad lines read_jsonl skipped before the row it yields next
+        while bad:
+            line = bad.pop(0)
+            yield f"{file}:{line['line']}", DataError(line["error"])
+
+    for lineno, row in read_jsonl(file, skip_bad=True, bad=bad):
+        yield from flush()
+        yield f"{file}:{lineno}", row
+    yield from flush()
 
 
 def check_image_file(path: Path, where: str, key: str = "image") -> None:
@@ -170,19 +170,24 @@ def _jsonl_rows(file: Path, check_images: bool) -> Iterator[PreferencePair | Dat
         yield pair
 
 
-def _open(src: str | bytes, name: str):
+def _open(src: str | bytes, name: str, max_pixels: int):
     if isinstance(src, bytes):
         try:
-            return load_image(Image.open(io.BytesIO(src)), name=name)
+            # the size is checked on the header, before load_image decodes the pixels
+            return load_image(Image.open(io.BytesIO(src)), name=name, max_pixels=max_pixels)
+        except Image.DecompressionBombError as err:  # PIL's own limit, met at open
+            raise ImageError(f"{name}: too many pixels ({err})") from err
         except (OSError, SyntaxError) as err:  # PIL: unidentified or truncated data
             raise ImageError(f"{name}: unreadable image bytes ({err})") from err
-    return load_image(src)
+    return load_image(src, max_pixels=max_pixels)
 
 
-def load_pair_images(pair: PreferencePair):
-    """``(chosen, rejected)`` as RGB PIL images; :class:`DataError` naming the pair if one cannot be read."""
+def load_pair_images(pair: PreferencePair, max_pixels: int = MAX_IMAGE_PIXELS):
+    """``(chosen, rejected)`` as RGB PIL images; :class:`DataError` naming the pair if one cannot be read or has more
+    than ``max_pixels`` pixels."""
     try:
-        return _open(pair.chosen, f"pair {pair.id} chosen"), _open(pair.rejected, f"pair {pair.id} rejected")
+        chosen = _open(pair.chosen, f"pair {pair.id} chosen", max_pixels)
+        return chosen, _open(pair.rejected, f"pair {pair.id} rejected", max_pixels)
     except ImageError as err:
         raise DataError(f"pair {pair.id}: {err}") from err
 

@@ -33,6 +33,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from ..context import RewardContext
 from ..distributed import any_process, average_gradients, process_state
 from ..images import ImageError, load_image, to_tensor
+from ..manifest import ManifestError, read_jsonl
 from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
 from .checkpoint import (
     StopFlag,
@@ -43,6 +44,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import coerce_settings, config_from_yaml
+from .export import save_lora
 from .metrics import append_csv, drop_rows_after, say
 
 MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
@@ -194,7 +196,11 @@ def read_prompts(source) -> list[str]:
         if not path.is_file():
             raise ValueError(f"prompts: no such file {path}")
         if path.suffix == ".jsonl":
-            prompts = [json.loads(x)["prompt"] for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            prompts = []
+            for line_no, row in read_jsonl(path):
+                if not isinstance(row.get("prompt"), str):
+                    raise ManifestError(f"{path}:{line_no}: needs a 'prompt' string")
+                prompts.append(row["prompt"])
         else:
             prompts = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     if not prompts or any(not p.strip() for p in prompts):
@@ -205,11 +211,11 @@ def read_prompts(source) -> list[str]:
 def read_pretrain_folder(folder) -> list[tuple[torch.Tensor, str]]:
     """``(pixels [3, H, W], caption)`` of every item of an image-caption folder (``manifest.jsonl`` with ``image``
     and ``prompt``, as ShapesWorld writes); any unreadable image is an error naming it, raised before training."""
-    from ..shapes.dataset import read_records, resolve_manifest
+    from ..shapes.dataset import resolve_manifest
 
     manifest = resolve_manifest(folder)
     items = []
-    for lineno, rec in enumerate(read_records(manifest), 1):
+    for lineno, rec in read_jsonl(manifest):  # numbered as in the file, blank lines included
         if "image" not in rec or "prompt" not in rec:
             raise ValueError(f"{manifest}:{lineno}: needs 'image' and 'prompt'")
         try:
@@ -254,43 +260,6 @@ def add_lora(denoiser, cfg: ReFLConfig) -> list[torch.nn.Parameter]:
     for p in params:
         p.data = p.data.float()
     return params
-
-
-COMFY_LORA_FILE = "lora_comfyui.safetensors"
-
-
-def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = None) -> Path:
-    """Write the LoRA twice: in diffusers' format (``pipe.load_lora_weights(out_dir)`` loads it) and as
-    ``lora_comfyui.safetensors`` for ComfyUI's LoraLoader (``models/loras``).
-
-    The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets and
-    ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers; each module carries its ``alpha``, so
-    strength 1.0 there applies the same ``alpha / rank`` scale as the trained model. ``state_dict``: the gathered
-    weights of a sharded (FSDP) denoiser.
-    """
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    peft_sd = get_peft_model_state_dict(denoiser, state_dict=state_dict)
-    layers = convert_state_dict_to_diffusers(peft_sd)
-    unet = pipeline_family(pipe) == "unet"
-    key = "unet" if unet else "transformer"
-    # the adapter config travels in the file's metadata; without it a loader assumes alpha = rank (scale 1)
-    meta = {f"{key}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict()}
-    type(pipe).save_lora_weights(str(out), **{f"{key}_lora_layers": layers}, **meta, safe_serialization=True)
-    if unet:
-        comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
-    else:
-        comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
-    for key in [k for k in comfy if k.endswith((".lora_down.weight", ".lora_A.weight"))]:
-        comfy[key.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(float(alpha))
-    tmp = out / (COMFY_LORA_FILE + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in comfy.items()}, str(tmp))
-    tmp.replace(out / COMFY_LORA_FILE)
-    return out
 
 
 @contextlib.contextmanager

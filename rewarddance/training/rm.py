@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..context import RewardContext
-from ..judge_info import TrainedFor, write_trained_for
-from ..kernels import selected_logprobs, yes_prob
+from ..judge_info import TrainedFor
 from ..model import RewardModel
 from . import loop
 from .config import coerce_settings, config_from_yaml
@@ -150,8 +149,8 @@ def encode_answers(rm: RewardModel, texts: list[str], answers: list[str], image_
     The rows are left padded, so row ``i``'s answer is ``input_ids[i, starts[i]:]``. The answer must tokenize apart
     from its prompt (the prompt's tokens are a prefix of the full row's), else a ``ValueError`` names the row.
     """
-    full = rm._process([t + a for t, a in zip(texts, answers)], image_lists)
-    prompt_only = rm._process(texts, image_lists)
+    full = rm.encode([t + a for t, a in zip(texts, answers)], image_lists)
+    prompt_only = rm.encode(texts, image_lists)
     ids, T = full["input_ids"], full["input_ids"].shape[1]
     p_len, f_len = prompt_only["attention_mask"].sum(1), full["attention_mask"].sum(1)
     starts = torch.empty(len(texts), dtype=torch.long)
@@ -172,11 +171,11 @@ def encode_items(rm: RewardModel, items: list[Item], context: RewardContext):
     judgment first the verdict word as written, the reason and end-of-text; for reasoning first the reasoning.
     """
     pairwise = len(items[0].images) == 2
-    texts = rm._texts([it.prompt for it in items], context, pairwise)
+    texts = rm.prompt_texts([it.prompt for it in items], context, pairwise)
     ctx_imgs = [x for x in context.example_images(pairwise)]
     lists = [ctx_imgs + it.images for it in items]
     if context.cot == "none":
-        full = rm._process(texts, lists)
+        full = rm.encode(texts, lists)
         B, T = full["input_ids"].shape
         return full, torch.full((B,), T - 1, dtype=torch.long), torch.full((B, T), -100, dtype=torch.long)
     # judgment first ends with end-of-text, so that a decoded reason stops where the trained one did
@@ -205,9 +204,7 @@ def _log_p(p: torch.Tensor) -> torch.Tensor:
 
 def verdict_log_probs(rm: RewardModel, hidden_rows: torch.Tensor, context: RewardContext):
     """``(log P(yes ids), log P(no ids), margin)`` for final hidden states ``[N, H]``, differentiable."""
-    yes, no = rm._answer_ids(context)
-    weight = rm._head_weight if rm._head_weight.requires_grad else rm._head_weight.detach()
-    p, margin = yes_prob(hidden_rows, weight, yes, no, bias=rm._head_bias, normalize=context.normalize)
+    p, margin = rm.read(hidden_rows, context, trainable=True)
     log_yes = _log_p(p)
     return log_yes, log_yes - margin, margin, p
 
@@ -215,8 +212,7 @@ def verdict_log_probs(rm: RewardModel, hidden_rows: torch.Tensor, context: Rewar
 def compute_loss(rm: RewardModel, items: list[Item], cfg: RMTrainConfig, context: RewardContext) -> dict:
     """The loss of one batch of items (see the module docstring) and its parts, as floats for logging."""
     inputs, verdict_pos, targets = encode_items(rm, items, context)
-    out = rm._base(**rm._to_model(inputs), use_cache=False)
-    hidden = out.last_hidden_state  # [B, T, H]
+    hidden = rm.hidden_states(inputs)  # [B, T, H]
     B = hidden.shape[0]
     rows = hidden[torch.arange(B, device=hidden.device), verdict_pos.to(hidden.device)]
     log_yes, log_no, margin, p = verdict_log_probs(rm, rows, context)
@@ -234,8 +230,7 @@ def compute_loss(rm: RewardModel, items: list[Item], cfg: RMTrainConfig, context
         keep = targets != -100
         if keep.any():
             sel = hidden[keep.to(hidden.device)]
-            weight = rm._head_weight if rm._head_weight.requires_grad else rm._head_weight.detach()
-            lp = selected_logprobs(sel, weight, targets[keep].to(hidden.device), bias=rm._head_bias)
+            lp = rm.token_log_probs(sel, targets[keep].to(hidden.device))
             parts["reason_ce"] = -lp.mean()
             loss = loss + cfg.reason_weight * parts["reason_ce"]
     parts["loss"] = loss
@@ -244,19 +239,23 @@ def compute_loss(rm: RewardModel, items: list[Item], cfg: RMTrainConfig, context
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate_pairs(rm: RewardModel, pairs: list[PreferencePair], objective: str, context=None, batch_size=16) -> dict:
+def evaluate_pairs(
+    rm: RewardModel, pairs: list[PreferencePair], objective: str, context=None, batch_size=16, max_pixels=None
+) -> dict:
     """Pairwise accuracy, expected calibration error (10 bins) and position-bias rate on preference pairs.
 
     Pointwise: a pair is right when P(yes | chosen) > P(yes | rejected); calibration is of the Bradley-Terry
     probability sigmoid(margin_chosen - margin_rejected) over both orders of each pair. Pairwise: the order-averaged
     P(chosen better) > 0.5; calibration is of P(yes) against the right verdict for both orders; the position-bias
     rate is the share of pairs whose answers do not flip when the images swap (the same verdict both ways).
+    ``max_pixels`` bounds the images' size (default :data:`rewarddance.images.MAX_IMAGE_PIXELS`).
     """
     context = context or RewardContext()
+    limit = {"max_pixels": max_pixels} if max_pixels else {}
     probs, labels, right, biased = [], [], 0, 0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        imgs = [load_pair_images(p) for p in chunk]
+        imgs = [load_pair_images(p, **limit) for p in chunk]
         chosen, rejected = [c for c, _ in imgs], [r for _, r in imgs]
         prompts = [p.prompt for p in chunk]
         if objective == "pointwise":
@@ -302,23 +301,7 @@ def save_reward_model(
     ``trained_for`` (how the judge was trained to be asked) goes to ``rewarddance.json`` beside the weights, where
     ``RewardModel.trained_for`` and the command line read it.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = rm.model
-    if hasattr(model, "peft_config"):
-        if merge:
-            model = model.merge_and_unload()
-            rm.model = model
-            model.save_pretrained(out, safe_serialization=True)
-        else:
-            model.save_pretrained(out)  # adapter_config.json + adapter_model.safetensors
-    else:
-        model.save_pretrained(out, safe_serialization=True)
-    rm.processor.save_pretrained(out)
-    if trained_for is not None:
-        write_trained_for(out, trained_for)
-        rm.trained_for = trained_for
-    return out
+    return rm.save(out_dir, merge=merge, trained_for=trained_for)
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -1,8 +1,8 @@
 """Reproduce the bundled models from their seeds (CPU is enough; times below are 2 cores).
 
-    python -m rewarddance.bundled.train generator --out rewarddance/bundled/shapes-gen
-    python -m rewarddance.bundled.train rm --size m --work /tmp/shapes-rm --out rewarddance/bundled/shapes-m
-    python -m rewarddance.bundled.train variant --size m --variant cot --work /tmp/shapes-rm   # an ablation judge
+    python -m rewarddance.recipes.shapes generator --out rewarddance/bundled/shapes-gen
+    python -m rewarddance.recipes.shapes rm --size m --work /tmp/shapes-rm --out rewarddance/bundled/shapes-m
+    python -m rewarddance.recipes.shapes variant --size m --variant cot --work /tmp/shapes-rm   # an ablation judge
 
 Generator first (:mod:`rewarddance.shapes.generator`): the judges' last stage learns from its samples. Reward
 models: a tiny LLaVA of the size's shape (:data:`RM_SIZES`), caption-pretrained on 16,000 ShapesWorld scenes
@@ -66,9 +66,9 @@ def write_data(work: Path) -> dict[str, Path]:
 def eval_data(work: Path) -> dict[str, Path]:
     """Only the held-out pair folders (what the bundled-model tests measure against the card): rendered in-domain
     and out-of-domain pairs, and pairs of the bundled generator's samples."""
+    from ..bundled import bundled_path
     from ..shapes import write_dataset
     from ..shapes.generator import load_generator
-    from . import bundled_path
 
     out = {}
     for name in ("id", "ood"):
@@ -118,9 +118,9 @@ def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per
     returns the pass rate and pair count (reused when ``pairs.jsonl`` exists)."""
     import torch
 
+    from ..bundled import generator_defaults
     from ..shapes import CATEGORIES, verify
     from ..shapes.sample import example_rng, sample_prompt
-    from . import generator_defaults
 
     info = out / "info.json"
     if info.exists():
@@ -201,8 +201,8 @@ def prepare_rm_data(work: Path, log=print) -> tuple[dict[str, Path], dict]:
     """Everything the judges learn from, under ``work`` (reused when there): the rendered folders of :data:`DATA`,
     the generator's verifier-labelled pairs of :data:`GENERATED` (with the verifier's reasons) and ``mixed-train``
     (those pairs plus :data:`MIX_RENDERED` rendered ones). Returns the folders and the generated pairs' facts."""
+    from ..bundled import bundled_path
     from ..shapes.generator import load_generator
-    from . import bundled_path
 
     data = write_data(work)
     pipe = load_generator(bundled_path("shapes-gen"))
@@ -216,7 +216,7 @@ def prepare_rm_data(work: Path, log=print) -> tuple[dict[str, Path], dict]:
 
 def caption_stage(size: str, work: Path, data: dict[str, Path], log=print) -> tuple[Path, dict]:
     """Stage 1 for ``size``: caption pretraining of a random tiny LLaVA (reused when done); its folder and facts."""
-    from ..tiny import build_tiny_vlm
+    from ..testing.tiny import build_tiny_vlm
     from ..training.caption import CaptionTrainConfig, train_captions
 
     folder = work / f"{size}-captions"
@@ -332,7 +332,7 @@ def render_card(facts: dict) -> str:
 A generative reward model: the reward is P("yes") of a tiny LLaVA ({facts["parameters"]:,} parameters; language model
 hidden {shape["hidden"]} x {shape["layers"]} layers, CLIP vision tower {shape["vision_hidden"]} x
 {shape["vision_layers"]} layers, patch 14 on {facts["image_size"]} x {facts["image_size"]} px, byte-level BPE
-tokenizer built by `rewarddance.tiny`) asked whether a ShapesWorld image matches its prompt. Trained on this
+tokenizer built by `rewarddance.testing.tiny`) asked whether a ShapesWorld image matches its prompt. Trained on this
 project's synthetic ShapesWorld data only; it knows nothing else.
 
 ## Measured (pointwise: the chosen image of a pair must get the higher P(yes))
@@ -343,7 +343,7 @@ project's synthetic ShapesWorld data only; it knows nothing else.
 | out-of-domain (seed {data["ood"]["seed"]}; held-out colour/shape pairs, striped backgrounds) | {m["ood"]["pairs"]} | {100 * m["ood"]["accuracy"]:.1f} % | {m["ood"]["ece"]:.3f} |
 | the bundled generator's samples (seed {g["eval"]["seed"]}; verifier-labelled) | {m["generated"]["pairs"]} | {100 * m["generated"]["accuracy"]:.1f} % | {m["generated"]["ece"]:.3f} |
 
-## Training (seeded; `python -m rewarddance.bundled.train rm --size {facts["name"][-1]}`)
+## Training (seeded; `python -m rewarddance.recipes.shapes rm --size {facts["name"][-1]}`)
 
 1. Random weights, seed {facts["vlm_seed"]}.
 2. Caption pretraining (`rewarddance train-captions`) on {data["scenes"]["count"]:,} rendered ShapesWorld scenes
@@ -398,7 +398,7 @@ prompt) of one sample per prompt, {base["prompts"]} in-domain prompts (seed {bas
 {c["guidance_scale"]}, {c["num_inference_steps"]} DDIM steps: **{100 * base["alignment"]:.1f} %** overall;
 by category: {", ".join(f"{k} {100 * v:.0f} %" for k, v in base["by_category"].items())}.
 
-## Training (seeded; `python -m rewarddance.bundled.train generator`)
+## Training (seeded; `python -m rewarddance.recipes.shapes generator`)
 
 {c["n_images"]:,} rendered in-domain ShapesWorld scenes (seed {c["data_seed"]}, all six categories), model seed
 {c["seed"]}. Autoencoder: {c["vae_steps"]:,} steps, batch {c["vae_batch"]}, L1 + MSE + {c["vae_kl"]} x KL. UNet and
@@ -420,9 +420,9 @@ def measure_generator(pipe, n_prompts: int = 120, seed: int = 7, defaults: dict 
     """Verifier alignment of one sample per prompt over ``n_prompts`` in-domain prompts, overall and by category."""
     import torch
 
+    from ..bundled import generator_defaults
     from ..shapes import CATEGORIES, verify
     from ..shapes.sample import example_rng, sample_prompt
-    from . import generator_defaults
 
     kw = defaults or generator_defaults(pipe)
     specs = [sample_prompt(CATEGORIES[i % 6], example_rng(seed, "id", i), "id") for i in range(n_prompts)]
@@ -476,7 +476,7 @@ def describe_generator(out: Path, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rewarddance.bundled.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rewarddance.recipes.shapes", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     gen = sub.add_parser("generator", help="the ShapesWorld text-to-image pipeline")
     gen.add_argument("--out", required=True, type=Path)

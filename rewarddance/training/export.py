@@ -1,12 +1,15 @@
-"""Write a Stable Diffusion 1.x diffusers pipeline as one single-file checkpoint in the original (LDM) layout, the
-layout of the files in ComfyUI's ``models/checkpoints`` and of ``from_single_file``.
+"""Exporters: what a trained model is written as for other tools.
 
-Use: ship a ReFL result with its LoRA fused in (``pipe.fuse_lora()`` first) to tools that read only single files;
-the tests also build their single-file checkpoints with it, since none can be downloaded offline. diffusers reads
-such files back with ``StableDiffusionPipeline.from_single_file(path, config=<diffusers folder or id>)``.
+- :func:`save_lora`: a ReFL LoRA twice, in diffusers' format and as ``lora_comfyui.safetensors`` for ComfyUI's
+  LoraLoader (the key names ComfyUI maps onto its own models).
+- :func:`save_single_file`: a Stable Diffusion 1.x diffusers pipeline as one single-file checkpoint in the original
+  (LDM) layout, the layout of the files in ComfyUI's ``models/checkpoints`` and of ``from_single_file``.
 
-Only what an SD 1.x pipeline holds is mapped (UNet2DConditionModel, AutoencoderKL, CLIPTextModel); anything else is
-an error naming the component, never a silently incomplete file.
+Use the second to ship a ReFL result with its LoRA fused in (``pipe.fuse_lora()`` first) to tools that read only
+single files; the tests also build their single-file checkpoints with it, since none can be downloaded offline.
+diffusers reads such files back with ``StableDiffusionPipeline.from_single_file(path, config=<diffusers folder or
+id>)``. Only what an SD 1.x pipeline holds is mapped (UNet2DConditionModel, AutoencoderKL, CLIPTextModel); anything
+else is an error naming the component, never a silently incomplete file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import re
 from pathlib import Path
 
 import torch
+
+from ..pipelines import pipeline_family
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -155,3 +160,42 @@ def save_single_file(pipe, path, dtype: torch.dtype | None = None) -> Path:
     save_file(sd, str(tmp), metadata={"format": "pt"})
     tmp.replace(path)
     return path
+
+
+# --- LoRA (ReFL) ---------------------------------------------------------------------------------------------
+
+COMFY_LORA_FILE = "lora_comfyui.safetensors"
+
+
+def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = None) -> Path:
+    """Write the LoRA twice: in diffusers' format (``pipe.load_lora_weights(out_dir)`` loads it) and as
+    ``lora_comfyui.safetensors`` for ComfyUI's LoraLoader (``models/loras``).
+
+    The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets and
+    ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers; each module carries its ``alpha``, so
+    strength 1.0 there applies the same ``alpha / rank`` scale as the trained model. ``state_dict``: the gathered
+    weights of a sharded (FSDP) denoiser.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_sd = get_peft_model_state_dict(denoiser, state_dict=state_dict)
+    layers = convert_state_dict_to_diffusers(peft_sd)
+    unet = pipeline_family(pipe) == "unet"
+    key = "unet" if unet else "transformer"
+    # the adapter config travels in the file's metadata; without it a loader assumes alpha = rank (scale 1)
+    meta = {f"{key}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict()}
+    type(pipe).save_lora_weights(str(out), **{f"{key}_lora_layers": layers}, **meta, safe_serialization=True)
+    if unet:
+        comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
+    else:
+        comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
+    for key in [k for k in comfy if k.endswith((".lora_down.weight", ".lora_A.weight"))]:
+        comfy[key.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(float(alpha))
+    tmp = out / (COMFY_LORA_FILE + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in comfy.items()}, str(tmp))
+    tmp.replace(out / COMFY_LORA_FILE)
+    return out

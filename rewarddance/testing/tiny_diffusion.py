@@ -5,7 +5,7 @@ Like diffusers' own fast pipeline tests, every component is built from a small c
 Flux a T5) text encoders, with byte-level BPE tokenizers trained here instead of downloaded. The images they draw
 are noise; tests use them to run the pipelines' real code paths end to end.
 
-    python -m rewarddance.tiny_diffusion sd ./tiny-sd        # save_pretrained, loadable with DiffusionPipeline
+    python -m rewarddance.testing.tiny_diffusion sd ./tiny-sd        # save_pretrained, loadable with DiffusionPipeline
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from ..bpe import build_bpe_tokenizer
+
 KINDS = ("sd", "sdxl", "sd3", "flux")
 _CORPUS = (
     "a photo of a red circle and a blue square left of a green triangle above a yellow cat dog "
@@ -21,29 +23,9 @@ _CORPUS = (
 ).split()
 
 
-def _tokenizer(max_length: int, vocab_size: int = 300, texts: list[str] | None = None, add_prefix_space: bool = False):
-    """A byte-level BPE tokenizer trained on ``texts`` (default: a small fixed corpus) that adds begin/end tokens and
-    pads with the end token, CLIP style."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[bos, eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts or [" ".join(_CORPUS)] * 4, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, model_max_length=max_length
-    )
+def _tokenizer(max_length: int):
+    """A CLIP-style byte-level BPE tokenizer trained on the small fixed corpus above."""
+    return build_bpe_tokenizer([" ".join(_CORPUS)] * 4, max_length)
 
 
 def _clip(tokenizer, hidden: int = 32, projection: bool = False, seed: int = 0):
@@ -235,7 +217,7 @@ def build_sd15_layout_pipeline(seed: int = 0):
     and it builds its own full-size CLIP-L text encoder and SD VAE whatever the file holds. So those two have the real
     shapes here (random, about 200 M parameters together) and only the UNet is cut to one level with one block. The
     tokenizer is the tiny one (its ids fit CLIP-L's vocabulary). Write it with
-    :func:`rewarddance.single_file.save_single_file`.
+    :func:`rewarddance.training.export.save_single_file`.
     """
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -288,7 +270,7 @@ def build_sd15_layout_pipeline(seed: int = 0):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in KINDS:
-        print(f"usage: python -m rewarddance.tiny_diffusion {{{','.join(KINDS)}}} OUT_DIR", file=sys.stderr)
+        print(f"usage: python -m rewarddance.testing.tiny_diffusion {{{','.join(KINDS)}}} OUT_DIR", file=sys.stderr)
         return 2
     build_tiny_pipeline(argv[0]).save_pretrained(argv[1])
     print(argv[1])
