@@ -30,7 +30,8 @@ def child(kind: str, steps: int, checkpointing: bool, device: str = "cpu") -> di
     from rewarddance import RewardModel
     from rewarddance.testing.tiny import build_tiny_vlm
     from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
-    from rewarddance.training.refl import ReFLConfig, train_refl
+    from rewarddance.training.refl import train_refl
+    from rewarddance.training.refl_config import ReFLConfig
 
     torch.set_num_threads(2)
     rm = RewardModel.from_pretrained(str(build_tiny_vlm("llava", tempfile.mkdtemp(), init_std=0.02)), device=device)

@@ -198,10 +198,9 @@ class BestOfNSelect(io.ComfyNode):
         B = image.shape[0]
         lat = rd.slice_latent(latent, sel.indices, B)
         msk = rd.slice_mask(mask, sel.indices, B)
-        if lat is None:
-            lat = {"samples": torch.zeros(len(sel.indices), 4, image.shape[1] // 8, image.shape[2] // 8)}
-        if msk is None:
-            msk = torch.zeros(len(sel.indices), image.shape[1], image.shape[2])
+        empty_latent, empty_mask = rd.placeholder_outputs(len(sel.indices), image.shape[1], image.shape[2])
+        lat = empty_latent if lat is None else lat
+        msk = empty_mask if msk is None else msk
         return io.NodeOutput(sel.images, lat, msk, sel.scores)
 
 
@@ -238,7 +237,7 @@ class RewardGuidedSampler(io.ComfyNode):
                 _prompt_input("the prompt for the reward model (the text of the positive conditioning)"),
                 io.Combo.Input(
                     "strategy",
-                    options=["best_of_n", "search_over_paths"],
+                    options=list(rd.STRATEGIES),
                     default="best_of_n",
                     tooltip="best-of-N over seeds, or search over paths (re-noise and denoise the best paths)",
                 ),
@@ -284,8 +283,7 @@ class RewardGuidedSampler(io.ComfyNode):
         import comfy.utils
 
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"][:1])
-        pbar = comfy.utils.ProgressBar(budget if strategy == "best_of_n" else steps)
-        check = comfy.model_management.throw_exception_if_processing_interrupted
+        pbar = comfy.utils.ProgressBar(rd.progress_total(strategy, budget, steps))
 
         def run(x, noise_seed, lo, hi, add_noise):
             noise = comfy.sample.prepare_noise(x, noise_seed) if add_noise else torch.zeros_like(x)
@@ -307,70 +305,34 @@ class RewardGuidedSampler(io.ComfyNode):
                 seed=noise_seed,
             )
 
-        def decode(x):
-            return vae.decode(x)
-
-        if strategy == "best_of_n":
-            res = rd.best_of_n_seeds(
-                lambda s: run(latent, s, 0, steps, True),
-                decode,
-                reward_model,
-                prompt,
-                seed,
-                budget,
-                steps,
-                context,
-                progress=lambda d, t: pbar.update_absolute(d, t),
-                check_interrupt=check,
+        def euler_step(x, sigmas):
+            euler = comfy.samplers.sampler_object("euler")
+            return comfy.sample.sample_custom(
+                model, torch.zeros_like(x), cfg, euler, sigmas, positive, negative, x, disable_pbar=True, seed=seed
             )
-        else:
+
+        sigmas, const = None, False
+        if strategy == "search_over_paths":
             sampling = model.get_model_object("model_sampling")
             sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler, steps).cpu()
             const = isinstance(sampling, comfy.model_sampling.CONST)
-
-            def ve(k):  # the noise scale of ComfyUI's intermediate latents at step k
-                s = float(sigmas[k])
-                return s / (1 - s) if const and s < 1 else s
-
-            def renoise(x, level, lo, s):
-                extra = max(ve(lo) ** 2 - ve(level) ** 2, 0.0) ** 0.5
-                g = torch.Generator().manual_seed(s)
-                return x + extra * torch.randn(x.shape, generator=g).to(x.dtype)
-
-            def x0_of(x, k):
-                if k >= steps:
-                    return x
-                euler = comfy.samplers.sampler_object("euler")
-                return comfy.sample.sample_custom(
-                    model,
-                    torch.zeros_like(x),
-                    cfg,
-                    euler,
-                    torch.stack([sigmas[k], sigmas[k] * 0]),
-                    positive,
-                    negative,
-                    x,
-                    disable_pbar=True,
-                    seed=seed,
-                )
-
-            res = rd.search_paths(
-                denoise=lambda x, lo, hi, s: run(x, s, lo, hi, lo == 0),
-                renoise=renoise,
-                x0_of=x0_of,
-                decode=decode,
-                init=lambda s: latent,
-                rm=reward_model,
-                prompt=prompt,
-                seed=seed,
-                steps=steps,
-                n=2,
-                m=2,
-                budget=budget * steps,
-                context=context,
-                progress=lambda d, t: pbar.update_absolute(d, t),
-                check_interrupt=check,
-            )
+        res = rd.guided_sample(
+            strategy,
+            run,
+            euler_step,
+            vae.decode,
+            latent,
+            reward_model,
+            prompt,
+            seed,
+            steps,
+            budget,
+            sigmas=sigmas,
+            const=const,
+            context=context,
+            progress=lambda d, t: pbar.update_absolute(d, t),
+            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+        )
         return io.NodeOutput({"samples": res.latent}, res.image, res.scores)
 
 

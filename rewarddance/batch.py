@@ -159,10 +159,7 @@ def _row(item: BatchItem, p: float, m: float, reason: str | None) -> dict:
 
 def _score_group(rm, items: Sequence[BatchItem], images: list, refs: list | None, context, batch_size) -> list[dict]:
     prompts = [it.prompt for it in items]
-    if refs is None:
-        out = rm.score(images, prompts, context=context, batch_size=batch_size)
-    else:
-        out = rm.compare(images, refs, prompts, context=context, batch_size=batch_size)
+    out = rm.score(images, prompts, context=context, batch_size=batch_size, references=refs)
     reasons = out.reasons or [None] * len(items)
     return [_row(it, float(p), float(m), r) for it, p, m, r in zip(items, out.p_yes, out.margin, reasons)]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -204,21 +203,18 @@ def cmd_compare(args) -> int:
     objective = args.objective or (info.objective if info else "pairwise")
     a, b = _images([args.a, args.b], args.max_pixels)
     rm, ctx = _load(args)
+    pref = rm.prefer([a], [b], args.prompt, context=ctx, objective=objective)
+    p, margin = float(pref.p_b_better[0]), float(pref.margin[0])
     if objective == "pointwise":
         # a pointwise judge scores each image on its own; Bradley-Terry on the two margins gives P(B better than A)
-        out = rm.score([a, b], args.prompt, context=ctx)
-        margin = float(out.margin[1] - out.margin[0])
-        p = 0.5 * (1.0 + math.tanh(margin / 2))  # sigmoid(margin), without overflow for large margins
-        p_a, p_b = float(out.p_yes[0]), float(out.p_yes[1])
+        p_a, p_b = float(pref.p_yes_a[0]), float(pref.p_yes_b[0])
         how = f"pointwise judge: sigmoid(margin B - margin A); P(yes) of A {p_a:.4f}, of B {p_b:.4f}"
     else:
-        out = rm.compare([b], [a], args.prompt, context=ctx)
-        p, margin = float(out.p_yes[0]), float(out.margin[0])
         how = "pairwise: P(yes) to 'is image 2 better than image 1?'"
     winner = args.b if p > 0.5 else args.a if p < 0.5 else None
     row = {"a": args.a, "b": args.b, "p_b_better": p, "margin": margin, "winner": winner, "objective": objective}
     if objective == "pointwise":
-        row.update(p_yes_a=float(out.p_yes[0]), p_yes_b=float(out.p_yes[1]))
+        row.update(p_yes_a=p_a, p_yes_b=p_b)
     text = f"P({args.b} better than {args.a}) = {p:.4f}; winner: {winner or 'tie'} ({how})"
     print(json.dumps(row) if args.json else text)
     return 0
@@ -274,7 +270,8 @@ def cmd_train_captions(args, extra: list[str]) -> int:
 
 
 def cmd_train_refl(args, extra: list[str]) -> int:
-    from .training.refl import ReFLConfig, train_refl
+    from .training.refl import train_refl
+    from .training.refl_config import ReFLConfig
 
     keys = ("step", "reward_before", "reward_after", "reward_on", "lora", "nan_skipped", "processes", "lora_checksum")
     return _train(ReFLConfig, train_refl, args, extra, lambda cfg, r: {k: r[k] for k in keys})

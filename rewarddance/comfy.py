@@ -16,7 +16,7 @@ import torch
 
 from .context import RewardContext
 from .judge_info import mismatches
-from .search import tournament
+from .search import plan_within_budget, run_best_of_n, run_path_search, tournament
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +143,18 @@ def _ctx(context: dict | None):
     return context["context"], context.get("reference")
 
 
+def _refs(ref: torch.Tensor | None, count: int) -> list | None:
+    """The context's reference image once per candidate (``score(references=...)`` then compares), or None."""
+    return None if ref is None else [ref] * count
+
+
 # ---------------------------------------------------------------------------------------------------- nodes' logic
 def score_images(rm, image: torch.Tensor, prompt: str, context: dict | None = None, batch_size: int | None = None):
     """Scores of an IMAGE batch: ``(scores list, IMAGE sorted best first, table text, reasons text)``; with a
     reference image in the context the scores are pairwise (is each image better than the reference?)."""
     pixels = to_bchw(image)
     ctx, ref = _ctx(context)
-    if ref is not None:
-        out = rm.compare(pixels, [ref] * len(pixels), prompt, context=ctx, batch_size=batch_size)
-    else:
-        out = rm.score(pixels, prompt, context=ctx, batch_size=batch_size)
+    out = rm.score(pixels, prompt, context=ctx, batch_size=batch_size, references=_refs(ref, len(pixels)))
     scores = out.p_yes.tolist()
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     lines = ["rank  index  p_yes    margin"]
@@ -187,18 +189,15 @@ def compare_images(rm, a: torch.Tensor, b: torch.Tensor, prompt: str, context: d
     if context is not None:
         for line in mismatches(info, _judge_name(rm), cot=ctx.cot):
             log.warning("Compare Images: %s", line)
-    n = len(pa)
-    if info is not None and info.objective == "pointwise":
-        out = rm.score(list(pa) + list(pb), prompt, context=ctx)
-        p = torch.sigmoid(out.margin[n:] - out.margin[:n]).tolist()
+    pref = rm.prefer(list(pa), list(pb), prompt, context=ctx)  # the objective the judge was trained for
+    p, n = pref.p_b_better.tolist(), len(pa)
+    if pref.objective == "pointwise":
         how = "pointwise judge: p_b_better = sigmoid(margin_b - margin_a) (Bradley-Terry)"
-        rows = [f"{i:>4}  {p[i]:.4f}  {float(out.p_yes[i]):.4f}  {float(out.p_yes[n + i]):.4f}" for i in range(n)]
+        rows = [f"{i:>4}  {p[i]:.4f}  {float(pref.p_yes_a[i]):.4f}  {float(pref.p_yes_b[i]):.4f}" for i in range(n)]
         header = "pair  p_b_better  p_yes_a  p_yes_b"
     else:
-        out = rm.compare(list(pb), list(pa), prompt, context=ctx)
-        p = out.p_yes.tolist()
         how = "pairwise: p_b_better = P(yes) to 'is image 2 (b) better than image 1 (a)?'"
-        rows = [f"{i:>4}  {p[i]:.4f}  {float(out.margin[i]):+.3f}" for i in range(n)]
+        rows = [f"{i:>4}  {p[i]:.4f}  {float(pref.margin[i]):+.3f}" for i in range(n)]
         header = "pair  p_b_better  margin"
     winners = torch.stack([pb[i] if p[i] > 0.5 else pa[i] for i in range(len(p))])
     if winners.shape[0] and len({tuple(x.shape) for x in winners}) > 1:
@@ -231,10 +230,7 @@ def select_best(
         raise NodeInputError(f"top_k = {top_k} but the batch holds {B} images")
     ctx, ref = _ctx(context)
     if mode == "pointwise":
-        if ref is not None:
-            scores = rm.compare(pixels, [ref] * B, prompt, context=ctx).p_yes.tolist()
-        else:
-            scores = rm.score(pixels, prompt, context=ctx).p_yes.tolist()
+        scores = rm.score(pixels, prompt, context=ctx, references=_refs(ref, B)).p_yes.tolist()
         order = sorted(range(B), key=lambda i: (-scores[i], i))
     elif mode == "tournament":
         if B < 2:
@@ -297,30 +293,24 @@ def best_of_n_seeds(
     progress: Callable[[int, int], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
 ) -> GuidedResult:
-    """Run ``sample(seed)`` (a full sampling, latents out) for ``n`` seeds, decode each to an IMAGE, score it and
-    keep the best. ``progress(done, total)`` and ``check_interrupt()`` come from ComfyUI in the node."""
+    """Run ``sample(seed)`` (a full sampling, latents out) for ``n`` seeds (``seed + i``), decode each to an IMAGE,
+    score it and keep the best: :func:`rewarddance.search.run_best_of_n` one candidate at a time.
+    ``progress(done, total)`` and ``check_interrupt()`` come from ComfyUI in the node."""
     if n < 1:
         raise NodeInputError(f"budget must allow at least one sample, got {n}")
     ctx, ref = _ctx(context)
-    best, scores, seeds = None, [], []
-    for i in range(n):
-        if check_interrupt:
-            check_interrupt()
-        s = seed + i
-        latent = sample(s)
-        image = decode(latent)
-        pixels = to_bchw(image)
-        if ref is not None:
-            p = float(rm.compare(pixels[:1], [ref], prompt, context=ctx).p_yes[0])
-        else:
-            p = float(rm.score(pixels[:1], prompt, context=ctx).p_yes[0])
-        scores.append(p)
-        seeds.append(s)
-        if best is None or p > best[0]:
-            best = (p, latent[:1], image[:1])
-        if progress:
-            progress(i + 1, n)
-    return GuidedResult(latent=best[1], image=best[2], scores=scores, seeds=seeds, evaluations=n * steps)
+
+    def make(seeds):
+        latent = sample(seeds[0])
+        return [(latent[:1], decode(latent)[:1])]
+
+    def rate(candidates):
+        pixels = torch.cat([to_bchw(image)[:1] for _, image in candidates])
+        return rm.score(pixels, prompt, context=ctx, references=_refs(ref, len(pixels))).p_yes.tolist()
+
+    run = run_best_of_n(make, rate, seed, n, 1, progress=progress, check_interrupt=check_interrupt)
+    latent, image = run.items[run.order[0]]
+    return GuidedResult(latent=latent, image=image, scores=run.scores, seeds=run.seeds, evaluations=n * steps)
 
 
 def search_paths(
@@ -348,37 +338,160 @@ def search_paths(
     ``init(seed)`` latents at step 0; ``denoise(x, lo, hi, seed)`` runs steps ``lo..hi``; ``renoise(x, lo, hi, seed)``
     moves latents at step ``lo`` up to the noisier step ``hi < lo``; ``x0_of(x, k)`` is the clean estimate of
     latents at step ``k`` (the latents themselves at the last step, else one model evaluation); ``decode`` makes an
-    IMAGE. The plan and the budget rule are :func:`rewarddance.search.plan_within_budget`'s, counting that extra
-    evaluation per child, so ``budget`` caps every evaluation (``evaluations`` in the result; per sample).
+    IMAGE. The loop and the seeds are :func:`rewarddance.search.run_path_search`'s, one path at a time. The plan and
+    the budget rule are :func:`rewarddance.search.plan_within_budget`'s, counting that extra evaluation per child,
+    so ``budget`` caps every evaluation (``evaluations`` in the result; per sample). ``scores``: every child of
+    every round, then the final paths.
     """
-    from .search import plan_within_budget
-
     start, rounds = plan_within_budget(steps, n, m, start, forward, backward, budget, x0_evals=1)
     ctx, _ = _ctx(context)
-    paths = [denoise(init(seed + i), 0, start, seed + i) for i in range(n)]
-    spent, k, all_scores = n * start, start, []
-    for r, (level, lo, hi) in enumerate(rounds):
-        kids = []
-        for j, x in enumerate(paths):
-            for c in range(m):
+
+    def each(fn):  # a per-latent host call over a list of paths, interruptible between calls
+        def run(xs, *args):
+            seeds, out = args[-1], []
+            for x, s in zip(xs, seeds):
                 if check_interrupt:
                     check_interrupt()
-                s = seed + 1000 * (r + 1) + j * m + c
-                kids.append(denoise(renoise(x, level, lo, s), lo, hi, s))
-        spent += len(kids) * (hi - lo + (1 if hi < steps else 0))  # x0 costs one more evaluation before the end
-        pixels = torch.cat([to_bchw(decode(x0_of(x, hi))) for x in kids])
-        scores = rm.score(pixels, prompt, context=ctx).p_yes.tolist()
-        all_scores += scores
-        keep = sorted(range(len(kids)), key=lambda i: (-scores[i], i))[:n]
-        paths = [kids[i] for i in keep]
-        k = hi
-        if progress:
-            progress(k, steps)
-    paths = [denoise(x, k, steps, seed) if k < steps else x for x in paths]
-    spent += n * (steps - k)
-    images = [decode(x) for x in paths]
-    final = rm.score(torch.cat([to_bchw(im) for im in images]), prompt, context=ctx).p_yes.tolist()
-    best = max(range(n), key=lambda i: final[i])
+                out.append(fn(x, *args[:-1], s))
+            return out
+
+        return run
+
+    def denoise_with_x0(xs, lo, hi, seeds):
+        xs = each(denoise)(xs, lo, hi, seeds)
+        return xs, [x0_of(x, hi) for x in xs]
+
+    def rate(images):
+        return rm.score(torch.cat([to_bchw(im) for im in images]), prompt, context=ctx).p_yes.tolist()
+
+    run = run_path_search(
+        init=lambda seeds: [init(s) for s in seeds],
+        denoise=each(denoise),
+        denoise_with_x0=denoise_with_x0,
+        renoise=each(renoise),
+        decode=lambda xs: [decode(x) for x in xs],
+        score=rate,
+        seed=seed,
+        steps=steps,
+        n=n,
+        m=m,
+        start=start,
+        rounds=rounds,
+        x0_evals=1,
+        progress=progress,
+        check_interrupt=check_interrupt,
+    )
+    scores = [v for h in run.history for v in h["scores"]] + run.scores
+    best = run.order[0]
     return GuidedResult(
-        latent=paths[best], image=images[best][:1], scores=all_scores + final, seeds=[seed], evaluations=spent
+        latent=run.paths[best],
+        image=run.images[best][:1],
+        scores=scores,
+        seeds=[seed],
+        evaluations=run.evaluations,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the node's parts
+STRATEGIES = ("best_of_n", "search_over_paths")
+SEARCH_PATHS, SEARCH_CHILDREN = 2, 2  # the node's search over paths: paths kept, children of each per round
+LATENT_CHANNELS, VAE_FACTOR = 4, 8  # an SD-style latent: 4 channels at 1/8 of the image size
+
+
+def placeholder_outputs(count: int, height: int, width: int) -> tuple[dict, torch.Tensor]:
+    """A zero LATENT (SD-style: ``[count, 4, height / 8, width / 8]``) and a zero MASK ``[count, height, width]``
+    for outputs whose input was not connected."""
+    latent = torch.zeros(count, LATENT_CHANNELS, height // VAE_FACTOR, width // VAE_FACTOR)
+    return {"samples": latent}, torch.zeros(count, height, width)
+
+
+def noise_scale(sigma: float, const: bool) -> float:
+    """The noise scale of ComfyUI's intermediate latents at ``sigma``: ``sigma`` itself, or for a flow model
+    (``model_sampling`` CONST, latents ``(1 - sigma) x0 + sigma e``) the equivalent ``sigma / (1 - sigma)``."""
+    sigma = float(sigma)
+    return sigma / (1 - sigma) if const and sigma < 1 else sigma
+
+
+def renoise_latent(x: torch.Tensor, sigma_from: float, sigma_to: float, seed: int, const: bool) -> torch.Tensor:
+    """Latents at ``sigma_from`` moved up to the noisier ``sigma_to``: fresh Gaussian noise (from ``seed``, drawn
+    on the CPU) of variance ``noise_scale(sigma_to)**2 - noise_scale(sigma_from)**2`` added (none if not noisier)."""
+    extra = max(noise_scale(sigma_to, const) ** 2 - noise_scale(sigma_from, const) ** 2, 0.0) ** 0.5
+    g = torch.Generator().manual_seed(int(seed))
+    return x + extra * torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+
+
+def x0_sigmas(sigmas: torch.Tensor, k: int) -> torch.Tensor:
+    """The two-sigma schedule ``[sigma_k, 0]``: one Euler step on it from latents at step ``k`` lands on the model's
+    clean estimate ``x - sigma_k * eps``."""
+    return torch.stack([sigmas[k], sigmas[k] * 0])
+
+
+def progress_total(strategy: str, budget: int, steps: int) -> int:
+    """What the node's progress bar counts to: samples for best-of-N, steps for the search."""
+    return budget if strategy == "best_of_n" else steps
+
+
+def guided_sample(
+    strategy: str,
+    run: Callable[[torch.Tensor, int, int, int, bool], torch.Tensor],
+    euler_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    latent: torch.Tensor,
+    rm,
+    prompt: str,
+    seed: int,
+    steps: int,
+    budget: int,
+    sigmas: torch.Tensor | None = None,
+    const: bool = False,
+    context: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> GuidedResult:
+    """The Reward-Guided Sampler node's logic on host callbacks (ComfyUI's in the node):
+
+    ``run(x, noise_seed, lo, hi, add_noise)`` samples steps ``lo..hi`` (adding noise from ``noise_seed`` first when
+    asked); ``euler_step(x, sigmas)`` runs one Euler step over a two-sigma schedule; ``decode`` makes an IMAGE;
+    ``sigmas`` (``steps + 1`` values) and ``const`` (a flow model) describe the schedule, needed by the search.
+    ``best_of_n``: ``budget`` full samplings from ``latent`` (:func:`best_of_n_seeds`). ``search_over_paths``:
+    :func:`search_paths` with ``budget * steps`` evaluations, fresh noise added only when a path starts at step 0,
+    re-noising by :func:`renoise_latent` and ``x0`` by one Euler step to sigma 0."""
+    if strategy == "best_of_n":
+        return best_of_n_seeds(
+            lambda s: run(latent, s, 0, steps, True),
+            decode,
+            rm,
+            prompt,
+            seed,
+            budget,
+            steps,
+            context,
+            progress=progress,
+            check_interrupt=check_interrupt,
+        )
+    if strategy != "search_over_paths":
+        raise NodeInputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if sigmas is None or len(sigmas) != steps + 1:
+        got = "none" if sigmas is None else len(sigmas)
+        raise NodeInputError(f"sigmas: the search needs steps + 1 = {steps + 1} sigmas, got {got}")
+
+    def x0_of(x, k):
+        return x if k >= steps else euler_step(x, x0_sigmas(sigmas, k))
+
+    return search_paths(
+        denoise=lambda x, lo, hi, s: run(x, s, lo, hi, lo == 0),
+        renoise=lambda x, level, lo, s: renoise_latent(x, sigmas[level], sigmas[lo], s, const),
+        x0_of=x0_of,
+        decode=decode,
+        init=lambda s: latent,
+        rm=rm,
+        prompt=prompt,
+        seed=seed,
+        steps=steps,
+        n=SEARCH_PATHS,
+        m=SEARCH_CHILDREN,
+        budget=budget * steps,
+        context=context,
+        progress=progress,
+        check_interrupt=check_interrupt,
     )

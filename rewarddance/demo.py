@@ -38,7 +38,7 @@ def demo_prompts(per_category: int = 1, seed: int = DEMO_SEED) -> list[tuple[str
 def refl_config(generator: Path, model: str, prompts: list[str], out_dir: Path, steps: int, kw: dict):
     """The demo's short pointwise ReFL of the generator: LoRA rank 8 on the attention, lr 1e-3, 4 prompts a step,
     stop levels in the second half of the generator's own schedule."""
-    from .training.refl import ReFLConfig
+    from .training.refl_config import ReFLConfig
 
     return ReFLConfig(
         pretrained=str(generator),

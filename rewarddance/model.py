@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .context import RewardContext
 from .families import Family, family_for
 from .images import ImageError, as_image_list, check_pixels, load_image, to_tensor
-from .judge_info import TrainedFor, read_trained_for, write_trained_for
+from .judge_info import OBJECTIVES, TrainedFor, read_trained_for, write_trained_for
 from .kernels import selected_logprobs, yes_prob
 from .loading import (
     CPU_4BIT_IN_MULTIPLE,
@@ -63,6 +64,27 @@ class RewardOutput:
 
     def __len__(self) -> int:
         return self.p_yes.shape[0]
+
+
+@dataclass
+class Preference:
+    """Which image of each pair ``(a, b)`` the judge prefers (:meth:`RewardModel.prefer`); float32 ``[N]`` tensors
+    on the CPU.
+
+    ``objective`` says how the judge was asked. ``"pairwise"``: ``p_b_better`` is P(yes) to "is image 2 (b) better
+    than image 1 (a)?" and ``margin`` that answer's log P(yes) - log P(no). ``"pointwise"``: each image is scored on
+    its own, ``margin`` is ``margin_b - margin_a`` and ``p_b_better = sigmoid(margin)`` (Bradley-Terry); ``p_yes_a``
+    and ``p_yes_b`` are the two scores (``None`` when pairwise).
+    """
+
+    p_b_better: torch.Tensor
+    margin: torch.Tensor
+    objective: str
+    p_yes_a: torch.Tensor | None = None
+    p_yes_b: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.p_b_better.shape[0]
 
 
 def _default_device() -> torch.device:
@@ -470,21 +492,46 @@ class RewardModel:
             )
         return out
 
+    def prefer(
+        self, a, b, prompts, context: RewardContext | None = None, objective: str | None = None, batch_size=None
+    ) -> Preference:
+        """P(``b[i]`` is better than ``a[i]``) for each pair; a side holding one image is paired with every image of
+        the other. ``objective`` is ``"pairwise"`` (ask the judge about both images together, as :meth:`compare`
+        with ``a`` as the reference) or ``"pointwise"`` (score each image alone, Bradley-Terry on the margins); by
+        default the one the judge was trained for (:attr:`trained_for`), else pairwise. See :class:`Preference`."""
+        if objective is None:
+            objective = self.trained_for.objective if self.trained_for is not None else "pairwise"
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        a, b = as_image_list(a, "a"), as_image_list(b, "b")
+        if not a or not b:
+            raise ValueError(f"{'a' if not a else 'b'}: the batch is empty")
+        if len(a) != len(b) and 1 not in (len(a), len(b)):
+            raise ValueError(f"a has {len(a)} images and b {len(b)}: give equal batches or one image on a side")
+        n = max(len(a), len(b))
+        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+        if objective == "pairwise":
+            out = self.compare(b, a, prompts, context=context, batch_size=batch_size)
+            return Preference(p_b_better=out.p_yes, margin=out.margin, objective=objective)
+        if not isinstance(prompts, str) and prompts is not None:
+            prompts = list(prompts)
+            if len(prompts) != n:
+                raise ValueError(f"prompts: got {len(prompts)} prompts for {n} pairs")
+            prompts = prompts + prompts  # the prompt of pair i goes with a[i] and with b[i]
+        out = self.score(a + b, prompts, context=context, batch_size=batch_size)
+        margin = out.margin[n:] - out.margin[:n]
+        return Preference(torch.sigmoid(margin), margin, objective, p_yes_a=out.p_yes[:n], p_yes_b=out.p_yes[n:])
+
     # ----------------------------------------------------------------------------------------------- gradients
-    def _differentiable_image_inputs(self, images: list[torch.Tensor]) -> dict:
-        """Image inputs of one sample from ``[3, H, W]`` tensors in [0, 1], keeping the autograd graph.
-
-        :func:`rewarddance.preprocess.image_inputs` redoes the family's image processing in torch with the
-        checkpoint's own settings; it differs from the stock processor only where that rounds to uint8 after a
-        resize (measured: at most ~1.1 uint8 levels, ~1.75 for Idefics3 / SmolVLM, even on noise images).
-        """
-        return image_inputs(self.processor, [t.float() for t in images], self.family.name)
-
     def _differentiable_read(self, texts: list[str], tensors: list[list[torch.Tensor]], context: RewardContext):
-        """(p_yes, margin) of items whose images are ``[3, H, W]`` tensors, with gradients to those tensors."""
-        pil = [[load_image(t.detach(), name="pixels") for t in lst] for lst in tensors]
-        inputs = dict(self.encode(texts, pil))
-        inputs.update(self.family.stack_image_inputs([self._differentiable_image_inputs(lst) for lst in tensors]))
+        """(p_yes, margin) of items whose images are checked ``[3, H, W]`` tensors in [0, 1], with gradients to them.
+        The pixel inputs come from :func:`rewarddance.preprocess.image_inputs` (the family's image processing in
+        torch; within ~1.1 uint8 levels of the stock processor, ~1.75 for Idefics3 / SmolVLM). The text's image
+        tokens depend only on each image's size: the processor tokenises it with blank images of those sizes."""
+        blanks = [[Image.new("RGB", (t.shape[-1], t.shape[-2])) for t in lst] for lst in tensors]
+        inputs = dict(self.encode(texts, blanks))
+        per_sample = [image_inputs(self.processor, lst, self.family.name, validate=False) for lst in tensors]
+        inputs.update(self.family.stack_image_inputs(per_sample))
         return self.read(self._last_hidden(inputs), context)
 
     def reward(
@@ -514,8 +561,14 @@ class RewardModel:
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise ImageError(f"pixels: expected a [B, 3, H, W] tensor in [0, 1], got {shape}")
-        check_pixels(pixels, "pixels")
+        check_pixels(pixels, "pixels")  # the one scan of the values: nothing below converts or checks them again
         pairwise = references is not None
+        if isinstance(references, torch.Tensor):
+            check_pixels(references, "references")
+        elif pairwise:
+            for k, r in enumerate(as_image_list(references, "references")):
+                if isinstance(r, torch.Tensor):
+                    check_pixels(r, f"references[{k}]")
         cands, prompts, refs = self._items(pixels, prompts, references, context, pairwise)
         texts = self.prompt_texts(prompts, context, pairwise)
         ctx_t = [

@@ -439,7 +439,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_images(images) -> list[torch.Tensor]:
+def _check_images(images, validate: bool = True) -> list[torch.Tensor]:
     if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
         raise ImageError(f"images: expected a list of [3, H, W] tensors, got {type(images).__name__}")
     if not images:
@@ -451,14 +451,15 @@ def _check_images(images) -> list[torch.Tensor]:
             raise ImageError(f"{label}: expected a [3, H, W] tensor in [0, 1], got {type(img).__name__}")
         if img.ndim != 3 or img.shape[0] != 3 or img.shape[1] < 1 or img.shape[2] < 1:
             raise ImageError(f"{label}: expected shape [3, H, W], got {tuple(img.shape)}")
-        check_pixels(img, label)
+        if validate:
+            check_pixels(img, label)
         if device is not None and img.device != device:
             raise ImageError(f"{label}: on {img.device}, but images[0] is on {device}; put them on one device")
         device = img.device
     return [img.float() for img in images]
 
 
-def image_inputs(processor, images: list[torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def image_inputs(processor, images: list[torch.Tensor], family: str, validate: bool = True) -> dict[str, torch.Tensor]:
     """Model image inputs for the images of one sample, differentiable with respect to the pixels.
 
     ``processor`` is the checkpoint's processor (``AutoProcessor.from_pretrained``) or its image processor;
@@ -475,11 +476,12 @@ def image_inputs(processor, images: list[torch.Tensor], family: str) -> dict[str
 
     Raises ``ValueError`` (:class:`~rewarddance.images.ImageError` for the images) for an unknown family, a tensor
     that is not ``[3, H, W]``, values outside [0, 1] or NaN; ``NotImplementedError`` for a resample filter torch
-    cannot differentiate (box, hamming).
+    cannot differentiate (box, hamming). ``validate=False`` skips the scan of the values (finite, in [0, 1]) for a
+    caller that has checked them already; shapes and devices are always checked.
     """
     from .families import family_named
 
-    return family_named(family).preprocess(_check_images(images), _Settings(processor))
+    return family_named(family).preprocess(_check_images(images, validate), _Settings(processor))
 
 
 __all__ = ["SUPPORTED_FAMILIES", "image_inputs"]

@@ -76,6 +76,65 @@ class BestOfN:
         return [self.images[i] for i in self.top_k]
 
 
+def path_seed(seed: int, stage: int, index: int) -> int:
+    """The one seed formula of every search here: candidate or path ``index`` of ``stage`` draws its noise from
+    ``seed + 1_000_003 * stage + index`` (modulo 2**64, the range of a torch seed). Stage 0 is the starting noises
+    (so best-of-N candidate ``i`` and search path ``i`` start from the same noise, ``seed + i``); stage ``r + 1``
+    re-noises the children of search round ``r``, child ``j * m + c`` being the ``c``-th of kept path ``j``."""
+    return (int(seed) + 1_000_003 * int(stage) + int(index)) % 2**64
+
+
+@dataclass
+class BestOfRun:
+    """What :func:`run_best_of_n` returns: the candidates as ``make`` gave them, their scores and seeds (in
+    generation order), ``order`` best first (ties: the earlier candidate first) and the reward-model calls."""
+
+    items: list
+    scores: list[float]
+    seeds: list[int]
+    order: list[int]
+    rm_calls: int
+
+
+def run_best_of_n(
+    make: Callable[[list[int]], Sequence],
+    score: Callable[[Sequence], Sequence[float]],
+    seed: int,
+    n: int,
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> BestOfRun:
+    """The best-of-N loop behind :func:`best_of_n` and :func:`rewarddance.comfy.best_of_n_seeds`.
+
+    For ``batch_size`` seeds at a time (``path_seed(seed, 0, i)`` = ``seed + i``): ``check_interrupt()``,
+    ``make(seeds)`` -> one candidate per seed, ``score(candidates)`` -> one float each (one reward-model call),
+    then ``progress(done, n)``."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    seeds = [path_seed(seed, 0, i) for i in range(n)]
+    items, scores, calls = [], [], 0
+    for start in range(0, n, batch_size):
+        if check_interrupt:
+            check_interrupt()
+        chunk = seeds[start : start + batch_size]
+        made = make(chunk)
+        if len(made) != len(chunk):
+            raise ValueError(f"the generator returned {len(made)} images for {len(chunk)} seeds")
+        got = [float(x) for x in score(made)]
+        calls += 1
+        if len(got) != len(chunk):
+            raise ValueError(f"the scorer returned {len(got)} scores for {len(chunk)} candidates")
+        items += list(made)
+        scores += got
+        if progress:
+            progress(len(scores), n)
+    order = sorted(range(n), key=lambda i: (-scores[i], i))
+    return BestOfRun(items=items, scores=scores, seeds=seeds, order=order, rm_calls=calls)
+
+
 def best_of_n(
     generator,
     rm,
@@ -94,7 +153,8 @@ def best_of_n(
 
     ``generator`` is a diffusers pipeline (called with ``output_type="pt"``, one ``torch.Generator`` per image, and
     ``pipe_kwargs``) or any callable ``(prompt, seeds) -> images``. Candidates are generated and scored
-    ``batch_size`` at a time; with ``references`` the score is pairwise (is the candidate better than the reference?).
+    ``batch_size`` at a time (:func:`run_best_of_n`); with ``references`` the score is pairwise (is the candidate
+    better than the reference?).
     """
     from tqdm.auto import tqdm
 
@@ -109,23 +169,28 @@ def best_of_n(
     generate = _pipeline_generate(generator, pipe_kwargs) if _is_pipeline(generator) else generator
     if not callable(generate):
         raise TypeError(f"generator must be a diffusers pipeline or a callable, got {type(generator).__name__}")
-    seeds = [seed + i for i in range(n)]
-    images, scores, calls = [], [], 0
-    for start in tqdm(range(0, n, batch_size), desc="best-of-N", disable=not progress):
-        chunk = seeds[start : start + batch_size]
-        pix = _pixels(generate(prompt, chunk))
-        if len(pix) != len(chunk):
-            raise ValueError(f"the generator returned {len(pix)} images for {len(chunk)} seeds")
-        if references is not None:
-            out = rm.compare(pix, references, prompt, context=context)
-        else:
-            out = rm.score(pix, prompt, context=context)
-        calls += 1
-        images += list(pix)
-        scores.append(getattr(out, score).float().cpu())
-    scores_t = torch.cat(scores)
-    order = sorted(range(n), key=lambda i: (-float(scores_t[i]), i))
-    return BestOfN(images=images, scores=scores_t, seeds=seeds, order=order, top_k=order[:top_k], rm_calls=calls)
+
+    def rate(pix):
+        out = rm.score(pix, prompt, context=context, references=references)
+        return getattr(out, score).float().cpu()
+
+    with tqdm(total=n, desc="best-of-N", disable=not progress) as bar:
+        run = run_best_of_n(
+            lambda seeds: _pixels(generate(prompt, seeds)),
+            rate,
+            seed,
+            n,
+            batch_size,
+            progress=lambda done, _: bar.update(done - bar.n),
+        )
+    return BestOfN(
+        images=run.items,
+        scores=torch.tensor(run.scores, dtype=torch.float32),
+        seeds=run.seeds,
+        order=run.order,
+        top_k=run.order[:top_k],
+        rm_calls=run.rm_calls,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ tournament
@@ -385,6 +450,110 @@ def plan_within_budget(
     return start, rounds
 
 
+@dataclass
+class PathSearchRun:
+    """What :func:`run_path_search` returns. ``paths``, ``images``, ``scores`` and ``seeds`` are the kept paths in
+    the order the last round kept them (the seed is that of each path's latest noise); ``order`` sorts them best
+    first (ties: the earlier first). ``evaluations`` counts denoiser evaluations per sample as
+    :func:`search_cost` does; ``history`` has one entry per round."""
+
+    paths: list
+    images: list
+    scores: list[float]
+    seeds: list[int]
+    order: list[int]
+    evaluations: int
+    rm_calls: int
+    rm_images: int
+    history: list[dict] = field(default_factory=list)
+
+
+def run_path_search(
+    init: Callable[[list[int]], list],
+    denoise: Callable[[list, int, int, list[int]], list],
+    denoise_with_x0: Callable[[list, int, int, list[int]], tuple[list, list]],
+    renoise: Callable[[list, int, int, list[int]], list],
+    decode: Callable[[list], Sequence],
+    score: Callable[[Sequence], Sequence[float]],
+    seed: int,
+    steps: int,
+    n: int,
+    m: int,
+    start: int,
+    rounds: list[tuple[int, int, int]],
+    x0_evals: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> PathSearchRun:
+    """The search-over-paths loop behind :func:`search_over_paths` and :func:`rewarddance.comfy.search_paths`,
+    driven by callbacks on lists of paths (one latent per path; ``seeds[i]`` is path ``i``'s seed):
+
+    - ``init(seeds)``: the level-0 latents of the ``n`` paths, seeds ``path_seed(seed, 0, i)``;
+    - ``denoise(paths, lo, hi, seeds)``: run levels ``lo .. hi``; never called with ``lo == hi``;
+    - ``denoise_with_x0(paths, lo, hi, seeds)``: the same, plus each path's clean estimate at ``hi``;
+    - ``renoise(paths, level, lo, seeds)``: fresh noise from each seed, from ``level`` up to the noisier ``lo``;
+    - ``decode(latents)``: images, one per latent; ``score(images)``: one float each (one reward-model call).
+
+    The plan (``start``, ``rounds``) is :func:`plan_within_budget`'s. Each round re-noises every kept path ``m``
+    ways (child ``j * m + c`` with seed ``path_seed(seed, r + 1, j * m + c)``), denoises the children, scores their
+    ``x0`` and keeps the best ``n`` (ties: the lower child index). After the rounds the kept paths are denoised
+    to the last level, decoded and scored. ``check_interrupt()`` runs before each stage and ``progress(level,
+    steps)`` after it. ``x0_evals``: the evaluations an ``x0`` costs before the last level (see
+    :func:`search_cost`)."""
+
+    def tick(k):
+        if progress:
+            progress(k, steps)
+
+    def check():
+        if check_interrupt:
+            check_interrupt()
+
+    check()
+    seeds = [path_seed(seed, 0, i) for i in range(n)]
+    paths = list(init(seeds))
+    if start > 0:
+        paths = list(denoise(paths, 0, start, seeds))
+    evaluations, rm_calls, rm_images, history = n * start, 0, 0, []
+    k = start
+    tick(k)
+    for r, (level, lo, hi) in enumerate(rounds):
+        check()
+        kids = [x for x in paths for _ in range(m)]
+        kid_seeds = [path_seed(seed, r + 1, i) for i in range(len(kids))]
+        kids = list(renoise(kids, level, lo, kid_seeds))
+        kids, x0 = denoise_with_x0(kids, lo, hi, kid_seeds)
+        evaluations += len(kids) * (hi - lo + (x0_evals if hi < steps else 0))
+        scores = [float(v) for v in score(decode(list(x0)))]
+        rm_calls += 1
+        rm_images += len(scores)
+        keep = sorted(range(len(kids)), key=lambda i: (-scores[i], i))[:n]
+        paths, seeds = [kids[i] for i in keep], [kid_seeds[i] for i in keep]
+        history.append({"round": r, "level": hi, "seeds": kid_seeds, "scores": scores, "kept": keep})
+        k = hi
+        tick(k)
+    if k < steps:
+        check()
+        paths = list(denoise(paths, k, steps, seeds))
+        evaluations += len(paths) * (steps - k)
+        tick(steps)
+    images = decode(paths)
+    final = [float(v) for v in score(images)]
+    rm_calls += 1
+    rm_images += len(final)
+    return PathSearchRun(
+        paths=paths,
+        images=list(images),
+        scores=final,
+        seeds=seeds,
+        order=sorted(range(len(final)), key=lambda i: (-final[i], i)),
+        evaluations=evaluations,
+        rm_calls=rm_calls,
+        rm_images=rm_images,
+        history=history,
+    )
+
+
 @torch.no_grad()
 def search_over_paths(
     pipe,
@@ -404,7 +573,8 @@ def search_over_paths(
 ) -> SearchResult:
     """Search over paths: start ``n`` noises and denoise them to level ``start``; then, until the last level,
     re-noise each kept path ``m`` ways ``forward`` levels back up, denoise ``backward`` levels, score the ``x0``
-    predictions with the reward model and keep the best ``n``; finally decode and score the ``n`` images.
+    predictions with the reward model and keep the best ``n``; finally decode and score the ``n`` images. The loop
+    and the seeds are :func:`run_path_search`'s (path ``i`` starts from seed ``seed + i``, as in :func:`best_of_n`).
 
     ``budget`` caps the denoiser evaluations (per sample; a guided call counts once). When the planned search
     would exceed it, fewer search rounds run (the remaining levels are plain denoising of the kept paths); a budget
@@ -417,48 +587,52 @@ def search_over_paths(
     cfg = config or SamplerConfig()
     cfg = SamplerConfig(**{**cfg.__dict__, "num_inference_steps": steps})
     sampler = Sampler(pipe, prompt, cfg)
-    g = torch.Generator().manual_seed(seed)
-    x = sampler.initial_latents([seed * 1000 + i for i in range(n)])
-    rm_calls = rm_images = 0
-    history = []
-    bar = tqdm(total=steps, desc="search over paths", disable=not progress)
 
     def run_to(x, k_from, k_to):
         for kk in range(k_from, k_to):
             x, _ = sampler.step(x, kk)
         return x
 
-    x = run_to(x, 0, start)
-    k = start
-    bar.update(start)
-    for r, lo, hi in rounds:
-        kids = renoise(x.repeat_interleave(m, dim=0), sampler.levels[r], sampler.levels[lo], g)
-        kids = run_to(kids, lo, hi - 1)
-        x0, e = sampler.predict(kids, hi - 1)
-        kids = compose(x0, e, sampler.levels[hi])
-        scores = rm.score(sampler.decode(x0), prompt, context=context).p_yes.float().cpu()
-        rm_calls += 1
-        rm_images += len(scores)
-        keep = torch.argsort(scores, descending=True, stable=True)[:n]
-        x = kids[keep.to(kids.device)]
-        history.append({"level": hi, "scores": scores.tolist(), "kept": keep.tolist()})
-        bar.update(hi - k)
-        k = hi
-    x = run_to(x, k, steps)
-    bar.update(steps - k)
-    bar.close()
-    images = sampler.decode(x)
-    final = rm.score(images, prompt, context=context).p_yes.float().cpu()
-    rm_calls += 1
-    rm_images += len(final)
-    order = torch.argsort(final, descending=True, stable=True)
+    def denoise(paths, lo, hi, seeds):
+        return list(run_to(torch.stack(paths), lo, hi))
+
+    def denoise_with_x0(paths, lo, hi, seeds):
+        x = run_to(torch.stack(paths), lo, hi - 1)
+        x0, e = sampler.predict(x, hi - 1)  # the x0 of the round's last step: no extra evaluation
+        return list(compose(x0, e, sampler.levels[hi])), list(x0)
+
+    def renoise_each(paths, level, lo, seeds):
+        lv_from, lv_to = sampler.levels[level], sampler.levels[lo]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return [renoise(x[None], lv_from, lv_to, g)[0] for x, g in zip(paths, gens)]
+
+    def rate(images):
+        return rm.score(images, prompt, context=context).p_yes.float().cpu()
+
+    with tqdm(total=steps, desc="search over paths", disable=not progress) as bar:
+        run = run_path_search(
+            init=lambda seeds: list(sampler.initial_latents(seeds)),
+            denoise=denoise,
+            denoise_with_x0=denoise_with_x0,
+            renoise=renoise_each,
+            decode=lambda latents: sampler.decode(torch.stack(latents)),
+            score=rate,
+            seed=seed,
+            steps=steps,
+            n=n,
+            m=m,
+            start=start,
+            rounds=rounds,
+            progress=lambda k, _: bar.update(k - bar.n),
+        )
+    order = run.order
     return SearchResult(
-        images=images[order.to(images.device)].cpu(),
-        scores=final[order],
+        images=torch.stack([run.images[i] for i in order]).cpu(),
+        scores=torch.tensor([run.scores[i] for i in order], dtype=torch.float32),
         seed=seed,
         evaluations=sampler.evaluations,
-        rm_calls=rm_calls,
-        rm_images=rm_images,
+        rm_calls=run.rm_calls,
+        rm_images=run.rm_images,
         budget=budget,
-        history=history,
+        history=run.history,
     )

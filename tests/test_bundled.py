@@ -9,6 +9,7 @@ within three. The generator's verifier alignment must match its card to within t
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import zipfile
 
@@ -56,7 +57,8 @@ def test_bundled_judge_accuracy_matches_its_card(name, held_out):
     facts = card(name)
     measured = measure_rm(name, held_out)  # loads by name through RewardModel.from_pretrained
     print(name, "card", facts["measured"], "now", measured)
-    for split, margin in (("id", 0.01), ("ood", 0.01), ("generated", 0.03)):
+    splits = [("id", 0.01), ("ood", 0.01), ("generated", 0.03)] + [("garbage", 0.01)] * ("garbage" in facts["measured"])
+    for split, margin in splits:
         assert abs(measured[split]["pairs"] - facts["measured"][split]["pairs"]) <= 0.03 * measured[split]["pairs"]
         assert abs(measured[split]["accuracy"] - facts["measured"][split]["accuracy"]) <= margin
     assert facts["measured"]["id"]["accuracy"] >= 0.7  # a judge, not chance
@@ -81,6 +83,11 @@ def test_bundled_generator_alignment_matches_its_card(generator):
     measured = measure_generator(generator, facts["measured"]["prompts"], facts["measured"]["seed"])
     print("card", facts["measured"], "now", measured)
     assert abs(measured["alignment"] - facts["measured"]["alignment"]) <= 0.03
+    if "not_clean" in facts["measured"]:
+        assert abs(measured["not_clean"] - facts["measured"]["not_clean"]) <= 0.03
+    assert measured["alignment_se"] == pytest.approx(
+        math.sqrt(measured["alignment"] * (1 - measured["alignment"]) / measured["prompts"]), abs=1e-4
+    )
     # imperfect on purpose, but it draws: room for a judge to help, and something to choose from
     assert 0.1 <= measured["alignment"] <= 0.8
 
@@ -308,6 +315,17 @@ def test_generated_pairs_carry_the_verifiers_reasons(held_out, tmp_path):
     assert [json.loads(line) for line in (old / "pairs.jsonl").read_text(encoding="utf-8").splitlines()] == rows
 
 
+def test_garbage_pairs_set_a_clean_scene_against_every_kind_of_garbage(held_out):
+    from rewarddance.shapes.corrupt import GARBAGE
+
+    folder = held_out["garbage"]
+    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 130 and {r["garbage"] for r in rows} == set(GARBAGE)
+    for row in rows:
+        assert verify(folder / row["chosen"], row["prompt"]).passed
+        assert not verify(folder / row["rejected"], row["prompt"]).passed
+
+
 def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch):
     """``train_variant`` end to end at a toy scale: the pairwise and chain-of-thought judges start from the same
     caption-pretrained base (trained once) and differ from the bundled recipe in their one setting only."""
@@ -315,7 +333,10 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
 
     for name, n in (("scenes", 24), ("train", 12), ("id", 6), ("ood", 6)):
         monkeypatch.setitem(train.DATA, name, (n, *train.DATA[name][1:]))
-    monkeypatch.setitem(train.GENERATED, "generated-train", dict(prompts=6, samples=4, pairs_per_prompt=1, seed=41))
+    monkeypatch.setitem(
+        train.GENERATED, "generated-train", dict(prompts=6, samples=4, pairs_per_prompt=1, seed=41, garbage=2)
+    )
+    monkeypatch.setattr(train, "GARBAGE_EVAL", {**train.GARBAGE_EVAL, "pairs": 13})
     monkeypatch.setitem(train.GENERATED, "generated-eval", dict(prompts=3, samples=4, pairs_per_prompt=1, seed=42))
     monkeypatch.setattr(train, "MIX_RENDERED", 4)
     monkeypatch.setattr(train, "CAPTION", {**train.CAPTION, "max_steps": 2, "batch_size": 4})
@@ -336,3 +357,13 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
         RewardModel.from_pretrained(judge, device="cpu")  # a saved, loadable judge
     rows = (tmp_path / "mixed-train" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
     assert rows and all(json.loads(row)["reason"] for row in rows)  # chain-of-thought targets for every pair
+    # the garbage negatives: beside a passing sample of the same prompt, two kinds per prompt, each with its reason
+    generated = [json.loads(r) for r in (tmp_path / "generated-train" / "pairs.jsonl").read_text().splitlines()]
+    junk = [r for r in generated if "garbage" in r]
+    info = json.loads((tmp_path / "generated-train" / "info.json").read_text())
+    assert info["garbage_pairs"] == len(junk) == 2 * len({r["prompt"] for r in junk}) > 0
+    for row in junk:
+        folder = tmp_path / "generated-train"
+        assert verify(folder / row["chosen"], row["prompt"]).passed
+        verdict = verify(folder / row["rejected"], row["prompt"])
+        assert not verdict.passed and row["reason"] == verdict.reason[0].upper() + verdict.reason[1:] + "."

@@ -12,6 +12,7 @@ from rewarddance import RewardModel
 from rewarddance import comfy as rd
 from rewarddance.comfy import NodeInputError
 from rewarddance.judge_info import TrainedFor, write_trained_for
+from rewarddance.search import plan_within_budget
 
 PROMPT = "a red circle"
 
@@ -226,3 +227,120 @@ def test_pack_entry_point_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_renoise_latent_adds_noise_of_the_right_variance():
+    """From sigma 1 to 2 the added noise has variance 2**2 - 1**2; a flow model (CONST) works on sigma / (1 - sigma):
+    from 0.5 (scale 1) to 0.8 (scale 4) the variance is 16 - 1. Same seed, same noise; not noisier, no noise."""
+    x = torch.zeros(200_000)
+    assert rd.renoise_latent(x, 1.0, 2.0, seed=3, const=False).std().item() == pytest.approx(3**0.5, rel=0.02)
+    assert rd.renoise_latent(x, 0.5, 0.8, seed=3, const=True).std().item() == pytest.approx(15**0.5, rel=0.02)
+    assert rd.noise_scale(0.5, const=True) == 1.0 and rd.noise_scale(0.5, const=False) == 0.5
+    assert torch.equal(rd.renoise_latent(x, 1.0, 2.0, 3, False), rd.renoise_latent(x, 1.0, 2.0, 3, False))
+    assert not torch.equal(rd.renoise_latent(x, 1.0, 2.0, 3, False), rd.renoise_latent(x, 1.0, 2.0, 4, False))
+    y = torch.rand(5)
+    assert torch.equal(rd.renoise_latent(y, 2.0, 1.0, seed=3, const=False), y)
+
+
+def _euler(eps):
+    """One step of k-diffusion's Euler sampler (as ComfyUI's "euler") for a denoiser predicting noise ``eps(x)``."""
+
+    def step(x, sigmas):
+        s0, s1 = float(sigmas[0]), float(sigmas[1])
+        denoised = x - s0 * eps(x)
+        return x + (x - denoised) / s0 * (s1 - s0)
+
+    return step
+
+
+def test_guided_sample_drives_the_host_sampler():
+    """The Reward-Guided Sampler's logic with a fake host: which samplings it asks for (seed, steps, noise), the x0
+    estimate x - sigma_k * eps of a known denoiser, and the checks on its inputs."""
+    steps, sigmas = 6, torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.0])
+    latent = torch.zeros(1, 4, 2, 2)
+    runs, outs, decoded = [], [], []
+
+    def run(x, noise_seed, lo, hi, add_noise):
+        runs.append((noise_seed, lo, hi, add_noise))
+        outs.append(x + (hi - lo) * 0.01 + (1.0 if add_noise else 0.0))
+        return outs[-1]
+
+    def decode(x):
+        decoded.append(x.clone())
+        return x.mean().clamp(0, 1).expand(1, 8, 8, 3)
+
+    class Judge:  # brighter is better
+        def score(self, pixels, prompts, context=None, batch_size=None, references=None):
+            return type("Out", (), {"p_yes": pixels.mean(dim=(1, 2, 3))})()
+
+    eps = 0.5
+    res = rd.guided_sample("best_of_n", run, _euler(lambda x: eps), decode, latent, Judge(), PROMPT, 3, steps, 2)
+    assert runs == [(3, 0, steps, True), (4, 0, steps, True)] and res.seeds == [3, 4]
+
+    runs.clear()
+    outs.clear()
+    decoded.clear()
+    res = rd.guided_sample(
+        "search_over_paths",
+        run,
+        _euler(lambda x: torch.full_like(x, eps)),
+        decode,
+        latent,
+        Judge(),
+        PROMPT,
+        3,
+        steps,
+        7,
+        sigmas=sigmas,
+        const=False,
+    )
+    start, rounds = plan_within_budget(steps, 2, 2, None, 2, 4, 7 * steps, x0_evals=1)
+    assert (start, rounds) == (1, [(1, 0, 4), (4, 2, 6)])
+    assert [r[1:] for r in runs[:2]] == [(0, 1, True), (0, 1, True)]  # the two paths start at step 0 with noise
+    assert [r[0] for r in runs[:2]] == [3, 4]
+    assert all(r[1:] == (0, 4, True) for r in runs[2:6])  # round one re-enters at step 0: noise again
+    assert all(r[1:] == (2, 6, False) for r in runs[6:10]) and len(runs) == 10
+    for got, child in zip(decoded[:4], outs[2:6]):  # round one scores each child's x0 at step 4: x - sigma_4 * eps
+        assert torch.allclose(got, child - float(sigmas[4]) * eps)
+    for got, child in zip(decoded[4:8], outs[6:10]):  # round two ends at the last step: x0 is the latent itself
+        assert torch.equal(got, child)
+    assert len(decoded) == 10  # then the two kept paths
+    assert res.evaluations == 38 and len(res.scores) == 2 * 4 + 2  # 2 + 4 * (4 + 1) + 4 * 4, as planned
+    with pytest.raises(NodeInputError, match="strategy must be one of"):
+        rd.guided_sample("greedy", run, None, decode, latent, Judge(), PROMPT, 0, steps, 2)
+    with pytest.raises(NodeInputError, match="sigmas: the search needs steps \\+ 1 = 7 sigmas, got 3"):
+        rd.guided_sample("search_over_paths", run, None, decode, latent, Judge(), PROMPT, 0, steps, 2, sigmas[:3])
+
+
+def test_search_paths_uses_the_shared_seeds_and_placeholders_have_the_latent_shape():
+    """The ComfyUI search is the library core: children draw noise from ``path_seed`` and the kept paths finish
+    with their own seeds. A placeholder LATENT is SD-shaped, 4 channels at 1/8 of the image."""
+    from rewarddance.search import path_seed
+
+    renoised, finished = [], []
+
+    def denoise(x, lo, hi, s):
+        if hi == 8 and lo > 0:
+            finished.append(s)
+        return x
+
+    rd.search_paths(
+        denoise=denoise,
+        renoise=lambda x, level, lo, s: renoised.append(s) or x + s % 5,
+        x0_of=lambda x, k: x,
+        decode=lambda x: (x.mean() / 10).clamp(0, 1).expand(1, 8, 8, 3),
+        init=lambda s: torch.zeros(1, 2),
+        rm=type("J", (), {"score": lambda self, px, p, context=None: type("O", (), {"p_yes": px.mean((1, 2, 3))})})(),
+        prompt=PROMPT,
+        seed=11,
+        steps=8,
+        start=2,
+        forward=1,
+        backward=5,
+        budget=32,  # one round, (2, 1, 6), then plain denoising from step 6: 2 * 2 + 4 * (5 + 1) + 2 * 2
+    )
+    assert renoised == [path_seed(11, 1, i) for i in range(4)]
+    kids = {s: s % 5 for s in renoised}
+    assert finished == sorted(renoised, key=lambda s: -kids[s])[:2]  # best first: brighter is better
+    latent, mask = rd.placeholder_outputs(3, 64, 48)
+    assert latent["samples"].shape == (3, 4, 8, 6) and mask.shape == (3, 64, 48) and not latent["samples"].any()

@@ -18,7 +18,7 @@ import yaml
 
 from rewarddance.shapes import write_dataset
 from rewarddance.training.caption import CaptionTrainConfig
-from rewarddance.training.refl import ReFLConfig
+from rewarddance.training.refl_config import ReFLConfig
 from rewarddance.training.rm import RMTrainConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "training"

@@ -91,7 +91,7 @@ class _ScriptedJudge:
     def __init__(self, fail_at: int | None = None, fail: BaseException | None = None):
         self.calls, self.fail_at, self.fail = 0, fail_at, fail
 
-    def score(self, images, prompts, context=None, batch_size=None):
+    def score(self, images, prompts, context=None, batch_size=None, references=None):
         self.calls += 1
         if self.calls == self.fail_at:
             raise self.fail

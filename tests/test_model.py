@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from PIL import Image
 
 from rewarddance import Example, RewardContext, RewardModel
 from rewarddance.model import RewardOutput
+from rewarddance.preprocess import image_inputs
 from rewarddance.testing.tiny import FAMILIES
 
 PROMPT = "a red circle left of a blue square"
@@ -322,7 +325,7 @@ def test_torch_preprocessing_matches_hf_processor(rm_cache, family):
     """The differentiable pixel inputs equal the stock processor's on the same image, to uint8 rounding."""
     rm = rm_cache(family)
     pixels = _smooth_pixels(1, 48, 80, seed=3)
-    ours = rm._differentiable_image_inputs([pixels[0]])
+    ours = image_inputs(rm.processor, [pixels[0]], rm.family.name)  # what reward() feeds the model
     stock = rm.prepare(pixels, PROMPT)
     for key, value in ours.items():
         if torch.is_floating_point(value):
@@ -333,3 +336,88 @@ def test_torch_preprocessing_matches_hf_processor(rm_cache, family):
             assert dev < 2.5 / 255 / min(rm.processor.image_processor.image_std), dev
         else:
             assert torch.equal(value, stock[key]), key
+
+
+def test_reward_validates_pixels_once_and_makes_no_pil_images(rm_cache, monkeypatch):
+    """reward() scans each tensor's values once (the whole batch, then each tensor reference) and never turns a
+    tensor into a PIL image; the numbers stay those of the PIL-free preprocessing."""
+    import rewarddance.images as images_mod
+    import rewarddance.model as model_mod
+    import rewarddance.preprocess as preprocess_mod
+
+    rm = rm_cache("qwen2_vl")
+    pixels = _smooth_pixels(2, 48, 80, seed=4)
+    refs = _smooth_pixels(2, 48, 80, seed=5)
+
+    def reference_margins(image_lists, references=None):  # text ids of the stock processor, torch image inputs
+        inputs = dict(rm.prepare(pixels, PROMPT, references=references))
+        inputs.update(
+            rm.family.stack_image_inputs([image_inputs(rm.processor, lst, rm.family.name) for lst in image_lists])
+        )
+        with torch.no_grad():
+            return rm.read(rm.hidden_states(inputs)[:, -1], RewardContext())[1]
+
+    want = reference_margins([[p] for p in pixels])
+    want_pairwise = reference_margins([[r, p] for r, p in zip(refs, pixels)], references=refs)
+    checked, real_check = [], images_mod.check_pixels
+
+    def counting_check(t, label="pixels"):
+        checked.append((label, tuple(t.shape)))
+        return real_check(t, label)
+
+    real_load = images_mod.load_image
+
+    def no_tensors(src, *args, **kwargs):
+        assert not isinstance(src, torch.Tensor), "reward() turned a tensor into a PIL image"
+        return real_load(src, *args, **kwargs)
+
+    for module in (images_mod, model_mod, preprocess_mod):
+        if hasattr(module, "check_pixels"):
+            monkeypatch.setattr(module, "check_pixels", counting_check)
+        if hasattr(module, "load_image"):
+            monkeypatch.setattr(module, "load_image", no_tensors)
+    with torch.no_grad():
+        got = rm.reward(pixels, PROMPT, output="margin")
+        assert checked == [("pixels", (2, 3, 48, 80))]
+        checked.clear()
+        got_pairwise = rm.reward(pixels, PROMPT, references=refs, output="margin")
+        assert sorted(checked) == [("pixels", (2, 3, 48, 80)), ("references", (2, 3, 48, 80))]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    torch.testing.assert_close(got_pairwise, want_pairwise, atol=0, rtol=0)
+
+
+def test_prefer_pairwise_and_pointwise(rm_cache):
+    """prefer(a, b) is P(b better than a): pairwise it is compare(b, a); pointwise sigmoid(margin_b - margin_a) of
+    score() (Bradley-Terry), the complement when a and b swap; the default objective is the judge's own."""
+    from rewarddance.judge_info import TrainedFor
+
+    rm = rm_cache("llava")
+    a, b = _images(1, seed=1), _images(3, seed=2)
+    prompts = [PROMPT, "a blue square", "two green triangles"]
+    pw = rm.prefer(a, b, prompts)  # a general VLM (no rewarddance.json) is asked pairwise
+    want = rm.compare(b, a * 3, prompts)
+    assert pw.objective == "pairwise" and len(pw) == 3 and pw.p_yes_a is None
+    torch.testing.assert_close(pw.p_b_better, want.p_yes, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pw.margin, want.margin, atol=1e-5, rtol=0)
+    pt = rm.prefer(a, b, prompts, objective="pointwise")
+    sa, sb = rm.score(a * 3, prompts), rm.score(b, prompts)
+    old = [0.5 * (1 + math.tanh(float(mb - ma) / 2)) for ma, mb in zip(sa.margin, sb.margin)]  # the CLI's formula
+    assert pt.objective == "pointwise" and pt.p_b_better.tolist() == pytest.approx(old, abs=1e-5)
+    torch.testing.assert_close(pt.margin, sb.margin - sa.margin, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pt.p_yes_a, sa.p_yes, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pt.p_yes_b, sb.p_yes, atol=1e-6, rtol=0)
+    assert (pt.p_b_better - pw.p_b_better).abs().max() > 1e-3  # the two objectives give different numbers here
+    swapped = rm.prefer(b, a, prompts, objective="pointwise")
+    torch.testing.assert_close(swapped.p_b_better, 1 - pt.p_b_better, atol=1e-5, rtol=0)
+    old_trained_for = rm.trained_for
+    try:
+        rm.trained_for = TrainedFor(objective="pointwise")
+        torch.testing.assert_close(rm.prefer(a, b, prompts).p_b_better, pt.p_b_better, atol=1e-6, rtol=0)
+    finally:
+        rm.trained_for = old_trained_for
+    with pytest.raises(ValueError, match="objective must be one of"):
+        rm.prefer(a, b, PROMPT, objective="listwise")
+    with pytest.raises(ValueError, match="a has 2 images and b 3"):
+        rm.prefer(_images(2), b, PROMPT)
+    with pytest.raises(ValueError, match="prompts: got 2 prompts for 3 pairs"):
+        rm.prefer(a, b, prompts[:2], objective="pointwise")

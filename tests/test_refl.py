@@ -14,7 +14,8 @@ from rewarddance.search import build_references, load_references
 from rewarddance.shapes import write_dataset
 from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 from rewarddance.training.export import COMFY_LORA_FILE
-from rewarddance.training.refl import ReFLConfig, train_refl
+from rewarddance.training.refl import train_refl
+from rewarddance.training.refl_config import ReFLConfig
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles"]
 HELD_OUT = ["a yellow circle", "a red square"]
@@ -396,3 +397,28 @@ def test_reward_model_offload_keeps_the_judge_on_the_cpu_between_steps(tiny_vlm,
     ups = [v for k, v in weights.items() if "lora_B" in k or "lora.up" in k]
     assert ups and all(torch.isfinite(v).all() for v in ups)
     assert max(v.abs().max().item() for v in ups) > 0  # B starts at zero: the steps on the GPU trained the LoRA
+
+
+def test_reward_curve_is_a_matplotlib_png(tmp_path):
+    """The reward curve is a figure with labelled axes, the window mean as its line, saved as a readable PNG."""
+    from PIL import Image
+
+    from rewarddance.training.plots import plot_reward_curve
+
+    history = [
+        {"step": s, "reward_mean": 0.1 * s, "window_mean": 0.05 * s + 0.2, "window_std": 0.01 * s} for s in range(1, 8)
+    ]
+    path = tmp_path / "out" / "reward_curve.png"
+    fig = plot_reward_curve(history, path)
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == (800, 400)
+        assert img.convert("L").getextrema()[0] < 64  # dark ink: axes, ticks and labels were drawn
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "step" and "reward" in ax.get_ylabel() and ax.get_title()
+    line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("window mean"))
+    assert list(line.get_xdata()) == list(range(1, 8))
+    assert list(line.get_ydata()) == pytest.approx([0.05 * s + 0.2 for s in range(1, 8)])
+    with pytest.raises(ValueError, match="history: no steps to plot"):
+        plot_reward_curve([], tmp_path / "empty.png")

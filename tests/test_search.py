@@ -390,3 +390,101 @@ def test_build_references_keeps_the_bottom_of_the_ranking_on_request(tmp_path):
     assert kept == {"top": [2, 4], "bottom": [1, 3]}  # bottom lists the worst first
     with pytest.raises(ValueError, match="keep must be"):
         build_references(generate, PlantedJudge(), ["a red circle"], tmp_path / "x", n=6, keep="middle")
+
+
+# --------------------------------------------------------------------------------------------- the shared cores
+def test_run_path_search_makes_the_planned_calls_and_keeps_the_best():
+    """The core on fake callbacks: a path is the seed of its latest noise, so every call names the seeds it got.
+    Checks each (call, levels, seeds) in order, the kept paths (ties: the lower child index), the counts."""
+    from rewarddance.search import path_seed, run_path_search
+
+    calls, seen = [], []
+    kid_scores = {  # round 0: children 1 and 2 tie at 0.9 and are kept; round 1: children 2 and 3 tie at 0.7
+        **dict(zip([path_seed(5, 1, i) for i in range(4)], [0.2, 0.9, 0.9, 0.1])),
+        **dict(zip([path_seed(5, 2, i) for i in range(4)], [0.5, 0.3, 0.7, 0.7])),
+    }
+    final_scores = {path_seed(5, 2, 2): 0.4, path_seed(5, 2, 3): 0.8}
+
+    def denoise(paths, lo, hi, seeds):
+        calls.append(("denoise", lo, hi, list(seeds)))
+        assert paths == seeds  # each path was denoised with its own seed
+        return paths
+
+    def denoise_with_x0(paths, lo, hi, seeds):
+        calls.append(("denoise_with_x0", lo, hi, list(seeds)))
+        return paths, paths
+
+    def renoise(paths, level, lo, seeds):
+        calls.append(("renoise", level, lo, list(seeds)))
+        return list(seeds)
+
+    def score(images):
+        return [kid_scores[s] if s in kid_scores and len(images) == 4 else final_scores[s] for s in images]
+
+    res = run_path_search(
+        init=lambda seeds: calls.append(("init", list(seeds))) or list(seeds),
+        denoise=denoise,
+        denoise_with_x0=denoise_with_x0,
+        renoise=renoise,
+        decode=list,
+        score=score,
+        seed=5,
+        steps=6,
+        n=2,
+        m=2,
+        start=2,
+        rounds=[(2, 1, 3), (3, 2, 4)],
+        x0_evals=1,
+        progress=lambda k, total: seen.append((k, total)),
+    )
+    r1 = [1_000_008, 1_000_009, 1_000_010, 1_000_011]  # 5 + 1_000_003 + child index
+    r2 = [2_000_011, 2_000_012, 2_000_013, 2_000_014]
+    assert calls == [
+        ("init", [5, 6]),
+        ("denoise", 0, 2, [5, 6]),
+        ("renoise", 2, 1, r1),
+        ("denoise_with_x0", 1, 3, r1),
+        ("renoise", 3, 2, r2),
+        ("denoise_with_x0", 2, 4, r2),
+        ("denoise", 4, 6, [2_000_013, 2_000_014]),
+    ]
+    assert [h["kept"] for h in res.history] == [[1, 2], [2, 3]]
+    assert res.paths == res.seeds == [2_000_013, 2_000_014] and res.order == [1, 0] and res.scores == [0.4, 0.8]
+    assert res.evaluations == search_cost(6, 2, 2, 2, [(2, 1, 3), (3, 2, 4)], x0_evals=1) == 32
+    assert (res.rm_calls, res.rm_images) == (3, 10) and seen == [(2, 6), (3, 6), (4, 6), (6, 6)]
+
+    # no search round and start 0: nothing denoises 0..0, and each path ends with its own seed
+    calls.clear()
+    flat = run_path_search(
+        init=lambda seeds: list(seeds),
+        denoise=denoise,
+        denoise_with_x0=denoise_with_x0,
+        renoise=renoise,
+        decode=list,
+        score=lambda images: [0.5] * len(images),
+        seed=5,
+        steps=3,
+        n=2,
+        m=2,
+        start=0,
+        rounds=[],
+    )
+    assert calls == [("denoise", 0, 3, [5, 6])] and flat.order == [0, 1] and flat.evaluations == 6
+
+
+def test_run_best_of_n_batches_seeds_and_breaks_ties_by_order():
+    from rewarddance.search import run_best_of_n
+
+    made, seen = [], []
+
+    def make(seeds):
+        made.append(list(seeds))
+        return [f"image{s}" for s in seeds]
+
+    table = {"image7": 0.3, "image8": 0.9, "image9": 0.9, "image10": 0.1, "image11": 0.9}
+    run = run_best_of_n(make, lambda items: [table[x] for x in items], 7, 5, 2, progress=lambda d, t: seen.append(d))
+    assert made == [[7, 8], [9, 10], [11]] and seen == [2, 4, 5] and run.rm_calls == 3
+    assert run.seeds == [7, 8, 9, 10, 11] and run.items == [f"image{s}" for s in range(7, 12)]
+    assert run.order == [1, 2, 4, 0, 3]  # the three 0.9s in generation order
+    with pytest.raises(ValueError, match="the generator returned 1 images for 2 seeds"):
+        run_best_of_n(lambda seeds: ["x"], lambda items: [0.0], 0, 2, 2)

@@ -8,7 +8,8 @@ import torch
 
 from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 from rewarddance.training.export import save_single_file
-from rewarddance.training.refl import ReFLConfig, load_pipeline, train_refl
+from rewarddance.training.refl import load_pipeline, train_refl
+from rewarddance.training.refl_config import ReFLConfig
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,12 @@ CAPTION = dict(max_steps=8000, batch_size=32, lr=1e-3, seed=0)
 POINTWISE = dict(objective="pointwise", train="all", lr=3e-4, batch_size=16, max_steps=2000, warmup_steps=50, seed=0)
 # the generator's own samples, labelled by the verifier (training and held-out prompts differ by seed)
 GENERATED = {
-    "generated-train": dict(prompts=1500, samples=8, pairs_per_prompt=3, seed=41),
+    "generated-train": dict(prompts=1500, samples=8, pairs_per_prompt=3, seed=41, garbage=1),
     "generated-eval": dict(prompts=150, samples=8, pairs_per_prompt=2, seed=42),
 }
+# held-out pairs of a clean scene that satisfies the prompt against garbage made from that scene or from nothing
+# (:data:`rewarddance.shapes.corrupt.GARBAGE`, every kind equally often): does the judge prefer a scene to noise?
+GARBAGE_EVAL = dict(pairs=130, seed=43, size=32)
 MIX_RENDERED = 3000  # rendered pairs mixed into the on-policy stage, so the judge keeps what it knew
 ONPOLICY = dict(objective="pointwise", train="all", lr=1e-4, batch_size=16, max_steps=1000, warmup_steps=50, seed=0)
 # the one setting each ablation judge changes (paper Table 7: pairwise judging against a reference image; Table 9:
@@ -79,6 +82,8 @@ def eval_data(work: Path) -> dict[str, Path]:
     out["generated"] = work / "generated-eval"
     pipe = load_generator(bundled_path("shapes-gen"))
     write_generated_pairs(pipe, out["generated"], **GENERATED["generated-eval"])
+    out["garbage"] = work / "garbage-eval"
+    write_garbage_pairs(out["garbage"], **GARBAGE_EVAL)
     return out
 
 
@@ -112,28 +117,37 @@ def _stage(folder: Path, run, log) -> dict:
     return facts
 
 
-def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per_prompt: int, seed: int) -> dict:
-    """Preference pairs from the generator's own samples, labelled by the ShapesWorld verifier: per in-domain prompt
-    ``samples`` images; up to ``pairs_per_prompt`` (passing, failing) pairs. Writes ``out/pairs.jsonl`` + PNGs and
-    returns the pass rate and pair count (reused when ``pairs.jsonl`` exists)."""
+def write_generated_pairs(
+    pipe, out: Path, prompts: int, samples: int, pairs_per_prompt: int, seed: int, garbage: int = 0
+) -> dict:
+    """Preference pairs from the generator's own samples, labelled by the strict ShapesWorld verifier: per
+    in-domain prompt ``samples`` images; up to ``pairs_per_prompt`` (passing, failing) pairs, each with the
+    verifier's reason. ``garbage``: per prompt with a passing sample, that many more pairs whose rejected image is
+    garbage of the kinds the generator's failures resemble (noise frames, smears, blobs; every kind of
+    :data:`~rewarddance.shapes.corrupt.GARBAGE` in turn, built from a scene that satisfies the prompt). Writes
+    ``out/pairs.jsonl`` + PNGs and returns the pass rate, the share of samples that are not a clean scene and the
+    pair counts (reused when ``info.json`` exists)."""
     import torch
 
     from ..bundled import generator_defaults
     from ..shapes import CATEGORIES, verify
-    from ..shapes.sample import example_rng, sample_prompt
+    from ..shapes.corrupt import GARBAGE
+    from ..shapes.corrupt import garbage as make_garbage
+    from ..shapes.sample import example_rng, sample_prompt, scene_for
 
     info = out / "info.json"
     if info.exists():
         return json.loads(info.read_text(encoding="utf-8"))
     (out / "images").mkdir(parents=True, exist_ok=True)
     kw = generator_defaults(pipe)
-    lines, passed_all = [], []
+    lines, passed_all, clean_all, n_garbage = [], [], [], 0
     for i in range(prompts):
         spec = sample_prompt(CATEGORIES[i % len(CATEGORIES)], example_rng(seed, "id", i), "id")
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + i * samples + j) for j in range(samples)]
         images = pipe([spec.text] * samples, generator=gens, **kw).images
         verdicts = [verify(im, spec) for im in images]
         passed_all += [v.passed for v in verdicts]
+        clean_all += [v.clean for v in verdicts]
         good = [j for j, v in enumerate(verdicts) if v.passed]
         bad = [j for j, v in enumerate(verdicts) if not v.passed]
         for k, (g, b) in enumerate(list(zip(good, bad))[:pairs_per_prompt]):
@@ -143,6 +157,20 @@ def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per
             row = {"id": f"gen-{i:05d}-{k}", "prompt": spec.text, "category": spec.category}
             reason = _sentence(verdicts[b].reason)
             lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": reason, "split": "generated"})
+        for k in range(garbage if good else 0):
+            kind = GARBAGE[(i * garbage + k) % len(GARBAGE)]
+            scene = scene_for(spec, example_rng(seed, "id", i, stream=1 + k), "id")
+            junk = make_garbage(kind, images[0].width, seed=seed * 1_000_003 + i * garbage + k, scene=scene)
+            verdict = verify(junk, spec)
+            if verdict.passed:  # pragma: no cover - the strict verifier's own tests keep every kind failing
+                raise RuntimeError(f"garbage of kind {kind!r} passed the verifier for {spec.text!r}")
+            names = [f"images/{i:05d}-{good[k % len(good)]}.png", f"images/{i:05d}-garbage{k}.png"]
+            images[good[k % len(good)]].save(out / names[0])
+            junk.save(out / names[1])
+            row = {"id": f"gen-{i:05d}-g{k}", "prompt": spec.text, "category": spec.category, "garbage": kind}
+            lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": _sentence(verdict.reason)})
+            lines[-1]["split"] = "generated"
+            n_garbage += 1
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
     facts = {
@@ -150,8 +178,47 @@ def write_generated_pairs(pipe, out: Path, prompts: int, samples: int, pairs_per
         "samples": samples,
         "seed": seed,
         "pass_rate": round(sum(passed_all) / len(passed_all), 4),
+        "not_clean": round(1 - sum(clean_all) / len(clean_all), 4),
     }
     facts["pairs"] = len(lines)
+    if garbage:
+        facts["garbage_pairs"] = n_garbage
+    info.write_text(json.dumps(facts) + "\n", encoding="utf-8")
+    return facts
+
+
+def write_garbage_pairs(out: Path, pairs: int, seed: int, size: int) -> dict:
+    """Held-out pairs (a rendered scene that satisfies an in-domain prompt, garbage of one kind made from that
+    scene or from nothing) at the generator's ``size``, each kind of :data:`~rewarddance.shapes.corrupt.GARBAGE`
+    equally often; reused when ``info.json`` exists."""
+    from ..shapes import CATEGORIES, render, verify
+    from ..shapes.corrupt import GARBAGE, garbage
+    from ..shapes.sample import example_rng, sample_prompt, scene_for
+
+    info = out / "info.json"
+    if info.exists():
+        return json.loads(info.read_text(encoding="utf-8"))
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(pairs):
+        kind = GARBAGE[i % len(GARBAGE)]
+        spec = sample_prompt(CATEGORIES[i % len(CATEGORIES)], example_rng(seed, "id", i), "id")
+        for stream in range(1, 20):  # at 32 px about one render in a hundred is too small to verify: draw again
+            scene = scene_for(spec, example_rng(seed, "id", i, stream=stream), "id")
+            clean = render(scene, size)
+            if verify(clean, spec).passed:
+                break
+        junk = garbage(kind, size, seed=seed * 1000 + i, scene=scene)
+        verdict = verify(junk, spec)
+        if verdict.passed:  # pragma: no cover - the verifier's own tests keep every kind failing
+            raise RuntimeError(f"garbage pair {i} ({kind}) passed the verifier for {spec.text!r}")
+        names = [f"images/{i:04d}-scene.png", f"images/{i:04d}-{kind}.png"]
+        clean.save(out / names[0])
+        junk.save(out / names[1])
+        row = {"id": f"garbage-{i:04d}", "prompt": spec.text, "category": spec.category, "garbage": kind}
+        lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": _sentence(verdict.reason)})
+    (out / "pairs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    facts = {"pairs": pairs, "seed": seed, "size": size, "kinds": len(GARBAGE)}
     info.write_text(json.dumps(facts) + "\n", encoding="utf-8")
     return facts
 
@@ -209,6 +276,8 @@ def prepare_rm_data(work: Path, log=print) -> tuple[dict[str, Path], dict]:
     generated = {name: write_generated_pairs(pipe, work / name, **settings) for name, settings in GENERATED.items()}
     for name in GENERATED:
         add_verifier_reasons(work / name)
+    data["garbage"] = work / "garbage-eval"
+    write_garbage_pairs(data["garbage"], **GARBAGE_EVAL)
     data["mixed"] = mix_pairs(work / "mixed-train", [(work / "generated-train", 10**9), (data["train"], MIX_RENDERED)])
     log(f"data ready in {work}: generated pairs {generated}")
     return data, generated
@@ -281,7 +350,10 @@ def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
         },
         "judge_training": POINTWISE,
         "onpolicy_training": ONPOLICY,
-        "measured": measure_rm(out, {"id": data["id"], "ood": data["ood"], "generated": work / "generated-eval"}),
+        "measured": measure_rm(
+            out,
+            {"id": data["id"], "ood": data["ood"], "generated": work / "generated-eval", "garbage": data["garbage"]},
+        ),
         "minutes": {name: stage["minutes"] for name, stage in stages.items()},
     }
     if notes:
@@ -327,6 +399,19 @@ def render_card(facts: dict) -> str:
     cap, jt, op = facts["caption_pretraining"], facts["judge_training"], facts["onpolicy_training"]
     g = {"train": facts["generated"]["generated-train"], "eval": facts["generated"]["generated-eval"]}
     note = f"\n\n{facts['note']}" if facts.get("note") else ""
+    labels = {
+        "id": f"in-domain (seed {data['id']['seed']})",
+        "ood": f"out-of-domain (seed {data['ood']['seed']}; held-out colour/shape pairs, striped backgrounds)",
+        "generated": f"the bundled generator's samples (seed {g['eval']['seed']}; strict-verifier labels)",
+        "garbage": "a clean scene against garbage (noise, textures, fills, smears, blobs; 13 kinds)",
+    }
+    rows = "\n".join(
+        f"| {labels[k]} | {m[k]['pairs']} | {_percent_se(m[k]['accuracy'], m[k]['pairs'])} | {m[k]['ece']:.3f} |"
+        for k in labels
+        if k in m
+    )
+    garbage = g["train"].get("garbage_pairs")
+    junk = f" and {garbage:,} (pass, garbage) pairs (every garbage kind in turn)" if garbage else ""
     return f"""# {facts["name"]}: a ShapesWorld reward model (RewardDance, bundled)
 
 A generative reward model: the reward is P("yes") of a tiny LLaVA ({facts["parameters"]:,} parameters; language model
@@ -337,11 +422,9 @@ project's synthetic ShapesWorld data only; it knows nothing else.
 
 ## Measured (pointwise: the chosen image of a pair must get the higher P(yes))
 
-| held-out pairs | pairs | accuracy | ECE |
+| held-out pairs | pairs | accuracy (± SE) | ECE |
 | --- | ---: | ---: | ---: |
-| in-domain (seed {data["id"]["seed"]}) | {m["id"]["pairs"]} | {100 * m["id"]["accuracy"]:.1f} % | {m["id"]["ece"]:.3f} |
-| out-of-domain (seed {data["ood"]["seed"]}; held-out colour/shape pairs, striped backgrounds) | {m["ood"]["pairs"]} | {100 * m["ood"]["accuracy"]:.1f} % | {m["ood"]["ece"]:.3f} |
-| the bundled generator's samples (seed {g["eval"]["seed"]}; verifier-labelled) | {m["generated"]["pairs"]} | {100 * m["generated"]["accuracy"]:.1f} % | {m["generated"]["ece"]:.3f} |
+{rows}
 
 ## Training (seeded; `python -m rewarddance.recipes.shapes rm --size {facts["name"][-1]}`)
 
@@ -353,12 +436,9 @@ project's synthetic ShapesWorld data only; it knows nothing else.
    {data["train"]["count"]:,} rendered preference pairs (seed {data["train"]["seed"]}): {jt["max_steps"]:,} steps,
    batch {jt["batch_size"]}, lr {jt["lr"]}.
 4. The same on the bundled generator's own samples: {g["train"]["prompts"]:,} prompts (seed {g["train"]["seed"]}) x
-   {g["train"]["samples"]} samples, labelled by the ShapesWorld verifier ({100 * g["train"]["pass_rate"]:.1f} % pass),
-   {g["train"]["pairs"]:,} (pass, fail) pairs of one prompt, mixed with {facts["mixed_rendered_pairs"]:,} rendered
-   pairs: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}. A judge that has only seen crisp
-   renders ranks the generator's blurry samples little better than chance: shapes-m put the passing sample of a
-   (pass, fail) pair of one prompt first in 57.6 % of 941 such pairs (24 prompts x 16 samples) before this stage,
-   71.5 % after.
+   {g["train"]["samples"]} samples, labelled by the strict ShapesWorld verifier ({100 * g["train"]["pass_rate"]:.1f} %
+   pass), {g["train"]["pairs"]:,} pairs: (pass, fail) pairs of one prompt{junk}, mixed with
+   {facts["mixed_rendered_pairs"]:,} rendered pairs: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}.
 
 Time on 2 CPU cores: {", ".join(f"{k} {v} min" for k, v in facts["minutes"].items())}.{note}
 
@@ -376,6 +456,11 @@ images.
 """
 
 
+def _percent_se(rate: float, n: int) -> str:
+    """``"71.5 ± 2.1 %"``: a share and its binomial standard error."""
+    return f"{100 * rate:.1f} ± {100 * math.sqrt(rate * (1 - rate) / max(1, n)):.1f} %"
+
+
 def _join(values) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -383,6 +468,15 @@ def _join(values) -> str:
 def _generator_card(facts: dict) -> str:
     c = facts["config"]
     base = facts["measured"]
+    unclean = ""
+    if "not_clean" in base:
+        unclean = f" Not a clean scene: {100 * base['not_clean']:.1f} % of the samples."
+    extras = []
+    if c.get("ema_decay"):
+        extras.append(f"the saved weights are an EMA (decay {c['ema_decay']})")
+    if c.get("min_snr_gamma"):
+        extras.append(f"min-SNR loss weighting (gamma {c['min_snr_gamma']})")
+    extras = f"; {', '.join(extras)}" if extras else ""
     return f"""# shapes-gen: a small ShapesWorld text-to-image model (RewardDance, bundled)
 
 A diffusers `StableDiffusionPipeline` at {c["image_size"]} x {c["image_size"]} px: UNet2DConditionModel (widths
@@ -393,17 +487,18 @@ purpose: a reward model has room to help.
 
 ## Measured
 
-Verifier alignment (ShapesWorld's programmatic verifier: the share of images whose detected objects satisfy the
-prompt) of one sample per prompt, {base["prompts"]} in-domain prompts (seed {base["seed"]}), guidance
-{c["guidance_scale"]}, {c["num_inference_steps"]} DDIM steps: **{100 * base["alignment"]:.1f} %** overall;
-by category: {", ".join(f"{k} {100 * v:.0f} %" for k, v in base["by_category"].items())}.
+Strict-verifier alignment (ShapesWorld's programmatic verifier: the image must be a clean ShapesWorld scene and its
+detected objects must satisfy the prompt) of one sample per prompt, {base["prompts"]} in-domain prompts (seed
+{base["seed"]}), guidance {c["guidance_scale"]}, {c["num_inference_steps"]} DDIM steps:
+**{_percent_se(base["alignment"], base["prompts"])}** overall; by category:
+{", ".join(f"{k} {100 * v:.0f} %" for k, v in base["by_category"].items())}.{unclean}
 
 ## Training (seeded; `python -m rewarddance.recipes.shapes generator`)
 
 {c["n_images"]:,} rendered in-domain ShapesWorld scenes (seed {c["data_seed"]}, all six categories), model seed
 {c["seed"]}. Autoencoder: {c["vae_steps"]:,} steps, batch {c["vae_batch"]}, L1 + MSE + {c["vae_kl"]} x KL. UNet and
 text encoder together: {c["unet_steps"]:,} steps, batch {c["unet_batch"]}, lr {c["unet_lr"]}, noise prediction,
-prompt dropped for {100 * c["drop_prompt"]:.0f} % (classifier-free guidance). {facts["minutes"]} min on 2 CPU cores.
+prompt dropped for {100 * c["drop_prompt"]:.0f} % (classifier-free guidance){extras}. {facts["minutes"]} min on 2 CPU cores.
 
 ## Use
 
@@ -417,7 +512,8 @@ pipe("a photo of two red squares", guidance_scale={c["guidance_scale"]}, num_inf
 
 
 def measure_generator(pipe, n_prompts: int = 120, seed: int = 7, defaults: dict | None = None) -> dict:
-    """Verifier alignment of one sample per prompt over ``n_prompts`` in-domain prompts, overall and by category."""
+    """Strict-verifier alignment of one sample per prompt over ``n_prompts`` in-domain prompts, overall (with its
+    standard error) and by category, and the share of samples that are not a clean ShapesWorld scene."""
     import torch
 
     from ..bundled import generator_defaults
@@ -427,27 +523,33 @@ def measure_generator(pipe, n_prompts: int = 120, seed: int = 7, defaults: dict 
     kw = defaults or generator_defaults(pipe)
     specs = [sample_prompt(CATEGORIES[i % 6], example_rng(seed, "id", i), "id") for i in range(n_prompts)]
     passed = {c: [] for c in CATEGORIES}
+    unclean = 0
     batch = 24
     for start in range(0, n_prompts, batch):
         chunk = specs[start : start + batch]
         gens = [torch.Generator().manual_seed(seed * 100000 + start + i) for i in range(len(chunk))]
         images = pipe([s.text for s in chunk], generator=gens, **kw).images
         for spec, image in zip(chunk, images):
-            passed[spec.category].append(verify(image, spec).passed)
+            verdict = verify(image, spec)
+            passed[spec.category].append(verdict.passed)
+            unclean += not verdict.clean
     every = [p for v in passed.values() for p in v]
+    rate = sum(every) / len(every)
     return {
         "prompts": n_prompts,
         "seed": seed,
-        "alignment": round(sum(every) / len(every), 4),
+        "alignment": round(rate, 4),
+        "alignment_se": round(math.sqrt(rate * (1 - rate) / len(every)), 4),
+        "not_clean": round(unclean / len(every), 4),
         "by_category": {c: round(sum(v) / len(v), 4) for c, v in passed.items()},
     }
 
 
-def train_generator_bundle(out: Path, log=print) -> dict:
-    """Train the generator with its default config, measure it and write its card."""
+def train_generator_bundle(out: Path, log=print, work: Path | None = None) -> dict:
+    """Train the generator with its default config, measure it and write its card (``work``: resumable stages)."""
     from ..shapes.generator import GeneratorConfig, train_generator
 
-    train_generator(GeneratorConfig(), out, log=log)
+    train_generator(GeneratorConfig(), out, log=log, work=work)
     return describe_generator(out, log)
 
 
@@ -480,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     gen = sub.add_parser("generator", help="the ShapesWorld text-to-image pipeline")
     gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--work", type=Path, help="the VAE and UNet checkpoints; an interrupted run continues from them")
     rm = sub.add_parser("rm", help="a ShapesWorld reward model")
     rm.add_argument("--size", required=True, choices=sorted(RM_SIZES))
     rm.add_argument("--work", required=True, type=Path, help="data and intermediate models (about 200 MB)")
@@ -496,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
 
     if args.what == "generator":
-        train_generator_bundle(args.out, log)
+        train_generator_bundle(args.out, log, args.work)
     elif args.what == "rm":
         train_rm_size(args.size, args.work, args.out, log)
     else:

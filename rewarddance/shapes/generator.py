@@ -36,23 +36,26 @@ class GeneratorConfig:
     """How the ShapesWorld generator is built and trained (every field is saved in ``training.json``)."""
 
     image_size: int = field(default=32, metadata={"help": "image side in px (a multiple of 4)"})
-    n_images: int = field(default=24000, metadata={"help": "training scenes, rendered once (in-domain split)"})
+    n_images: int = field(default=40000, metadata={"help": "training scenes, rendered once (in-domain split)"})
     data_seed: int = field(default=31, metadata={"help": "ShapesWorld seed of the training scenes"})
     seed: int = field(default=0, metadata={"help": "seed of initial weights, batches and noise"})
     vae_channels: tuple[int, ...] = field(default=(16, 32, 32), metadata={"help": "VAE block widths (len-1 halvings)"})
     latent_channels: int = field(default=8, metadata={"help": "latent channels"})
-    vae_steps: int = field(default=4000, metadata={"help": "autoencoder training steps"})
+    vae_steps: int = field(default=6000, metadata={"help": "autoencoder training steps"})
     vae_batch: int = field(default=32, metadata={"help": "autoencoder batch size"})
     vae_lr: float = field(default=1e-3, metadata={"help": "autoencoder learning rate (AdamW, cosine)"})
     vae_kl: float = field(default=1e-6, metadata={"help": "weight of the KL term"})
     text_hidden: int = field(default=64, metadata={"help": "CLIP text encoder width"})
     text_layers: int = field(default=2, metadata={"help": "CLIP text encoder layers"})
-    unet_channels: tuple[int, ...] = field(default=(32, 64), metadata={"help": "UNet block widths"})
+    unet_channels: tuple[int, ...] = field(default=(64, 128), metadata={"help": "UNet block widths"})
     unet_layers: int = field(default=1, metadata={"help": "UNet resnet layers per block"})
-    unet_steps: int = field(default=6000, metadata={"help": "UNet + text encoder training steps"})
-    unet_batch: int = field(default=64, metadata={"help": "UNet batch size"})
+    unet_steps: int = field(default=7000, metadata={"help": "UNet + text encoder training steps"})
+    unet_batch: int = field(default=128, metadata={"help": "UNet batch size"})
     unet_lr: float = field(default=5e-4, metadata={"help": "UNet + text encoder learning rate (AdamW, cosine)"})
     drop_prompt: float = field(default=0.1, metadata={"help": "share of prompts replaced by '' (for CFG)"})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA of the UNet and text weights (saved); 0 = off"})
+    min_snr_gamma: float = field(default=5.0, metadata={"help": "min-SNR loss weighting min(SNR, g)/SNR; 0 = off"})
+    checkpoint_every: int = field(default=500, metadata={"help": "UNet steps between resumable checkpoints"})
     max_length: int = field(default=24, metadata={"help": "tokenizer length (prompts are at most ~14 tokens)"})
     guidance_scale: float = field(default=4.0, metadata={"help": "default classifier-free guidance of the demo"})
     num_inference_steps: int = field(default=20, metadata={"help": "default sampling steps of the demo"})
@@ -66,6 +69,10 @@ class GeneratorConfig:
         for name in ("n_images", "vae_steps", "unet_steps", "vae_batch", "unet_batch", "text_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be >= 0, got {self.min_snr_gamma}")
         if not 0 <= self.drop_prompt < 1:
             raise ValueError(f"drop_prompt must be in [0, 1), got {self.drop_prompt}")
 
@@ -207,11 +214,35 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([vae.encode(images[i : i + batch]).latent_dist.mean for i in range(0, len(images), batch)])
 
 
-def train_denoiser(pipe, prompts: list[str], latents: torch.Tensor, cfg: GeneratorConfig, log=print) -> dict:
-    """UNet and text encoder on noise prediction over scaled latents; returns the final loss."""
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights ``min(SNR(t), gamma) / SNR(t)`` for noise prediction (Hang et al., 2023); ones when
+    ``gamma`` is 0."""
+    if not gamma:
+        return torch.ones(len(t))
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return snr.clamp(max=gamma) / snr
+
+
+def train_denoiser(
+    pipe,
+    prompts: list[str],
+    latents: torch.Tensor,
+    cfg: GeneratorConfig,
+    log=print,
+    work: Path | None = None,
+    clock=None,
+) -> dict:
+    """UNet and text encoder on noise prediction over scaled latents; returns the final loss.
+
+    With ``cfg.ema_decay`` the weights left in ``pipe`` are the exponential moving average. With ``work`` a
+    checkpoint (weights, EMA, optimiser, schedule, batch RNG) is written every ``cfg.checkpoint_every`` steps and
+    an interrupted run continues from it exactly (``clock()``, when given, is the run's seconds so far, kept beside
+    the checkpoint).
+    """
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    alphas_cumprod = noise_sched.alphas_cumprod
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     ids = pipe.tokenizer(prompts, padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids
     empty = pipe.tokenizer([""], padding="max_length", max_length=cfg.max_length, return_tensors="pt").input_ids
@@ -221,8 +252,23 @@ def train_denoiser(pipe, prompts: list[str], latents: torch.Tensor, cfg: Generat
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     sched = _cosine(opt, cfg.unet_steps)
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
     recent: list[float] = []
-    for step in range(cfg.unet_steps):
+    first = 0
+    checkpoint = work / "unet-checkpoint.pt" if work is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        with torch.no_grad():
+            for p, v in zip(params, state["params"]):
+                p.copy_(v)
+        if ema is not None:
+            ema = [v.clone() for v in state["ema"]]
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        gen.set_state(state["rng"])
+        first, recent = int(state["step"]), list(state["recent"])
+        _log(log, f"unet: resumed at step {first} from {checkpoint}")
+    for step in range(first, cfg.unet_steps):
         idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
         x0 = latents[idx]
         tokens = ids[idx].clone()
@@ -233,41 +279,92 @@ def train_denoiser(pipe, prompts: list[str], latents: torch.Tensor, cfg: Generat
         noisy = noise_sched.add_noise(x0, noise, t)
         context = text(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=context).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(alphas_cumprod, t, cfg.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        recent = (recent + [loss.item()])[-200:]
+        if ema is not None:  # the usual warm-up: the average forgets its random start quickly
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        recent = (recent + [per_sample.mean().item()])[-200:]
         if (step + 1) % 500 == 0:
             _log(log, f"unet step {step + 1}/{cfg.unet_steps}: loss {np.mean(recent):.4f}")
+        if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.unet_steps:
+            state = {
+                "params": [p.detach() for p in params],
+                "ema": ema or [],
+                "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(),
+                "rng": gen.get_state(),
+                "step": step + 1,
+                "recent": recent,
+            }
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+            if clock is not None:
+                (work / "elapsed.json").write_text(json.dumps({"seconds": clock()}), encoding="utf-8")
+    if ema is not None:
+        with torch.no_grad():
+            for p, v in zip(params, ema):
+                p.copy_(v)
     unet.eval()
     text.eval()
     return {"loss": float(np.mean(recent))}
 
 
-def train_generator(cfg: GeneratorConfig, out_dir: str | os.PathLike, log=print) -> Path:
-    """Build, train (VAE, then UNet + text encoder) and ``save_pretrained`` the pipeline into ``out_dir``."""
+def train_generator(cfg: GeneratorConfig, out_dir: str | os.PathLike, log=print, work=None) -> Path:
+    """Build, train (VAE, then UNet + text encoder) and ``save_pretrained`` the pipeline into ``out_dir``.
+
+    ``work``: a folder for the finished VAE and the UNet's checkpoints; a run interrupted there continues.
+    """
     out = Path(out_dir)
     start = time.time()
     torch.manual_seed(cfg.seed)
     pipe = build_pipeline(cfg)
     prompts, images = render_training_set(cfg)
     _log(log, f"rendered {len(images)} scenes in {time.time() - start:.0f} s")
-    vae_stats = train_vae(pipe.vae, images, cfg, log)
+    work = Path(work) if work is not None else None
+    elapsed = 0.0
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        saved = work / "config.json"
+        if saved.exists() and json.loads(saved.read_text(encoding="utf-8")) != json.loads(json.dumps(asdict(cfg))):
+            raise ValueError(f"{work} holds a run with another config; use a new --work folder")
+        saved.write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+        clock = work / "elapsed.json"
+        elapsed = json.loads(clock.read_text(encoding="utf-8"))["seconds"] if clock.exists() else 0.0
+    vae_done = work / "vae" if work is not None else None
+    if vae_done is not None and (vae_done / "stats.json").exists():
+        from diffusers import AutoencoderKL
+
+        pipe.vae.load_state_dict(AutoencoderKL.from_pretrained(vae_done).state_dict())
+        vae_stats = json.loads((vae_done / "stats.json").read_text(encoding="utf-8"))
+        pipe.vae.eval()
+        _log(log, f"vae: reused {vae_done}")
+    else:
+        vae_stats = train_vae(pipe.vae, images, cfg, log)
+        if vae_done is not None:
+            pipe.vae.save_pretrained(vae_done, safe_serialization=True)
+            (vae_done / "stats.json").write_text(json.dumps(vae_stats) + "\n", encoding="utf-8")
+            (work / "elapsed.json").write_text(json.dumps({"seconds": elapsed + time.time() - start}), "utf-8")
     latents = encode_latents(pipe.vae, images)
     # Stable Diffusion's convention: the denoiser sees latents scaled to unit standard deviation
     scaling = float(1.0 / latents.std())
     pipe.vae.register_to_config(scaling_factor=scaling)
     _log(log, f"latents {tuple(latents.shape[1:])}, scaling_factor {scaling:.4f}")
-    unet_stats = train_denoiser(pipe, prompts, latents * scaling, cfg, log)
+    unet_stats = train_denoiser(
+        pipe, prompts, latents * scaling, cfg, log, work, clock=lambda: elapsed + time.time() - start
+    )
     pipe.save_pretrained(out, safe_serialization=True)
     record = {
         "config": asdict(cfg),
         "vae": vae_stats,
         "unet": unet_stats,
-        "minutes": round((time.time() - start) / 60, 1),
+        "minutes": round((elapsed + time.time() - start) / 60, 1),
         "torch": torch.__version__,
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -43,124 +43,10 @@ from .checkpoint import (
     load_trainable,
     save_checkpoint,
 )
-from .config import coerce_settings, config_from_yaml
 from .export import save_lora
 from .metrics import append_csv, drop_rows_after, say
-
-MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
-LOSSES = ("hinge", "log")
-ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TRACKERS = tuple(LOGGER_TYPE_TO_CLASS)
-
-
-@dataclass
-class ReFLConfig:
-    """Settings of a ReFL run; ``from_yaml`` reads them; every field has help text."""
-
-    pretrained: str = field(metadata={"help": "diffusers folder, hub id, single file (.safetensors), shapes-gen"})
-    reward_model: str = field(metadata={"help": "reward model: a Hugging Face id, a local folder or shapes-s/m/l"})
-    prompts: list[str] | str = field(
-        metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"}
-    )
-    output_dir: str = field(metadata={"help": "checkpoints, metrics.csv, samples and the LoRA go here"})
-    model_type: str = field(default="auto", metadata={"help": "auto, sd, sdxl, sd3 or flux (single files need it)"})
-    single_file_config: str | None = field(default=None, metadata={"help": "diffusers folder/id for a single file"})
-    eval_prompts: list[str] | str = field(
-        default_factory=list, metadata={"help": "held-out prompts for the reward before / after (a list or a file)"}
-    )
-    eval_train_prompts: int = field(
-        default=4,
-        metadata={"help": "without eval_prompts: score this many training prompts before / after instead (0: none)"},
-    )
-    mode: str = field(default="pointwise", metadata={"help": "pointwise, or pairwise against cached references"})
-    references: str | None = field(default=None, metadata={"help": "folder written by build_references (pairwise)"})
-    loss: str = field(default="hinge", metadata={"help": "hinge: relu(hinge_margin - r); log: -log r"})
-    hinge_margin: float = field(default=1.0, metadata={"help": "lambda of the hinge loss"})
-    reward_scale: float = field(default=1.0, metadata={"help": "multiplies the reward loss"})
-    task: str = field(default="alignment", metadata={"help": "reward context task preset"})
-    cot: str = field(
-        default="none",
-        metadata={"help": "none, or judgment_first for a judge trained so (its verdict is read at the first token)"},
-    )
-    quantization: str | None = field(default=None, metadata={"help": "reward model in None, 8bit or 4bit"})
-    num_inference_steps: int = field(default=30, metadata={"help": "length of the sampling schedule"})
-    stop_range: list[int] = field(
-        default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"}
-    )
-    guidance_scale: float | None = field(default=None, metadata={"help": "CFG scale; None: the pipeline default"})
-    resolution: int | None = field(default=None, metadata={"help": "image side in px; None: the pipeline default"})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha"})
-    lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
-    batch_size: int = field(default=2, metadata={"help": "prompts per step"})
-    grad_accum: int = field(default=1, metadata={"help": "steps of gradient accumulation per optimiser step"})
-    max_steps: int = field(default=100, metadata={"help": "optimiser steps"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 autocast"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the denoiser and VAE decoder"})
-    offload_reward_model: bool = field(default=False, metadata={"help": "keep the RM on the CPU between steps"})
-    pretrain_data: str | None = field(default=None, metadata={"help": "image-caption folder (manifest.jsonl)"})
-    pretrain_weight: float = field(default=0.0, metadata={"help": "weight of the pretraining diffusion loss"})
-    seed: int = field(default=0, metadata={"help": "seed of prompts, noise and stop levels"})
-    save_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0: only at the end"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept"})
-    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint"})
-    eval_every: int = field(default=0, metadata={"help": "score eval_prompts every N steps (0: start and end)"})
-    eval_images: int = field(default=2, metadata={"help": "images per eval prompt"})
-    sample_every: int = field(default=0, metadata={"help": "save a sample grid of eval prompts every N steps"})
-    window: int = field(default=20, metadata={"help": "sliding window of the reward mean / std"})
-    trackers: list[str] = field(
-        default_factory=list,
-        metadata={"help": "accelerate trackers besides metrics.csv: tensorboard, wandb, mlflow ... (files: logs/)"},
-    )
-    max_nan_steps: int = field(default=5, metadata={"help": "consecutive NaN/inf losses before the run stops"})
-    distributed: str = field(
-        default="ddp",
-        metadata={"help": "several processes: ddp (a denoiser copy each) or fsdp (its weights sharded over them)"},
-    )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda ..."})
-    dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
-
-    @classmethod
-    def from_yaml(cls, path, overrides: dict | None = None) -> ReFLConfig:
-        return config_from_yaml(cls, path, overrides)
-
-    def __post_init__(self):
-        coerce_settings(self)  # YAML's "5e-5" is a string: each value as its field's type
-        checks = [
-            (self.model_type in MODEL_TYPES, f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"),
-            (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
-            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
-            (
-                self.cot in ("none", "judgment_first"),
-                f"cot must be none or judgment_first (a reward read before any decoding), got {self.cot!r}",
-            ),
-            (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
-            (self.eval_train_prompts >= 0, f"eval_train_prompts must be 0 or more, got {self.eval_train_prompts}"),
-            (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
-            (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
-            (self.distributed in ("ddp", "fsdp"), f"distributed must be ddp or fsdp, got {self.distributed!r}"),
-            (
-                not (self.distributed == "fsdp" and self.optimizer == "adamw8bit"),
-                "optimizer adamw8bit does not take FSDP's sharded parameters; use adamw with distributed fsdp",
-            ),
-            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
-            (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
-            (not set(self.trackers) - set(TRACKERS), f"trackers must be among {sorted(TRACKERS)}, got {self.trackers}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"ReFLConfig: {msg}")
-        lo, hi = self.stop_range
-        if not 0 <= lo <= hi < self.num_inference_steps:
-            raise ValueError(
-                f"ReFLConfig: stop_range {self.stop_range} is outside the schedule of {self.num_inference_steps} "
-                f"steps (need 0 <= lo <= hi <= {self.num_inference_steps - 1})"
-            )
-        if self.mode == "pairwise" and not self.references:
-            raise ValueError("ReFLConfig: mode 'pairwise' needs `references` (a folder from build_references)")
+from .plots import plot_reward_curve, save_sample_grid
+from .refl_config import ReFLConfig
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -477,7 +363,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 images = sampler.decode(x)
                 scores.append(rm.score(images, prompt, context=context).p_yes)
                 if tag and cfg.sample_every:
-                    _save_grid(images, out / "samples" / f"{tag}-{i:03d}.png")
+                    save_sample_grid(images, out / "samples" / f"{tag}-{i:03d}.png")
         value = float(torch.cat(scores).mean())
         for tracker in trackers:
             tracker.log({"eval_reward": value}, step=step)
@@ -584,7 +470,8 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     full = gather_full_state(denoiser)[0] if fsdp else None
     if main:
         save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha, state_dict=full)
-        _plot(history, out / "reward_curve.png")
+        if history:  # (empty when a finished run is resumed)
+            plot_reward_curve(history, out / "reward_curve.png")
     if state:
         state.wait_for_everyone()
     return {
@@ -598,33 +485,3 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         "lora": str(lora_dir),
         "nan_skipped": nan_total,
     }
-
-
-def _save_grid(images: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    row = torch.cat(list(images.detach().float().cpu()), dim=2)  # [3, H, W * n]
-    arr = (row.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
-    Image.fromarray(arr).save(path)
-
-
-def _plot(history: list[dict], path: Path, width: int = 480, height: int = 240) -> None:
-    """A small PNG of the reward mean (blue) and its sliding-window std (orange) per step, drawn with Pillow."""
-    from PIL import Image, ImageDraw
-
-    if len(history) < 2:
-        return
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    for key, colour in (("window_mean", (31, 119, 180)), ("window_std", (255, 127, 14))):
-        vals = [h[key] for h in history]
-        lo, hi = min(vals), max(vals)
-        span = (hi - lo) or 1.0
-        pts = [
-            (10 + i * (width - 20) / (len(vals) - 1), height - 10 - (v - lo) / span * (height - 20))
-            for i, v in enumerate(vals)
-        ]
-        draw.line(pts, fill=colour, width=2)
-    draw.text((12, 8), "reward window mean (blue), std (orange); each scaled to its range", fill="black")
-    img.save(path)
