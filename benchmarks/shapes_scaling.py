@@ -47,7 +47,8 @@ from rewarddance.bundled import REWARD_MODELS, available, bundled_path, card, ge
 from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts, refl_config, sample_prompts
 from rewarddance.pipelines import SamplerConfig
 from rewarddance.recipes.shapes import eval_data, measure_rm, train_variant
-from rewarddance.search import build_references, load_references, search_over_paths
+from rewarddance.reference_sets import build_references, load_references
+from rewarddance.search import search_over_paths
 from rewarddance.shapes import verify
 from rewarddance.training.refl import train_refl
 

@@ -1,6 +1,7 @@
 """RewardDance: generative reward models from vision-language models (arXiv 2509.08826).
 
-``RewardModel`` reads P("yes") from any supported Hugging Face VLM; ``RewardContext`` says what it is asked.
+``RewardModel`` reads P("yes") from any supported Hugging Face VLM; ``RewardContext`` says what it is asked. Its
+results are ``RewardOutput`` (score, compare) and ``Preference`` (prefer: which image of a pair wins).
 
 The names below are imported on first use (PEP 562), so ``import rewarddance`` and ``rewarddance --help`` do not
 load torch.
@@ -13,16 +14,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .context import Example, RewardContext
-    from .model import RewardModel, RewardOutput
+    from .model import Preference, RewardModel, RewardOutput
 
 _LAZY = {
     "Example": ".context",
     "RewardContext": ".context",
+    "Preference": ".model",
     "RewardModel": ".model",
     "RewardOutput": ".model",
 }
 
-__all__ = ["Example", "RewardContext", "RewardModel", "RewardOutput"]
+__all__ = ["Example", "Preference", "RewardContext", "RewardModel", "RewardOutput"]
 __version__ = "0.1.0"
 
 

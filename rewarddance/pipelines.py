@@ -117,20 +117,29 @@ class SamplerConfig:
     guidance_scale: float | None = None  # None: the pipeline's default (SD 7.5, SDXL 5.0, SD3 7.0, Flux 3.5)
     height: int | None = None  # None: the pipeline's default size
     width: int | None = None
-    negative_prompt: str | None = None
+    negative_prompt: str | list[str] | None = None  # one for every row, or a list: row i's own (one per prompt)
     max_sequence_length: int = 256  # T5 tokens (SD3, Flux)
 
 
 class Sampler:
-    """Drives a pipeline's denoiser one level at a time for one prompt: the building block of search over paths.
+    """Drives a pipeline's denoiser one level at a time: the building block of search over paths and of ReFL.
 
+    ``prompt`` is one prompt for every latent row, or a list of them, one per row (a batch of different prompts,
+    each row conditioned on its own text and, with classifier-free guidance, paired with its own negative).
     ``predict(x, k)`` runs the denoiser (with classifier-free guidance where the pipeline uses it) on latents at
     level ``k`` and returns ``(x0, e)``; ``levels[k]`` is the ``(a, s)`` of level ``k``; ``evaluations`` counts
     denoiser evaluations per sample (a guided call counts once).
     """
 
-    def __init__(self, pipe, prompt: str, config: SamplerConfig | None = None):
+    def __init__(self, pipe, prompt: str | list[str], config: SamplerConfig | None = None):
+        if isinstance(prompt, (list, tuple)):
+            if not prompt or not all(isinstance(x, str) for x in prompt):
+                raise ValueError(f"prompt: expected a string or a non-empty list of strings, got {prompt!r}")
+            prompt = list(prompt)
+        elif not isinstance(prompt, str):
+            raise ValueError(f"prompt: expected a string or a list of strings, got {type(prompt).__name__}")
         self.pipe, self.prompt, self.cfg = pipe, prompt, config or SamplerConfig()
+        self.rows = len(prompt) if isinstance(prompt, list) else 1  # rows of conditioning
         self.family = pipeline_family(pipe)
         self.scheduler_name = check_scheduler(pipe.scheduler)
         self.device = pipe._execution_device
@@ -161,7 +170,14 @@ class Sampler:
 
     @torch.no_grad()
     def _encode(self) -> None:
+        """Text conditioning, ``[rows, ...]`` per tensor; a list of prompts gets a negative per row."""
         p, dev, neg = self.pipe, self.device, self.cfg.negative_prompt
+        if isinstance(neg, (list, tuple)):
+            if not isinstance(self.prompt, list) or len(neg) != self.rows or not all(isinstance(n, str) for n in neg):
+                raise ValueError(f"negative_prompt: a list needs one string per prompt ({self.rows}), got {neg!r}")
+            neg = list(neg)
+        elif isinstance(self.prompt, list) and neg is not None:
+            neg = [neg] * self.rows  # the pipelines take a list of negatives with a list of prompts, not one string
         cond: dict = {}
         if self.family == "unet" and hasattr(p, "text_encoder_2"):  # SDXL
             pe, npe, pooled, npooled = p.encode_prompt(
@@ -200,7 +216,7 @@ class Sampler:
             )
             lh = 2 * (self.height // (p.vae_scale_factor * 2))  # the latent grid, as FluxPipeline.prepare_latents
             lw = 2 * (self.width // (p.vae_scale_factor * 2))
-            img_ids = p._prepare_latent_image_ids(1, lh // 2, lw // 2, dev, pe.dtype)
+            img_ids = p._prepare_latent_image_ids(1, lh // 2, lw // 2, dev, pe.dtype)  # shared by every row
             cond.update(pe=pe, pooled=pooled, text_ids=text_ids, img_ids=img_ids)
         self.cond = cond
 
@@ -247,20 +263,38 @@ class Sampler:
         neg, pos = run(torch.cat([x, x]), "both").chunk(2)
         return neg + self.guidance * (pos - neg)
 
-    def predict(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows_of(self, B: int, rows) -> torch.Tensor | None:
+        """Which conditioning row each of ``B`` latent rows uses: None for all of one prompt (broadcast)."""
+        if rows is not None:
+            index = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+            if index.numel() != B or (B and (int(index.min()) < 0 or int(index.max()) >= self.rows)):
+                raise ValueError(f"rows: expected {B} indices into {self.rows} prompts, got {index.tolist()}")
+            return index.to(self.device)
+        if self.rows not in (1, B):
+            raise ValueError(f"x: {B} latent rows for {self.rows} prompts; pass rows= to say which prompt each uses")
+        return None
+
+    def predict(self, x: torch.Tensor, k: int, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0, e)`` predicted from latents ``x`` at level ``k`` (one denoiser evaluation per sample).
 
-        Differentiable: call it under ``torch.no_grad()`` when no gradient is wanted (as the search does)."""
+        With a list of prompts, row ``i`` of ``x`` is conditioned on prompt ``i``, or on prompt ``rows[i]`` when
+        ``rows`` is given (a subset of the batch). Differentiable: call it under ``torch.no_grad()`` when no
+        gradient is wanted (as the search does)."""
         p, c, B = self.pipe, self.cond, x.shape[0]
         a, s = self.levels[k]
         t = self.timesteps[k]
+        index = self._rows_of(B, rows)
         self.evaluations += B
 
-        def rows(name, which):
-            pos = c[name].expand(B, *c[name].shape[1:])
+        def pick(name):
+            cond = c[name]
+            return cond.expand(B, *cond.shape[1:]) if index is None else cond[index]
+
+        def cond_rows(name, which):
+            pos = pick(name)
             if which == "pos":
                 return pos
-            return torch.cat([c["n" + name].expand(B, *c[name].shape[1:]), pos])
+            return torch.cat([pick("n" + name), pos])  # each row's own negative, in the same order
 
         if self.family == "unet":
             scale = math.sqrt(a * a + s * s)  # VP latents are x / scale
@@ -271,8 +305,8 @@ class Sampler:
                 if "pooled" in c:
                     n = inp.shape[0]
                     ids = c["time_ids"].expand(n, -1)
-                    extra["added_cond_kwargs"] = {"text_embeds": rows("pooled", which), "time_ids": ids}
-                return p.unet(inp, t, encoder_hidden_states=rows("pe", which), return_dict=False, **extra)[0]
+                    extra["added_cond_kwargs"] = {"text_embeds": cond_rows("pooled", which), "time_ids": ids}
+                return p.unet(inp, t, encoder_hidden_states=cond_rows("pe", which), return_dict=False, **extra)[0]
 
             xv = x / scale
             out = self._guided(run, xv).to(x.dtype)
@@ -295,8 +329,8 @@ class Sampler:
                 return p.transformer(
                     hidden_states=inp,
                     timestep=ts,
-                    encoder_hidden_states=rows("pe", which),
-                    pooled_projections=rows("pooled", which),
+                    encoder_hidden_states=cond_rows("pe", which),
+                    pooled_projections=cond_rows("pooled", which),
                     return_dict=False,
                 )[0]
 
@@ -309,8 +343,8 @@ class Sampler:
                 hidden_states=x,
                 timestep=t.expand(B).to(x.dtype) / 1000,
                 guidance=guidance,
-                pooled_projections=rows("pooled", "pos"),
-                encoder_hidden_states=rows("pe", "pos"),
+                pooled_projections=cond_rows("pooled", "pos"),
+                encoder_hidden_states=cond_rows("pe", "pos"),
                 txt_ids=c["text_ids"],
                 img_ids=c["img_ids"],
                 return_dict=False,
@@ -318,9 +352,10 @@ class Sampler:
         sigma = s
         return x - sigma * v, x + (1 - sigma) * v
 
-    def step(self, x: torch.Tensor, k: int, to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Denoise latents at level ``k`` to level ``to`` (default ``k + 1``); returns (new latents, x0 predicted)."""
-        x0, e = self.predict(x, k)
+    def step(self, x: torch.Tensor, k: int, to: int | None = None, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoise latents at level ``k`` to level ``to`` (default ``k + 1``); returns (new latents, x0 predicted).
+        ``rows`` as in :meth:`predict`."""
+        x0, e = self.predict(x, k, rows=rows)
         return compose(x0, e, self.levels[k + 1 if to is None else to]), x0
 
     @torch.no_grad()

@@ -1,26 +1,24 @@
-"""Inference-time scaling with a reward model: best-of-N, pairwise tournaments, cached reference sets, and search
-over paths (Ma et al., 2025, "Inference-time scaling for diffusion models beyond scaling denoising steps").
+"""Inference-time scaling with a reward model: best-of-N, pairwise tournaments and search over paths (Ma et al.,
+2025, "Inference-time scaling for diffusion models beyond scaling denoising steps").
 
-Every function takes a fixed ``seed``: the same arguments give the same images, scores and choices. Images go to the
-reward model as ``[B, 3, H, W]`` float tensors in [0, 1]; results carry the seeds that made each image so a user
-can regenerate the winner at full size.
+The loops are callback-driven cores (:func:`run_best_of_n`, :func:`run_path_search`, seeds from :func:`path_seed`)
+that the diffusers functions here and the ComfyUI node (:mod:`rewarddance.comfy`) adapt. Every function takes a
+fixed ``seed``: the same arguments give the same images, scores and choices. Images go to the reward model as
+``[B, 3, H, W]`` float tensors in [0, 1]; results carry the seeds that made each image so a user can regenerate the
+winner at full size. The cached reference sets of pairwise ReFL live in :mod:`rewarddance.reference_sets`.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import math
-import os
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from .images import as_image_list, load_image, to_tensor
-from .manifest import ManifestError, read_jsonl
 from .pipelines import Sampler, SamplerConfig, compose, renoise
 
 
@@ -28,7 +26,7 @@ class BudgetError(ValueError):
     """The compute budget is too small for the smallest run asked for."""
 
 
-def _pixels(images) -> torch.Tensor:
+def generated_pixels(images) -> torch.Tensor:
     """Anything a generator returns (a ``[B, 3, H, W]`` tensor, PIL images, arrays) -> ``[B, 3, H, W]`` float32."""
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return images.detach().float().cpu().clamp(0, 1)
@@ -38,17 +36,21 @@ def _pixels(images) -> torch.Tensor:
     return torch.stack(items)
 
 
-def _is_pipeline(obj) -> bool:
-    return hasattr(obj, "components") and hasattr(obj, "scheduler") and callable(obj)
+def as_generate(generator, pipe_kwargs: dict, name: str = "generator") -> Callable:
+    """``(prompt, seeds) -> images``: a diffusers pipeline is called with one CPU ``torch.Generator`` per seed,
+    ``output_type="pt"`` and ``pipe_kwargs``; any other callable is returned as it is. ``name`` is the argument's
+    name in the error raised for anything else."""
+    if hasattr(generator, "components") and hasattr(generator, "scheduler") and callable(generator):
 
+        def generate(prompt: str, seeds: list[int]):
+            gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+            out = generator(prompt=[prompt] * len(seeds), generator=gens, output_type="pt", **pipe_kwargs)
+            return out.images
 
-def _pipeline_generate(pipe, pipe_kwargs: dict) -> Callable:
-    def generate(prompt: str, seeds: list[int]):
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        out = pipe(prompt=[prompt] * len(seeds), generator=gens, output_type="pt", **pipe_kwargs)
-        return out.images
-
-    return generate
+        return generate
+    if not callable(generator):
+        raise TypeError(f"{name} must be a diffusers pipeline or a callable, got {type(generator).__name__}")
+    return generator
 
 
 # ------------------------------------------------------------------------------------------------------ best-of-N
@@ -166,9 +168,7 @@ def best_of_n(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if score not in ("p_yes", "margin"):
         raise ValueError(f"score must be 'p_yes' or 'margin', got {score!r}")
-    generate = _pipeline_generate(generator, pipe_kwargs) if _is_pipeline(generator) else generator
-    if not callable(generate):
-        raise TypeError(f"generator must be a diffusers pipeline or a callable, got {type(generator).__name__}")
+    generate = as_generate(generator, pipe_kwargs)
 
     def rate(pix):
         out = rm.score(pix, prompt, context=context, references=references)
@@ -176,7 +176,7 @@ def best_of_n(
 
     with tqdm(total=n, desc="best-of-N", disable=not progress) as bar:
         run = run_best_of_n(
-            lambda seeds: _pixels(generate(prompt, seeds)),
+            lambda seeds: generated_pixels(generate(prompt, seeds)),
             rate,
             seed,
             n,
@@ -240,7 +240,7 @@ def tournament(
     ``schedule``: ``round_robin`` (every pair; the default up to 8 images), ``swiss`` (``rounds`` rounds, default
     ``ceil(log2 n) + 2``, pairing images with similar records; the default above 8), or ``auto``.
     """
-    imgs = list(_pixels(images)) if not isinstance(images, list) else images
+    imgs = list(generated_pixels(images)) if not isinstance(images, list) else images
     n = len(imgs)
     if n < 2:
         raise ValueError(f"a tournament needs at least 2 images, got {n}")
@@ -286,88 +286,6 @@ def tournament(
         top_k=ranking[:top_k],
         rm_calls=calls,
     )
-
-
-# ------------------------------------------------------------------------------------------------------ references
-def _slug(text: str, limit: int = 48) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
-
-
-def build_references(
-    pipe,
-    rm,
-    prompts: Sequence[str],
-    out_dir: str | os.PathLike,
-    n: int = 16,
-    top_k: int = 2,
-    seed: int = 0,
-    context=None,
-    batch_size: int = 4,
-    progress: bool = True,
-    keep: str = "top",
-    **pipe_kwargs,
-) -> Path:
-    """The cached reference set of the ReFL trainer, as in the paper: per prompt, ``n`` base-model samples ranked
-    by a pairwise tournament, the ``top_k`` kept as PNGs (``keep="bottom"``: the ``top_k`` last of the ranking
-    instead, the weak references of the paper's Table 8). Writes ``out_dir/manifest.jsonl`` (one line per finished
-    prompt: ``prompt``, ``images``, ``seeds``, ``wins``) and returns its path. Resumable: prompts already in the
-    manifest are skipped, and a prompt is appended only once its images are on disk."""
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    if keep not in ("top", "bottom"):
-        raise ValueError(f"keep must be 'top' or 'bottom', got {keep!r}")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    manifest = out / "manifest.jsonl"
-    done = {row["prompt"] for _, row in _reference_rows(manifest)} if manifest.exists() else set()
-    generate = _pipeline_generate(pipe, pipe_kwargs) if _is_pipeline(pipe) else pipe
-    for p_index, prompt in enumerate(tqdm(list(prompts), desc="references", disable=not progress)):
-        if prompt in done:
-            continue
-        p_seed = seed + 1_000_003 * p_index  # prompt i's seeds do not depend on which prompts were done before
-        seeds = [p_seed + i for i in range(n)]
-        imgs = []
-        for start in range(0, n, batch_size):
-            imgs += list(_pixels(generate(prompt, seeds[start : start + batch_size])))
-        result = tournament(imgs, rm, prompt, top_k=top_k, context=context, seed=seed)
-        kept = result.top_k if keep == "top" else result.ranking[::-1][:top_k]  # bottom: the worst first
-        files = []
-        for rank, i in enumerate(kept):
-            name = f"images/{p_index:05d}-{_slug(prompt)}-{keep}{rank}.png"
-            arr = (imgs[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
-            tmp = out / (name + ".tmp")
-            Image.fromarray(arr).save(tmp, format="PNG")
-            os.replace(tmp, out / name)
-            files.append(name)
-        row = {
-            "prompt": prompt,
-            "images": files,
-            "seeds": [seeds[i] for i in kept],
-            "wins": [float(result.wins[i]) for i in kept],
-            "n": n,
-        }
-        with open(manifest, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        done.add(prompt)
-    return manifest
-
-
-def load_references(out_dir: str | os.PathLike) -> dict[str, list[Path]]:
-    """``prompt -> [reference image paths]`` from a folder written by :func:`build_references`."""
-    out = Path(out_dir)
-    return {row["prompt"]: [out / f for f in row["images"]] for _, row in _reference_rows(out / "manifest.jsonl")}
-
-
-def _reference_rows(manifest: Path):
-    """``(line_no, row)`` of a reference manifest; a line that is not one raises, naming the file and line."""
-    for line_no, row in read_jsonl(manifest):
-        missing = [k for k in ("prompt", "images") if k not in row]
-        if missing:
-            raise ManifestError(f"{manifest}:{line_no}: missing field(s) {', '.join(missing)}")
-        yield line_no, row
 
 
 # ------------------------------------------------------------------------------------------------ search over paths
@@ -636,3 +554,14 @@ def search_over_paths(
         budget=budget,
         history=run.history,
     )
+
+
+_MOVED = {"build_references": "rewarddance.reference_sets", "load_references": "rewarddance.reference_sets"}
+
+
+def __getattr__(name: str):
+    """The reference-set functions moved to :mod:`rewarddance.reference_sets`; ``from rewarddance.search import
+    build_references`` keeps working (looked up on first use, since that module imports this one)."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

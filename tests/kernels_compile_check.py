@@ -14,13 +14,8 @@ pytestmark = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET", "0") == "1", reason="the compiler check needs TRITON_INTERPRET unset"
 )
 
-KERNELS = (
-    "_yes_prob_fwd_kernel",
-    "_yes_prob_bwd_kernel",
-    "_selected_logprobs_fwd_kernel",
-    "_selected_logprobs_bwd_kernel",
-)
-CONSTEXPRS = ("HAS_BIAS", "BLOCK_N", "BLOCK_V", "BLOCK_H", "DOT_FP32", "PRECISION")
+KERNELS = ("_lse_fwd_kernel", "_lse_bwd_kernel")
+CONSTEXPRS = ("HAS_BIAS", "HAS_TARGET", "BLOCK_N", "BLOCK_V", "BLOCK_H", "DOT_FP32", "PRECISION")
 # H100 shared memory per block: 227 KiB
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
@@ -46,8 +41,9 @@ VARIANTS = [(64, "bf16", 90), (16, "fp16", 90), (16, "fp32", 90), (64, "bf16", 8
 
 
 @pytest.mark.parametrize("block_n,dtype,arch", VARIANTS)
+@pytest.mark.parametrize("has_target", (False, True), ids=("yes_prob", "selected_logprobs"))
 @pytest.mark.parametrize("name", KERNELS)
-def test_kernel_compiles_for_gpu(name, block_n, dtype, arch):
+def test_kernel_compiles_for_gpu(name, has_target, block_n, dtype, arch):
     triton = pytest.importorskip("triton")
     from triton.backends import backends
     from triton.backends.compiler import GPUTarget
@@ -62,6 +58,7 @@ def test_kernel_compiles_for_gpu(name, block_n, dtype, arch):
     fp32 = dtype == "fp32"
     constexprs = {
         "HAS_BIAS": True,
+        "HAS_TARGET": has_target,
         "BLOCK_N": block_n,
         "BLOCK_V": cfg.block_v,
         "BLOCK_H": cfg.block_h,

@@ -26,7 +26,8 @@ from rewarddance.bundled import (
     card,
     load_generator,
 )
-from rewarddance.recipes.shapes import add_verifier_reasons, eval_data, measure_generator, measure_rm, render_card
+from rewarddance.recipes.cards import render_card
+from rewarddance.recipes.shapes import add_verifier_reasons, eval_data, measure_generator, measure_rm
 from rewarddance.shapes import CATEGORIES, verify
 
 BUNDLED_RMS = [name for name in REWARD_MODELS if name in available()]

@@ -58,7 +58,7 @@ def test_pretrain_folder_names_the_line_of_a_bad_record_after_a_blank_line(tmp_p
 
 
 def test_reference_manifest_errors_name_file_and_line(tmp_path):
-    from rewarddance.search import load_references
+    from rewarddance.reference_sets import load_references
 
     good = json.dumps({"prompt": "p", "images": ["images/0.png"]})
     _write(tmp_path / "manifest.jsonl", [good, '{"prompt": "q", "ima'])  # a torn last line

@@ -37,6 +37,29 @@ def test_trainers_and_benchmarks_use_only_public_members():
     assert not hits, "private RewardModel members used:\n" + "\n".join(hits)
 
 
+def test_the_package_exports_the_result_records():
+    """``from rewarddance import ...`` gives the model's classes and both result records, prefer()'s included."""
+    import rewarddance
+    import rewarddance.model
+    from rewarddance import Preference, RewardOutput
+
+    assert Preference is rewarddance.model.Preference and RewardOutput is rewarddance.model.RewardOutput
+    assert {"Preference", "RewardModel", "RewardOutput"} <= set(rewarddance.__all__) <= set(dir(rewarddance))
+    for name in rewarddance.__all__:  # every listed name resolves
+        assert getattr(rewarddance, name).__name__ == name
+
+
+def test_no_library_module_is_much_over_600_lines():
+    """Modules stay small enough to read in one sitting (issue "One step of architecture": about 600 lines)."""
+    limit = 625  # "about 600": room for a docstring's growth, not for another section
+    long = []
+    for path in sorted((ROOT / "rewarddance").rglob("*.py")):
+        n = len(path.read_text(encoding="utf-8").splitlines())
+        if n > limit:
+            long.append(f"{path.relative_to(ROOT)}: {n} lines")
+    assert not long, f"modules over {limit} lines:\n" + "\n".join(long)
+
+
 def test_hidden_states_and_read_match_the_full_logits(rm_cache):
     """encode -> hidden_states -> read gives P(yes) and the margin of the model's own softmax over the vocabulary."""
     rm = rm_cache("llava")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rewarddance import RewardModel
 from rewarddance.images import load_image, to_tensor
-from rewarddance.search import build_references, load_references
+from rewarddance.reference_sets import build_references, load_references
 from rewarddance.shapes import write_dataset
 from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 from rewarddance.training.export import COMFY_LORA_FILE
@@ -38,8 +38,8 @@ class RecordingJudge:
         return getattr(self.rm, name)
 
     def reward(self, pixels, prompts, references=None, context=None):
-        self.references.append(None if references is None else references[0])
-        self.contexts.append(context)
+        self.references.extend([None] * len(prompts) if references is None else references)  # one per row
+        self.contexts.append(context)  # one per call
         return self.rm.reward(pixels, prompts, references=references, context=context)
 
 
@@ -146,11 +146,11 @@ def test_a_run_resumed_after_a_crash_logs_each_step_once(smooth_rm, tmp_path, mo
     resumes and metrics.csv holds each step once."""
     import rewarddance.training.refl as refl
 
-    real, calls = refl.reward_of_prompt, []
+    real, calls = refl.rollout_rewards, []
 
     def crashing(*args, **kw):
         calls.append(1)
-        if len(calls) == 7:  # the first rollout of step 4 (two a step)
+        if len(calls) == 4:  # the rollout of step 4 (both prompts of a step in one)
             raise RuntimeError("killed")
         return real(*args, **kw)
 
@@ -158,16 +158,45 @@ def test_a_run_resumed_after_a_crash_logs_each_step_once(smooth_rm, tmp_path, mo
         return [int(row.split(",")[0]) for row in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
 
     cfg = _cfg(tmp_path, max_steps=5, save_every=2, eval_prompts=[], eval_train_prompts=0)
-    monkeypatch.setattr(refl, "reward_of_prompt", crashing)
+    monkeypatch.setattr(refl, "rollout_rewards", crashing)
     with pytest.raises(RuntimeError, match="killed"):
         train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm)
-    monkeypatch.setattr(refl, "reward_of_prompt", real)
+    monkeypatch.setattr(refl, "rollout_rewards", real)
     assert logged_steps() == [1, 2, 3]
     capsys.readouterr()
     res = train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm)
     assert "resuming from step 2" in capsys.readouterr().err
     assert logged_steps() == [1, 2, 3, 4, 5]
     assert res["reward_before"] is None and res["reward_on"].startswith("no reward measured: eval_prompts is empty")
+
+
+def test_a_step_rolls_its_rows_out_together_as_drawn_one_by_one(smooth_rm, tmp_path, monkeypatch):
+    """Each micro-batch is one rollout call whose rows (prompt, stop level, noise seed) are those a rollout per
+    prompt drew: row by row from the step's generator, so (seed, step) still fixes them and resume stays exact."""
+    import rewarddance.training.refl as refl
+
+    real, seen = refl.rollout_rewards, []
+
+    def recording(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context):
+        seen.append((list(prompts), list(stops), list(noise_seeds), references))
+        return real(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context)
+
+    monkeypatch.setattr(refl, "rollout_rewards", recording)
+    cfg = _cfg(tmp_path, max_steps=2, batch_size=3, grad_accum=2, stop_range=[2, 5], eval_prompts=[])
+    res = train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm)
+    expected = []
+    for step in range(2):
+        gen = refl._step_generator(cfg.seed, step)
+        for _micro in range(2):
+            rows = []
+            for _b in range(3):
+                prompt = PROMPTS[int(torch.randint(0, len(PROMPTS), (1,), generator=gen))]
+                stop = int(torch.randint(2, 6, (1,), generator=gen))
+                rows.append((prompt, stop, int(torch.randint(0, 2**31 - 1, (1,), generator=gen))))
+            expected.append(tuple(list(col) for col in zip(*rows)) + (None,))
+    assert seen == expected
+    assert any(len(set(stops)) > 1 for _, stops, _, _ in seen)  # rows of one call stopped at different levels
+    assert len(res["history"]) == 2 and all(0 < h["reward_mean"] < 1 for h in res["history"])
 
 
 def test_pairwise_mode_and_pretraining_loss(smooth_rm, tmp_path):
@@ -195,7 +224,8 @@ def test_pairwise_mode_and_pretraining_loss(smooth_rm, tmp_path):
     cot_judge = RecordingJudge(smooth_rm)  # a judge trained with its verdict first is asked the same way
     cot_cfg = _cfg(tmp_path / "cot", cot="judgment_first", max_steps=1, eval_prompts=[])
     train_refl(cot_cfg, progress=False, pipe=_pipe("sd"), rm=cot_judge)
-    assert [c.cot for c in cot_judge.contexts] == ["judgment_first"] * 2
+    assert [c.cot for c in cot_judge.contexts] == ["judgment_first"]  # one call for the step's two prompts
+    assert len(cot_judge.references) == 2
     data = tmp_path / "captions"
     write_dataset(data, n=4, size=32, seed=1)
     plain = train_refl(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +16,10 @@ from diffusers import StableDiffusionPipeline
 from rewarddance.guidance import RewardGuidanceCallback, check_pipeline, run_guided
 from rewarddance.model import RewardOutput
 from rewarddance.pipelines import PipelineError, Sampler, SamplerConfig, decompose, levels
+from rewarddance.reference_sets import build_references, load_references
 from rewarddance.search import (
     BudgetError,
     best_of_n,
-    build_references,
-    load_references,
     plan_search,
     search_cost,
     search_over_paths,
@@ -223,20 +223,8 @@ def test_search_over_paths_end_to_end_within_budget(pipes, rm, kind, scheduler):
     assert full == [(2, 1, 3), (3, 2, 4), (4, 3, 5), (5, 4, 6)]
     budget = 30  # the full plan costs search_cost(...) = 36 > 30: the last rounds are dropped
     assert search_cost(steps, n, m, 2, full) == 36
-    res = search_over_paths(
-        pipe,
-        rm,
-        PROMPT,
-        n=n,
-        m=m,
-        num_inference_steps=steps,
-        start=2,
-        forward=1,
-        backward=2,
-        budget=budget,
-        seed=5,
-        config=_cfg(kind, steps),
-    )
+    settings = dict(n=n, m=m, num_inference_steps=steps, start=2, forward=1, backward=2, budget=budget, seed=5)
+    res = search_over_paths(pipe, rm, PROMPT, config=_cfg(kind, steps), **settings)
     assert res.images.shape == (n, 3, SIZE, SIZE)
     assert res.evaluations <= budget
     assert res.evaluations == search_cost(steps, n, m, 2, full[: len(res.history)])
@@ -246,20 +234,7 @@ def test_search_over_paths_end_to_end_within_budget(pipes, rm, kind, scheduler):
     for h in res.history:  # each round keeps the n best of the n * m children
         top = sorted(h["scores"], reverse=True)[:n]
         assert [h["scores"][i] for i in h["kept"]] == top
-    again = search_over_paths(
-        pipe,
-        rm,
-        PROMPT,
-        n=n,
-        m=m,
-        num_inference_steps=steps,
-        start=2,
-        forward=1,
-        backward=2,
-        budget=budget,
-        seed=5,
-        config=_cfg(kind, steps),
-    )
+    again = search_over_paths(pipe, rm, PROMPT, config=_cfg(kind, steps), **settings)
     assert torch.equal(again.images, res.images)
 
 
@@ -298,6 +273,8 @@ def test_best_of_n_with_a_callable_and_bad_input(rm):
         best_of_n(generate, rm, PROMPT, n=0)
     with pytest.raises(ValueError, match="top_k must be between 1 and n = 3"):
         best_of_n(generate, rm, PROMPT, n=3, top_k=4)
+    with pytest.raises(TypeError, match="generator must be a diffusers pipeline or a callable, got str"):
+        best_of_n("a pipeline's name", rm, PROMPT)
 
 
 # ------------------------------------------------------------------------------------------------- tournament
@@ -390,6 +367,21 @@ def test_build_references_keeps_the_bottom_of_the_ranking_on_request(tmp_path):
     assert kept == {"top": [2, 4], "bottom": [1, 3]}  # bottom lists the worst first
     with pytest.raises(ValueError, match="keep must be"):
         build_references(generate, PlantedJudge(), ["a red circle"], tmp_path / "x", n=6, keep="middle")
+    with pytest.raises(TypeError, match="pipe must be a diffusers pipeline or a callable, got int"):
+        build_references(3, PlantedJudge(), ["a red circle"], tmp_path / "y", n=6)
+    assert not (tmp_path / "y").exists()  # refused before anything was written
+
+
+def test_reference_sets_live_in_their_own_module_and_stay_importable_from_search():
+    """The reference-set functions moved out of search.py; the old import path still gives the same functions."""
+    import rewarddance.reference_sets as reference_sets
+    import rewarddance.search as search
+
+    assert search.build_references is reference_sets.build_references
+    assert search.load_references is reference_sets.load_references
+    assert "def build_references" not in Path(search.__file__).read_text(encoding="utf-8")
+    with pytest.raises(AttributeError, match="has no attribute 'build_reference'"):
+        search.build_reference  # noqa: B018
 
 
 # --------------------------------------------------------------------------------------------- the shared cores

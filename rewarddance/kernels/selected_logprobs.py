@@ -4,14 +4,16 @@ Reward-model training is next-token cross-entropy on the answer token ("yes" / "
 data, on the reason tokens: ``loss = -mean(selected_logprobs(...))`` over the rows that are not ``ignore_index``.
 Per-token log-probs are the same quantity. Fused the same way as ``yes_prob``:
 
-- ``_selected_logprobs_fwd_kernel``: per [BLOCK_N, BLOCK_V] tile, a ``tl.dot``, an online max / sum-exp, and the
-  row's target logit picked out of the tile when it falls there; per-split partials combined in torch;
-- ``_selected_logprobs_bwd_kernel``: recomputes the tiles; d/dlogit = g * (onehot(target) - softmax);
+- the forward kernel: per [BLOCK_N, BLOCK_V] tile, a ``tl.dot``, an online max / sum-exp, and the row's target
+  logit picked out of the tile when it falls there; per-split partials combined in torch;
+- the backward kernel: recomputes the tiles; d/dlogit = g * (onehot(target) - softmax);
   accumulates ``grad_hidden`` tile by tile.
 
-The kernels live in ``triton_kernels.py``, imported on first launch so that importing this module never imports
-triton. Ladder: kernels -> ``selected_logprobs_forward`` / ``_backward`` (launchers) -> ``SelectedLogprobsFunction``
--> ``selected_logprobs`` (public; Triton or the chunked torch path) and ``selected_logprobs_reference``.
+The kernels live in ``triton_kernels.py`` (the same two as ``yes_prob``'s, with ``HAS_TARGET``) and are
+launched by ``utils.triton_lse_forward`` / ``triton_lse_backward``, which import them on first launch so that
+importing this module never imports triton. Ladder: kernels -> ``selected_logprobs_forward`` / ``_backward``
+(launchers) -> ``SelectedLogprobsFunction`` -> ``selected_logprobs`` (public; Triton or the chunked torch path)
+and ``selected_logprobs_reference``.
 
 Rows whose target is ``ignore_index`` are dropped before any launch: they cost nothing, return exactly 0 and get
 exactly zero gradient.
@@ -30,9 +32,9 @@ from .utils import (
     chunked_lse_backward,
     chunked_vocab_lse,
     kernel_dtype_inputs,
-    load_triton_kernels,
-    plan_tiles,
     resolve_backend,
+    triton_lse_backward,
+    triton_lse_forward,
 )
 
 
@@ -44,21 +46,8 @@ def selected_logprobs_forward(
     config: KernelConfig = DEFAULT_CONFIG,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel; returns fp32 ``(logp [N], lse [N])`` for targets in ``[0, V)``."""
-    fwd = load_triton_kernels()._selected_logprobs_fwd_kernel
-    N, H = hidden.shape  # rows, hidden size
-    V = weight.shape[0]  # vocabulary
-    plan = plan_tiles(N, V, H, hidden, weight, config)
-    m = torch.empty(plan.splits, N, dtype=torch.float32, device=hidden.device)
-    s = torch.empty_like(m)
-    zt = torch.empty_like(m)
-    fwd[(plan.row_blocks, plan.splits)](
-        hidden, weight, weight if bias is None else bias, target.contiguous(), m, s, zt,
-        N, V, H, hidden.stride(0), weight.stride(0), plan.tiles_per_split,
-        HAS_BIAS=bias is not None, BLOCK_N=plan.block_n, BLOCK_V=plan.block_v, BLOCK_H=plan.block_h,
-        DOT_FP32=plan.dot_fp32, PRECISION=plan.precision, num_warps=config.num_warps,
-    )  # fmt: skip
-    lse = torch.logsumexp(m + torch.log(s), dim=0)  # combine splits: [N]
-    return zt.sum(0) - lse, lse
+    lse, target_logit = triton_lse_forward(hidden, weight, bias, target, config)
+    return target_logit - lse, lse
 
 
 def selected_logprobs_backward(
@@ -71,19 +60,7 @@ def selected_logprobs_backward(
     config: KernelConfig = DEFAULT_CONFIG,
 ) -> torch.Tensor:
     """Launch the backward kernel: fp32 ``grad_hidden [N, H]`` of ``sum(grad_logp * logp)``, tiles recomputed."""
-    bwd = load_triton_kernels()._selected_logprobs_bwd_kernel
-    N, H = hidden.shape  # rows, hidden size
-    V = weight.shape[0]  # vocabulary
-    plan = plan_tiles(N, V, H, hidden, weight, config, split_bytes_per_split=N * H * 4)
-    gh = torch.zeros(plan.splits, N, H, dtype=torch.float32, device=hidden.device)
-    bwd[(plan.row_blocks, plan.splits)](
-        hidden, weight, weight if bias is None else bias, target.contiguous(), lse.contiguous(),
-        grad_logp.float().contiguous(), gh,
-        N, V, H, hidden.stride(0), weight.stride(0), plan.tiles_per_split,
-        HAS_BIAS=bias is not None, BLOCK_N=plan.block_n, BLOCK_V=plan.block_v, BLOCK_H=plan.block_h,
-        DOT_FP32=plan.dot_fp32, PRECISION=plan.precision, num_warps=config.num_warps,
-    )  # fmt: skip
-    return gh[0] if plan.splits == 1 else gh.sum(0)
+    return triton_lse_backward(hidden, weight, bias, target, lse, grad_logp, config)
 
 
 class SelectedLogprobsFunction(torch.autograd.Function):

@@ -9,7 +9,9 @@ holds what the two ops share:
 - ``resolve_backend``: ``"auto" | "triton" | "torch"``, and why Triton cannot run when it cannot;
 - ``ChunkedVocabLSEFunction`` and ``chunked_lse_backward``: the bounded-memory torch path (used on CPU, and for
   the weight gradient of the Triton path), which recomputes logit chunks in backward instead of storing them;
-- ``load_triton_kernels``: the lazy import of ``triton_kernels`` (the ``@triton.jit`` code).
+- ``load_triton_kernels``: the lazy import of ``triton_kernels`` (the ``@triton.jit`` code);
+- ``triton_lse_forward`` / ``triton_lse_backward``: the launchers of its two kernels, which both ops call (the
+  target logit and its one-hot gradient switched on by passing ``target``).
 
 Triton is never imported when this module is imported: the interpreter flag ``TRITON_INTERPRET=1`` must be in
 the environment before the first ``import triton`` in a process, and transformers, diffusers and peft import it.
@@ -201,7 +203,7 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     if device.type != "cuda" and not interpreter_enabled():
         raise RuntimeError(cpu_msg)
     kernels = load_triton_kernels()
-    if device.type != "cuda" and type(kernels._yes_prob_fwd_kernel).__name__ != "InterpretedFunction":
+    if device.type != "cuda" and type(kernels._lse_fwd_kernel).__name__ != "InterpretedFunction":
         # the kernels were compiled-mode functions already: the flag came after triton (or they) were imported
         raise RuntimeError(cpu_msg)
     return "triton"
@@ -284,6 +286,58 @@ def kernel_dtype_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
         return t if t is None or t.dtype != torch.float64 else t.float()
 
     return conv(hidden), conv(weight), conv(bias)
+
+
+# ------------------------------------------------------------------------------------------ Triton launchers
+def _launch(kernel, plan: TilePlan, config: KernelConfig, hidden, weight, bias, target, *buffers) -> None:
+    """Launch one of the two kernels of ``triton_kernels`` over ``plan``'s grid; ``buffers`` are the pointers
+    between the target and the sizes. An absent bias or target passes a dummy pointer that the kernel never reads."""
+    N, H = hidden.shape  # rows, hidden size
+    V = weight.shape[0]  # vocabulary
+    kernel[(plan.row_blocks, plan.splits)](
+        hidden, weight, weight if bias is None else bias, hidden if target is None else target.contiguous(),
+        *buffers, N, V, H, hidden.stride(0), weight.stride(0), plan.tiles_per_split,
+        HAS_BIAS=bias is not None, HAS_TARGET=target is not None, BLOCK_N=plan.block_n, BLOCK_V=plan.block_v,
+        BLOCK_H=plan.block_h, DOT_FP32=plan.dot_fp32, PRECISION=plan.precision, num_warps=config.num_warps,
+    )  # fmt: skip
+
+
+def triton_lse_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor | None,
+    config: KernelConfig = DEFAULT_CONFIG,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward kernel: fp32 ``lse [N]`` over V of ``hidden @ weight.T + bias``, and with ``target`` ([N] ids in
+    ``[0, V)``) also each row's fp32 target logit ``[N]`` (else None)."""
+    N, H = hidden.shape  # rows, hidden size
+    plan = plan_tiles(N, weight.shape[0], H, hidden, weight, config)
+    m = torch.empty(plan.splits, N, dtype=torch.float32, device=hidden.device)
+    s = torch.empty_like(m)
+    zt = m if target is None else torch.empty_like(m)  # m is a dummy the kernel does not write without a target
+    _launch(load_triton_kernels()._lse_fwd_kernel, plan, config, hidden, weight, bias, target, m, s, zt)
+    lse = torch.logsumexp(m + torch.log(s), dim=0)  # combine splits: [N]
+    return lse, None if target is None else zt.sum(0)
+
+
+def triton_lse_backward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor | None,
+    lse: torch.Tensor,
+    grad: torch.Tensor,
+    config: KernelConfig = DEFAULT_CONFIG,
+) -> torch.Tensor:
+    """Backward kernel, tiles recomputed: fp32 ``grad_hidden [N, H]`` of ``sum(grad * lse)``, or with ``target``
+    of ``sum(grad * logp)`` where ``logp = logit[target] - lse``."""
+    N, H = hidden.shape  # rows, hidden size
+    plan = plan_tiles(N, weight.shape[0], H, hidden, weight, config, split_bytes_per_split=N * H * 4)
+    gh = torch.zeros(plan.splits, N, H, dtype=torch.float32, device=hidden.device)
+    kernel = load_triton_kernels()._lse_bwd_kernel
+    _launch(kernel, plan, config, hidden, weight, bias, target, lse.contiguous(), grad.float().contiguous(), gh)
+    return gh[0] if plan.splits == 1 else gh.sum(0)
 
 
 # ------------------------------------------------------------------------------------- chunked torch path

@@ -5,14 +5,16 @@ With ``normalize="vocab"`` that needs the log-sum-exp of ``hidden @ weight.T + b
 (V ~ 152k for Qwen), which is the only expensive part; the yes/no logits themselves need only the few weight rows
 of those ids. So:
 
-- ``_yes_prob_fwd_kernel`` streams W in [BLOCK_V, H] tiles, a ``tl.dot`` per tile and an online max / sum-exp, and
+- the forward kernel streams W in [BLOCK_V, H] tiles, a ``tl.dot`` per tile and an online max / sum-exp, and
   writes per-split partials that torch combines into ``lse [N]`` (never an ``[N, V]`` tensor);
-- ``_yes_prob_bwd_kernel`` recomputes the tiles and accumulates ``grad_hidden = (g * softmax) @ W``;
+- the backward kernel recomputes the tiles and accumulates ``grad_hidden = (g * softmax) @ W``;
 - the yes/no logits, their log-sum-exps and everything after are plain differentiable torch on ``[N, K]``.
 
-The kernels live in ``triton_kernels.py``, imported on first launch so that importing this module never imports
-triton. Ladder (Liger-Kernel style): kernels -> ``yes_prob_forward`` / ``yes_prob_backward`` (launchers) ->
-``YesProbFunction`` -> ``yes_prob`` (public; Triton or the chunked torch path) and ``yes_prob_reference``.
+The kernels live in ``triton_kernels.py`` (``selected_logprobs`` runs the same two, with a target) and are
+launched by ``utils.triton_lse_forward`` / ``triton_lse_backward``, which import them on first launch so that
+importing this module never imports triton. Ladder (Liger-Kernel style): kernels -> ``yes_prob_forward`` /
+``yes_prob_backward`` (launchers) -> ``YesProbFunction`` -> ``yes_prob`` (public; Triton or the chunked torch
+path) and ``yes_prob_reference``.
 On the CPU the chunked torch path (``utils.ChunkedVocabLSEFunction``) computes the same log-sum-exp one
 [N, C] chunk at a time and recomputes the chunks in backward.
 """
@@ -30,10 +32,10 @@ from .utils import (
     chunked_lse_backward,
     chunked_vocab_lse,
     kernel_dtype_inputs,
-    load_triton_kernels,
-    plan_tiles,
     resolve_backend,
     selected_logits,
+    triton_lse_backward,
+    triton_lse_forward,
 )
 
 NORMALIZE_MODES = ("vocab", "yes_no")
@@ -43,19 +45,7 @@ def yes_prob_forward(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: KernelConfig = DEFAULT_CONFIG
 ) -> torch.Tensor:
     """Launch the forward kernel: fp32 ``lse [N]`` = logsumexp over V of ``hidden @ weight.T + bias``."""
-    fwd = load_triton_kernels()._yes_prob_fwd_kernel
-    N, H = hidden.shape  # rows, hidden size
-    V = weight.shape[0]  # vocabulary
-    plan = plan_tiles(N, V, H, hidden, weight, config)
-    m = torch.empty(plan.splits, N, dtype=torch.float32, device=hidden.device)
-    s = torch.empty_like(m)
-    fwd[(plan.row_blocks, plan.splits)](
-        hidden, weight, weight if bias is None else bias, m, s,
-        N, V, H, hidden.stride(0), weight.stride(0), plan.tiles_per_split,
-        HAS_BIAS=bias is not None, BLOCK_N=plan.block_n, BLOCK_V=plan.block_v, BLOCK_H=plan.block_h,
-        DOT_FP32=plan.dot_fp32, PRECISION=plan.precision, num_warps=config.num_warps,
-    )  # fmt: skip
-    return torch.logsumexp(m + torch.log(s), dim=0)  # combine splits: [N]
+    return triton_lse_forward(hidden, weight, bias, None, config)[0]
 
 
 def yes_prob_backward(
@@ -67,18 +57,7 @@ def yes_prob_backward(
     config: KernelConfig = DEFAULT_CONFIG,
 ) -> torch.Tensor:
     """Launch the backward kernel: fp32 ``grad_hidden [N, H]`` of ``sum(grad_lse * lse)``, tiles recomputed."""
-    bwd = load_triton_kernels()._yes_prob_bwd_kernel
-    N, H = hidden.shape  # rows, hidden size
-    V = weight.shape[0]  # vocabulary
-    plan = plan_tiles(N, V, H, hidden, weight, config, split_bytes_per_split=N * H * 4)
-    gh = torch.zeros(plan.splits, N, H, dtype=torch.float32, device=hidden.device)
-    bwd[(plan.row_blocks, plan.splits)](
-        hidden, weight, weight if bias is None else bias, lse.contiguous(), grad_lse.float().contiguous(), gh,
-        N, V, H, hidden.stride(0), weight.stride(0), plan.tiles_per_split,
-        HAS_BIAS=bias is not None, BLOCK_N=plan.block_n, BLOCK_V=plan.block_v, BLOCK_H=plan.block_h,
-        DOT_FP32=plan.dot_fp32, PRECISION=plan.precision, num_warps=config.num_warps,
-    )  # fmt: skip
-    return gh[0] if plan.splits == 1 else gh.sum(0)
+    return triton_lse_backward(hidden, weight, bias, None, lse, grad_lse, config)
 
 
 class YesProbFunction(torch.autograd.Function):

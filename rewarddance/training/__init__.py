@@ -1,4 +1,10 @@
-"""Trainers: reward-model training (:mod:`.rm`, ``rewarddance train-rm``) and ReFL alignment of diffusion models
-(:mod:`.refl`, ``rewarddance train-refl``). Checkpoints are atomic and resumable (:mod:`.checkpoint`); preference
-data is ShapesWorld's ``pairs.jsonl`` format (:mod:`.data`).
+"""Trainers: reward-model training (:mod:`.rm`, ``rewarddance train-rm``), caption pretraining of a VLM built from
+scratch (:mod:`.caption`, ``rewarddance train-captions``) and ReFL alignment of diffusion models (:mod:`.refl`,
+``rewarddance train-refl``; its settings, :class:`~.refl_config.ReFLConfig`, in :mod:`.refl_config`).
+
+What they share: the optimisation loop of the VLM trainers (:mod:`.loop`), settings read from YAML with command-line
+overrides (:mod:`.config`), atomic resumable checkpoints (:mod:`.checkpoint`), the per-step ``metrics.csv``
+(:mod:`.metrics`), preference data in ShapesWorld's ``pairs.jsonl`` format (:mod:`.data`), the pictures a ReFL run
+leaves (:mod:`.plots`: the matplotlib reward curve and sample grids) and the exporters (:mod:`.export`: the ReFL LoRA
+for diffusers and ComfyUI, single-file checkpoints).
 """

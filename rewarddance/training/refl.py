@@ -11,6 +11,15 @@ One step, for each prompt of the batch (as in ImageReward's ReFL and the RewardD
 6. loss ``relu(hinge_margin - r)`` (``loss="hinge"``) or ``-log r`` (``loss="log"``), times ``reward_scale``,
    plus ``pretrain_weight`` x the plain diffusion loss on an image-caption folder (ImageReward's regulariser).
 
+Steps 2-5 run the ``batch_size`` prompts of a micro-batch together (:func:`rollout_rewards`): each row has its own
+prompt (text conditioning, and its own negative under classifier-free guidance), noise seed, stop level and
+reference. Rows may stop at different levels. Level ``j`` is denoised without gradients in one denoiser call over
+the rows whose stop lies beyond ``j``; then one call with gradients per distinct stop level predicts ``x0`` for the
+rows stopping there (a single call when all rows share one, as under FSDP); the ``x0`` go back into row order for
+one VAE decode and one reward call over the batch. Every row thus gets exactly the arithmetic of a rollout of its
+own (up to float rounding of batched kernels), the denoiser calls stay few (``max(stop)`` plus the distinct stops,
+at most ``stop_range`` wide), and each call still has one timestep, as every pipeline's denoiser expects.
+
 Everything that makes a run reproducible and resumable is keyed on ``(seed, step)``: the prompts, the noise and
 the stop level of step ``s`` do not depend on what ran before, so a resumed run equals an uninterrupted one.
 Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux).
@@ -202,17 +211,37 @@ def _step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + salt) % (2**63))
 
 
-def reward_of_prompt(pipe, rm, prompt, sampler_cfg, stop: int, noise_seed: int, reference, context):
-    """Steps 2-5 of the module docstring for one prompt: the reward ``[1]`` with gradients to the LoRA."""
-    sampler = Sampler(pipe, prompt, sampler_cfg)
-    x = sampler.initial_latents([noise_seed])
+def rollout_rewards(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context) -> torch.Tensor:
+    """Steps 2-5 of the module docstring for a micro-batch, all rows together: the rewards ``[B]`` with gradients
+    to the LoRA. Row ``i`` is ``prompts[i]`` from the noise of ``noise_seeds[i]`` stopped at level ``stops[i]``;
+    ``references`` is None (pointwise) or one reference image per row (pairwise)."""
+    B = len(prompts)
+    if not (len(stops) == len(noise_seeds) == B and (references is None or len(references) == B)):
+        n_refs = "no" if references is None else len(references)
+        raise ValueError(f"rollout: {B} prompts, {len(stops)} stops, {len(noise_seeds)} seeds, {n_refs} references")
+    sampler = Sampler(pipe, list(prompts), sampler_cfg)
+    x = sampler.initial_latents(list(noise_seeds))
+    stop_of = torch.tensor(stops)
     with torch.no_grad():
-        for k in range(stop):
-            x, _ = sampler.step(x, k)
-    x0, _ = sampler.predict(x, stop)
+        for k in range(max(stops)):
+            going = (stop_of > k).nonzero().flatten()  # the rows still denoising past level k
+            if len(going) == B:
+                x, _ = sampler.step(x, k)
+            else:
+                x = x.clone()
+                x[going.to(x.device)] = sampler.step(x[going.to(x.device)], k, rows=going)[0]
+    parts, order = [], []
+    for level in sorted(set(stops)):  # one call with gradients per distinct stop level
+        rows = [i for i in range(B) if stops[i] == level]
+        x0, _ = sampler.predict(x[torch.tensor(rows, device=x.device)], level, rows=rows)
+        parts.append(x0)
+        order += rows
+    x0 = torch.cat(parts)
+    if order != list(range(B)):
+        x0 = x0[torch.argsort(torch.tensor(order)).to(x0.device)]  # back into row order
     pixels = decode(pipe, x0, sampler.height, sampler.width)
-    refs = None if reference is None else [reference]
-    return rm.reward(pixels, [prompt], references=refs, context=context)
+    refs = None if references is None else list(references)
+    return rm.reward(pixels, list(prompts), references=refs, context=context)
 
 
 def pretrain_loss(pipe, item, sampler_cfg, gen: torch.Generator) -> torch.Tensor:
@@ -389,8 +418,11 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             ref_gen = _step_generator(cfg.seed, step, salt=-2 - rank)  # which cached reference: its own stream
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
+            share = 1.0 / (cfg.batch_size * cfg.grad_accum)  # each row's part of the step's loss
             with rm_on_device():
                 for _micro in range(cfg.grad_accum):
+                    # the rows' draws, row by row in the order (and from the generators) of one rollout per prompt
+                    batch, stops, noise_seeds, references = [], [], [], []
                     for _b in range(cfg.batch_size):
                         prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
                         stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
@@ -402,21 +434,29 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                         if prompt in reference_images:
                             choices = reference_images[prompt]
                             reference = choices[int(torch.randint(0, len(choices), (1,), generator=ref_gen))]
+                        batch.append(prompt)
+                        stops.append(stop)
+                        noise_seeds.append(noise_seed)
+                        references.append(reference)
+                    refs_or_none = references if reference_images else None
+                    with autocast:
+                        r = rollout_rewards(pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, context)
+                        if cfg.loss == "hinge":
+                            per_row = F.relu(cfg.hinge_margin - r)
+                        else:
+                            per_row = -torch.log(r.clamp_min(1e-12))
+                        loss = cfg.reward_scale * per_row.sum() * share
+                    if torch.isfinite(loss):
+                        loss.backward()
+                    total += float(loss.detach())
+                    rewards.extend(float(v) for v in r.detach().float())
+                    for _b in range(cfg.batch_size if pretrain is not None else 0):  # one image-caption item a row
+                        item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
                         with autocast:
-                            r = reward_of_prompt(pipe, rm, prompt, sampler_cfg, stop, noise_seed, reference, context)
-                            if cfg.loss == "hinge":
-                                loss = F.relu(cfg.hinge_margin - r).mean()
-                            else:
-                                loss = -torch.log(r.clamp_min(1e-12)).mean()
-                            loss = cfg.reward_scale * loss
-                            if pretrain is not None:
-                                item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
-                                loss = loss + cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen)
-                        loss = loss / (cfg.batch_size * cfg.grad_accum)
-                        if torch.isfinite(loss):
-                            loss.backward()
-                        total += float(loss.detach())
-                        rewards.append(float(r.detach().mean()))
+                            extra = cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen) * share
+                        if torch.isfinite(extra):
+                            extra.backward()  # each on its own, so no two graphs are held at once
+                        total += float(extra.detach())
             if any_process(not math.isfinite(total), state):
                 nan_run += 1
                 nan_total += 1
