@@ -1,10 +1,10 @@
-"""Command line ``rewarddance``, eight commands:
+"""Command line ``rewarddance``, nine commands:
 
 - ``score``: pointwise P(yes) of images for a prompt (or pairwise against ``--reference``), or a resumable batch job
   over a JSONL manifest or a folder (``--input``, ``--output``);
 - ``compare``: P(image B is better than image A) for a prompt;
-- ``train-rm``, ``train-captions``, ``train-refl``: the trainers, each from a YAML config with ``--key value``
-  overrides;
+- ``train-rm``, ``train-captions``, ``train-refl``, ``train-grpo``: the trainers, each from a YAML config with
+  ``--key value`` overrides;
 - ``eval-rm``: accuracy, calibration and position bias of a judge on preference pairs;
 - ``shapes``: ShapesWorld, an offline GenEval (``shapes make`` renders data, ``shapes eval`` verifies images);
 - ``demo``: generate, judge and choose with the bundled models, offline.
@@ -277,6 +277,14 @@ def cmd_train_refl(args, extra: list[str]) -> int:
     return _train(ReFLConfig, train_refl, args, extra, lambda cfg, r: {k: r[k] for k in keys})
 
 
+def cmd_train_grpo(args, extra: list[str]) -> int:
+    from .training.grpo import train_grpo
+    from .training.grpo_config import GRPOConfig
+
+    keys = ("step", "reward_before", "reward_after", "reward_on", "lora", "nan_skipped", "processes", "lora_checksum")
+    return _train(GRPOConfig, train_grpo, args, extra, lambda cfg, r: {k: r[k] for k in keys})
+
+
 def cmd_eval_rm(args) -> int:
     from .context import RewardContext
     from .model import RewardModel
@@ -334,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     refl.add_argument("--config", required=True, help="YAML file of ReFLConfig settings; --key value overrides")
     refl.add_argument("--no-progress", action="store_true", help="no progress bar")
     refl.set_defaults(func=cmd_train_refl, takes_extra=True)
+    grpo = sub.add_parser(
+        "train-grpo", help="GRPO: LoRA fine-tuning of a diffusion model from group-relative rewards of a frozen judge"
+    )
+    grpo.add_argument("--config", required=True, help="YAML file of GRPOConfig settings; --key value overrides")
+    grpo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    grpo.set_defaults(func=cmd_train_grpo, takes_extra=True)
     ev = sub.add_parser("eval-rm", help="pairwise accuracy, calibration and position bias on preference pairs")
     ev.add_argument("--model", default=DEFAULT_RM, help=MODEL_HELP)
     ev.add_argument("--data", required=True, help="a pairs.jsonl file or a folder holding one")

@@ -95,6 +95,37 @@ def renoise(x: torch.Tensor, lv_from, lv_to, generator: torch.Generator | None =
     return keep * x + math.sqrt(max(extra, 0.0)) * noise
 
 
+def stochastic_std(lv, lv_next, eta: float) -> float:
+    """The noise scale of one stochastic step from level ``lv`` to ``lv_next`` (generalised DDIM with ``eta``).
+
+    A stochastic step keeps the marginals of the deterministic one: ``x' = a' * x0 + sqrt(s'^2 - std^2) * e +
+    std * z`` with fresh ``z``. ``eta = 1`` gives the posterior of the forward process (DDPM),
+    ``std^2 = s'^2 * (1 - (a * s' / (a' * s))^2)``; smaller ``eta`` scales ``std`` down, and 0 is the plain DDIM
+    step. Written in ``(a, s)`` it holds for every scheduler here: VP (DDIM), sigma-space (Euler) and flow
+    matching. A step to a clean level (``s' = 0``, the last of Euler and flow schedules) has no noise."""
+    (a0, s0), (a1, s1) = lv, lv_next
+    if s0 <= 0 or s1 <= 0:
+        return 0.0
+    ratio = (a0 * s1) / (a1 * s0)
+    return eta * s1 * math.sqrt(max(0.0, 1.0 - ratio * ratio))
+
+
+def stochastic_mean(x0: torch.Tensor, e: torch.Tensor, lv_next, std: float) -> torch.Tensor:
+    """The mean of the stochastic step to ``lv_next`` whose noise scale is ``std``, from a predicted ``(x0, e)``."""
+    a1, s1 = lv_next
+    return a1 * x0 + math.sqrt(max(s1 * s1 - std * std, 0.0)) * e
+
+
+def gaussian_logp(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """Log-density of ``x`` under ``N(mean, std^2 I)`` per row, averaged over the latent's elements (as Flow-GRPO
+    and DDPO do, so its size does not depend on the resolution): float32 ``[B]``."""
+    if std <= 0:
+        raise ValueError(f"gaussian_logp: std must be positive, got {std}")
+    z = (x.float() - mean.float()) / std
+    per = -0.5 * z * z - math.log(std) - 0.5 * math.log(2 * math.pi)
+    return per.flatten(1).mean(1)
+
+
 def decode(pipe, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Latents of clean images -> pixels ``[B, 3, H, W]`` float32 in [0, 1] through the pipeline's VAE."""
     family = pipeline_family(pipe)

@@ -27,82 +27,46 @@ Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDX
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from ..context import RewardContext
-from ..distributed import any_process, average_gradients, process_state
+from ..distributed import any_process, average_gradients
 from ..images import ImageError, load_image, to_tensor
-from ..manifest import ManifestError, read_jsonl
-from ..pipelines import Sampler, SamplerConfig, check_scheduler, compose, decode, pipeline_family
-from .checkpoint import (
-    StopFlag,
-    gather_full_state,
-    list_checkpoints,
-    load_checkpoint,
-    load_trainable,
-    save_checkpoint,
+from ..manifest import read_jsonl
+from ..pipelines import Sampler, compose, decode
+from .checkpoint import StopFlag
+from .diffusion_loop import (
+    add_lora,
+    autocast_for,
+    finish,
+    finished,
+    judge_visits,
+    load_models,
+    load_pipeline,
+    lora_checksum,
+    make_evaluator,
+    open_trackers,
+    pipe_denoiser,
+    read_prompts,
+    reward_prompts,
+    runtime,
+    sampler_config,
+    setup_trainable,
+    step_generator,
 )
-from .export import save_lora
-from .metrics import append_csv, drop_rows_after, say
-from .plots import plot_reward_curve, save_sample_grid
+from .metrics import append_csv
 from .refl_config import ReFLConfig
+
+__all__ = ["ReFLConfig", "add_lora", "load_pipeline", "pipe_denoiser", "read_prompts", "rollout_rewards", "train_refl"]
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-def load_pipeline(cfg: ReFLConfig, dtype: torch.dtype):
-    """The diffusers pipeline of ``cfg.pretrained``: a folder / hub id, or a single-file checkpoint."""
-    import diffusers
-
-    classes = {
-        "sd": diffusers.StableDiffusionPipeline,
-        "sdxl": diffusers.StableDiffusionXLPipeline,
-        "sd3": diffusers.StableDiffusion3Pipeline,
-        "flux": diffusers.FluxPipeline,
-    }
-    from ..bundled import resolve
-
-    source = str(resolve(cfg.pretrained))
-    path = Path(source)
-    if path.is_file():
-        if cfg.model_type == "auto":
-            raise ValueError(f"{path}: a single-file checkpoint needs model_type (one of sd, sdxl, sd3, flux)")
-        kw = {"config": cfg.single_file_config} if cfg.single_file_config else {}
-        return classes[cfg.model_type].from_single_file(str(path), torch_dtype=dtype, **kw)
-    cls = diffusers.DiffusionPipeline if cfg.model_type == "auto" else classes[cfg.model_type]
-    return cls.from_pretrained(source, torch_dtype=dtype)
-
-
-def read_prompts(source) -> list[str]:
-    """A list of prompts, or a .txt (one per line) or .jsonl (``prompt`` field) file of them."""
-    if isinstance(source, (list, tuple)):
-        prompts = [str(p) for p in source]
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"prompts: no such file {path}")
-        if path.suffix == ".jsonl":
-            prompts = []
-            for line_no, row in read_jsonl(path):
-                if not isinstance(row.get("prompt"), str):
-                    raise ManifestError(f"{path}:{line_no}: needs a 'prompt' string")
-                prompts.append(row["prompt"])
-        else:
-            prompts = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    if not prompts or any(not p.strip() for p in prompts):
-        raise ValueError("prompts: need at least one prompt, and no empty ones")
-    return prompts
-
-
 def read_pretrain_folder(folder) -> list[tuple[torch.Tensor, str]]:
     """``(pixels [3, H, W], caption)`` of every item of an image-caption folder (``manifest.jsonl`` with ``image``
     and ``prompt``, as ShapesWorld writes); any unreadable image is an error naming it, raised before training."""
@@ -122,93 +86,8 @@ def read_pretrain_folder(folder) -> list[tuple[torch.Tensor, str]]:
     return items
 
 
-def reward_prompts(cfg: ReFLConfig, prompts: list[str]) -> tuple[list[str], str]:
-    """The prompts scored before and after training (``cfg.eval_images`` images each, fixed seeds) and a line
-    saying what they are: ``eval_prompts`` when given, else ``eval_train_prompts`` training prompts spread over the
-    list (not held out, so the gain on them is an upper bound), else none and why."""
-    if cfg.eval_prompts:
-        chosen = read_prompts(cfg.eval_prompts)
-        return chosen, f"{len(chosen)} eval_prompts x {cfg.eval_images} images"
-    n = min(cfg.eval_train_prompts, len(prompts))
-    if n <= 0:
-        return [], "no reward measured: eval_prompts is empty and eval_train_prompts is 0"
-    chosen = [prompts[i * len(prompts) // n] for i in range(n)]
-    return chosen, f"{n} training prompts x {cfg.eval_images} images (no eval_prompts given; not held out)"
-
-
-def add_lora(denoiser, cfg: ReFLConfig) -> list[torch.nn.Parameter]:
-    """Freeze the denoiser, add a LoRA adapter on its attention, keep the LoRA parameters in fp32."""
-    from peft import LoraConfig
-
-    denoiser.requires_grad_(False)
-    denoiser.add_adapter(
-        LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(cfg.lora_targets),
-        )
-    )
-    params = [p for p in denoiser.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"lora_targets {cfg.lora_targets} matched no module of the denoiser")
-    for p in params:
-        p.data = p.data.float()
-    return params
-
-
-@contextlib.contextmanager
-def _finished(trackers: list):
-    try:
-        yield
-    finally:
-        for tracker in trackers:
-            tracker.finish()
-
-
-def open_trackers(cfg: ReFLConfig, out: Path) -> list:
-    """accelerate's trackers named in ``cfg.trackers``, started, with the config stored (as scalars and strings,
-    which every tracker takes). A tracker whose package is missing fails here, before training."""
-    trackers = []
-    for name in cfg.trackers:
-        cls = LOGGER_TYPE_TO_CLASS[name]
-        try:
-            tracker = cls("refl", out / "logs") if cls.requires_logging_directory else cls("refl")
-            tracker.start()
-        except (ImportError, ModuleNotFoundError) as err:
-            raise ValueError(f"trackers: {name!r} needs its package ({err}); pip install it or drop it") from err
-        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in asdict(cfg).items()}
-        tracker.store_init_configuration(values)
-        trackers.append(tracker)
-    return trackers
-
-
-def pipe_denoiser(pipe):
-    return pipe.unet if pipeline_family(pipe) == "unet" else pipe.transformer
-
-
-def shard_denoiser(denoiser, device: torch.device, dtype: torch.dtype) -> None:
-    """FSDP (``fully_shard``) over the processes: each block of the denoiser, then the rest of it. The frozen
-    weights and the fp32 LoRA are all-gathered in the model's ``dtype`` for compute; gradients reduce in fp32."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for name, child in denoiser.named_children():
-        blocks = child if isinstance(child, torch.nn.ModuleList) and name.endswith("blocks") else []
-        for block in list(blocks) + ([child] if name == "mid_block" and child is not None else []):
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(denoiser, mesh=mesh, mp_policy=policy)
-
-
-def _full(p: torch.Tensor) -> torch.Tensor:
-    return p.full_tensor() if hasattr(p, "full_tensor") else p
-
-
 # ---------------------------------------------------------------------------------------------------- one step
-def _step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + salt) % (2**63))
+_step_generator = step_generator  # (the name the tests and benchmarks know)
 
 
 def rollout_rewards(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context) -> torch.Tensor:
@@ -272,10 +151,9 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     after that step as an interruption would (a checkpoint is saved). Returns rewards before/after and the log."""
     from tqdm.auto import tqdm
 
-    from ..model import RewardModel
     from ..search import load_references
 
-    # --- everything that can be wrong with the config fails here, before any training
+    # --- 0. everything that can be wrong with the config fails here, before any training
     out = Path(cfg.output_dir)
     prompts = read_prompts(cfg.prompts)
     eval_prompts, reward_on = reward_prompts(cfg, prompts)
@@ -289,127 +167,39 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         if missing:
             raise ValueError(f"references: {len(missing)} prompts have no cached reference (first: {missing[0]!r})")
     pretrain = read_pretrain_folder(cfg.pretrain_data) if cfg.pretrain_data and cfg.pretrain_weight > 0 else None
-    state = process_state()  # several processes under accelerate launch: data parallel, gradients averaged
-    rank = state.process_index if state else 0
-    main = rank == 0
-    device = torch.device(cfg.device or (state.device if state else ("cuda" if torch.cuda.is_available() else "cpu")))
-    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    fsdp = cfg.distributed == "fsdp" and state is not None
-    if pipe is None:
-        pipe = load_pipeline(cfg, dtype)
-        for module in pipe.components.values():  # under FSDP the denoiser reaches the device only as shards
-            if isinstance(module, torch.nn.Module) and not (fsdp and module is pipe_denoiser(pipe)):
-                module.to(device)
-    family = pipeline_family(pipe)
-    check_scheduler(pipe.scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    if rm is None:
-        rm = RewardModel.from_pretrained(cfg.reward_model, device=device, quantization=cfg.quantization)
-    rm.model.requires_grad_(False)
-    offload = cfg.offload_reward_model and device.type != "cpu"
 
-    @contextlib.contextmanager
-    def rm_on_device():  # with offload_reward_model the judge visits the device only while it scores
-        if offload:
-            rm.model.to(device)
-        try:
-            yield
-        finally:
-            if offload:
-                rm.model.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-
-    if offload:
-        rm.model.to("cpu")
+    # --- 1. processes, device, dtype; 2. the pipeline and the frozen judge
+    rt = runtime(cfg)
+    state, rank, main, device, fsdp = rt.state, rt.rank, rt.main, rt.device, rt.fsdp
+    pipe, rm, family = load_models(cfg, rt, pipe, rm)
+    rm_on_device = judge_visits(rm, cfg, device)
     context = RewardContext(task=cfg.task, cot=cfg.cot)
     # every cached reference of a prompt (build_references keeps top_k); one is drawn per rollout
     reference_images = {p: [to_tensor(load_image(f)) for f in v] for p, v in refs.items()} if refs else {}
 
-    # --- the trainable part
-    denoiser = pipe_denoiser(pipe)
-    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.requires_grad_(False)
-    torch.manual_seed(cfg.seed)  # the LoRA's random init: the same on every process and every run
-    params = add_lora(denoiser, cfg)
-    if cfg.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
-        if hasattr(pipe.vae, "enable_gradient_checkpointing"):
-            pipe.vae.enable_gradient_checkpointing()
-    ckpt_dir = out / "checkpoints"
-    resume_from = list_checkpoints(ckpt_dir)[-1] if cfg.resume and list_checkpoints(ckpt_dir) else None
-    if fsdp:
-        if resume_from is not None:
-            load_trainable(resume_from, denoiser)  # full weights, before they are split
-        shard_denoiser(denoiser, device, dtype)
-        params = [p for p in denoiser.parameters() if p.requires_grad]  # the sharded ones now
-    if cfg.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
+    # --- 3. the trainable part: LoRA, optimiser, resume
+    tr = setup_trainable(cfg, pipe, rt, out)
+    params, optimizer, scheduler, step = tr.params, tr.optimizer, tr.scheduler, tr.step
 
-        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
-    step, resumed = 0, {}
-    if resume_from is not None:
-        resumed = load_checkpoint(resume_from, denoiser, optimizer, scheduler, sharded=fsdp)
-        step = resumed["step"]
-        if main:
-            say(f"resuming from step {step} ({resume_from})")
-    if main:  # rows of steps after the checkpoint were written by the run that stopped: they run again
-        drop_rows_after(out / "metrics.csv", step)
+    def checkpoint() -> None:  # a resumed run reports the reward its first part measured
+        tr.checkpoint(step, {"reward_before": reward_before})
 
-    def checkpoint() -> None:  # every process calls it: under FSDP they gather the state together
-        full = gather_full_state(denoiser, optimizer) if fsdp else None
-        if main:
-            extra = {"reward_before": reward_before}  # a resumed run reports the reward its first part measured
-            save_checkpoint(
-                ckpt_dir, step, denoiser, optimizer, scheduler, extra=extra, keep=cfg.keep_checkpoints, full_state=full
-            )
-
-    size = cfg.resolution
-    sampler_cfg = SamplerConfig(
-        num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, height=size, width=size
-    )
-    if family == "flux":
-        sampler_cfg.max_sequence_length = min(sampler_cfg.max_sequence_length, pipe.tokenizer_2.model_max_length)
+    # --- 4. sampling settings, trackers, the reward before training
+    sampler_cfg = sampler_config(cfg, pipe, family)
+    autocast = autocast_for(cfg, device)
+    trackers = open_trackers(cfg, out) if main else []
+    evaluator = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, rm_on_device, trackers)
 
     def evaluate(tag: str) -> float | None:
-        if not eval_prompts or not (main or fsdp):  # (sharded: every process runs the denoiser together)
-            return None
-        scores = []
-        with torch.no_grad(), rm_on_device():
-            for i, prompt in enumerate(eval_prompts):
-                sampler = Sampler(pipe, prompt, sampler_cfg)
-                x = sampler.initial_latents([10_000 + i * 100 + j for j in range(cfg.eval_images)])
-                for k in range(cfg.num_inference_steps):
-                    x, _ = sampler.step(x, k)
-                images = sampler.decode(x)
-                scores.append(rm.score(images, prompt, context=context).p_yes)
-                if tag and cfg.sample_every:
-                    save_sample_grid(images, out / "samples" / f"{tag}-{i:03d}.png")
-        value = float(torch.cat(scores).mean())
-        for tracker in trackers:
-            tracker.log({"eval_reward": value}, step=step)
-        return value
+        return evaluator(tag, step)
 
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
-        if cfg.mixed_precision != "no"
-        else contextlib.nullcontext()
-    )
-    trackers = open_trackers(cfg, out) if main else []
-    reward_before = evaluate("") if step == 0 else resumed.get("reward_before")
+    reward_before = evaluate("") if step == 0 else tr.resumed.get("reward_before")
     window: deque = deque(maxlen=cfg.window)
     history, nan_run, nan_total = [], 0, 0
     metrics = out / "metrics.csv"
     bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
-    with StopFlag() as flag, _finished(trackers):
+    # --- 5. the training steps
+    with StopFlag() as flag, finished(trackers):
         while step < cfg.max_steps:
             started = time.perf_counter()
             gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
@@ -506,17 +296,11 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 return {"stopped_at": step, "history": history}
         bar.close()
         reward_after = evaluate("final" if cfg.sample_every else "")
-    lora_dir = out / "lora"
-    full = gather_full_state(denoiser)[0] if fsdp else None
-    if main:
-        save_lora(pipe, denoiser, lora_dir, cfg.lora_alpha, state_dict=full)
-        if history:  # (empty when a finished run is resumed)
-            plot_reward_curve(history, out / "reward_curve.png")
-    if state:
-        state.wait_for_everyone()
+    # --- 6. the LoRA for diffusers and ComfyUI, the reward curve
+    lora_dir = finish(pipe, tr, out, history)
     return {
         "processes": state.num_processes if state else 1,
-        "lora_checksum": float(sum(_full(p).detach().double().abs().sum() for p in params)),
+        "lora_checksum": lora_checksum(params),
         "step": step,
         "reward_before": reward_before,
         "reward_after": reward_after,

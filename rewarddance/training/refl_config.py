@@ -16,8 +16,8 @@ TRACKERS = tuple(LOGGER_TYPE_TO_CLASS)
 
 
 @dataclass
-class ReFLConfig:
-    """Settings of a ReFL run; ``from_yaml`` reads them; every field has help text."""
+class DiffusionTrainConfig:
+    """Settings every diffusion trainer shares (ReFL, GRPO); each trainer's config adds its own fields."""
 
     pretrained: str = field(metadata={"help": "diffusers folder, hub id, single file (.safetensors), shapes-gen"})
     reward_model: str = field(metadata={"help": "reward model: a Hugging Face id, a local folder or shapes-s/m/l"})
@@ -34,21 +34,15 @@ class ReFLConfig:
         default=4,
         metadata={"help": "without eval_prompts: score this many training prompts before / after instead (0: none)"},
     )
-    mode: str = field(default="pointwise", metadata={"help": "pointwise, or pairwise against cached references"})
-    references: str | None = field(default=None, metadata={"help": "folder written by build_references (pairwise)"})
-    loss: str = field(default="hinge", metadata={"help": "hinge: relu(hinge_margin - r); log: -log r"})
-    hinge_margin: float = field(default=1.0, metadata={"help": "lambda of the hinge loss"})
-    reward_scale: float = field(default=1.0, metadata={"help": "multiplies the reward loss"})
     task: str = field(default="alignment", metadata={"help": "reward context task preset"})
     cot: str = field(
         default="none",
-        metadata={"help": "none, or judgment_first for a judge trained so (its verdict is read at the first token)"},
+        metadata={
+            "help": "chain of thought: none, or judgment_first for a judge trained so (verdict at the first token)"
+        },
     )
     quantization: str | None = field(default=None, metadata={"help": "reward model in None, 8bit or 4bit"})
     num_inference_steps: int = field(default=30, metadata={"help": "length of the sampling schedule"})
-    stop_range: list[int] = field(
-        default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"}
-    )
     guidance_scale: float | None = field(default=None, metadata={"help": "CFG scale; None: the pipeline default"})
     resolution: int | None = field(default=None, metadata={"help": "image side in px; None: the pipeline default"})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
@@ -56,16 +50,12 @@ class ReFLConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
-    batch_size: int = field(default=2, metadata={"help": "prompts per step"})
-    grad_accum: int = field(default=1, metadata={"help": "steps of gradient accumulation per optimiser step"})
     max_steps: int = field(default=100, metadata={"help": "optimiser steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 autocast"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the denoiser and VAE decoder"})
     offload_reward_model: bool = field(default=False, metadata={"help": "keep the RM on the CPU between steps"})
-    pretrain_data: str | None = field(default=None, metadata={"help": "image-caption folder (manifest.jsonl)"})
-    pretrain_weight: float = field(default=0.0, metadata={"help": "weight of the pretraining diffusion loss"})
-    seed: int = field(default=0, metadata={"help": "seed of prompts, noise and stop levels"})
+    seed: int = field(default=0, metadata={"help": "seed of prompts, noise and every draw of a step"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps; 0: only at the end"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept"})
     resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint"})
@@ -86,22 +76,16 @@ class ReFLConfig:
     dtype: str | None = field(default=None, metadata={"help": "model dtype; default bf16 on CUDA, fp32 on CPU"})
 
     @classmethod
-    def from_yaml(cls, path, overrides: dict | None = None) -> ReFLConfig:
+    def from_yaml(cls, path, overrides: dict | None = None):
         return config_from_yaml(cls, path, overrides)
 
     def __post_init__(self):
         coerce_settings(self)  # YAML's "5e-5" is a string: each value as its field's type
         checks = [
             (self.model_type in MODEL_TYPES, f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"),
-            (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
-            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
-            (
-                self.cot in ("none", "judgment_first"),
-                f"cot must be none or judgment_first (a reward read before any decoding), got {self.cot!r}",
-            ),
             (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
+            (self.max_steps >= 1, f"max_steps must be 1 or more, got {self.max_steps}"),
             (self.eval_train_prompts >= 0, f"eval_train_prompts must be 0 or more, got {self.eval_train_prompts}"),
-            (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
             (self.distributed in ("ddp", "fsdp"), f"distributed must be ddp or fsdp, got {self.distributed!r}"),
             (
@@ -109,8 +93,41 @@ class ReFLConfig:
                 "optimizer adamw8bit does not take FSDP's sharded parameters; use adamw with distributed fsdp",
             ),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
-            (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
             (not set(self.trackers) - set(TRACKERS), f"trackers must be among {sorted(TRACKERS)}, got {self.trackers}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{type(self).__name__}: {msg}")
+
+
+@dataclass
+class ReFLConfig(DiffusionTrainConfig):
+    """Settings of a ReFL run: the shared ones of :class:`DiffusionTrainConfig` and these."""
+
+    mode: str = field(default="pointwise", metadata={"help": "pointwise, or pairwise against cached references"})
+    references: str | None = field(default=None, metadata={"help": "folder written by build_references (pairwise)"})
+    loss: str = field(default="hinge", metadata={"help": "hinge: relu(hinge_margin - r); log: -log r"})
+    hinge_margin: float = field(default=1.0, metadata={"help": "lambda of the hinge loss"})
+    reward_scale: float = field(default=1.0, metadata={"help": "multiplies the reward loss"})
+    stop_range: list[int] = field(
+        default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"}
+    )
+    batch_size: int = field(default=2, metadata={"help": "prompts per step"})
+    grad_accum: int = field(default=1, metadata={"help": "steps of gradient accumulation per optimiser step"})
+    pretrain_data: str | None = field(default=None, metadata={"help": "image-caption folder (manifest.jsonl)"})
+    pretrain_weight: float = field(default=0.0, metadata={"help": "weight of the pretraining diffusion loss"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = [
+            (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (
+                self.cot in ("none", "judgment_first"),
+                f"cot must be none or judgment_first (a reward read before any decoding), got {self.cot!r}",
+            ),
+            (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
+            (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -1,0 +1,353 @@
+"""GRPO: LoRA fine-tuning of a diffusion model from group-relative rewards of a frozen judge (reads top to bottom).
+
+One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.pipelines`):
+
+1. draw ``prompts_per_step`` prompts and sample each ``group_size`` times with the stochastic sampler: every step
+   from level ``k`` to ``k + 1`` is ``x' = mean + std_k * z`` with ``mean`` from the denoiser's ``(x0, e)`` and
+   ``std_k`` of the generalised DDIM with ``eta > 0`` (:func:`~rewarddance.pipelines.stochastic_std`; it keeps the
+   marginals of the deterministic sampler, for DDIM, Euler and flow-matching schedules alike), keeping every latent
+   and, for the steps trained on, ``log p_old(x' | x)`` (a Gaussian, averaged over the latent's elements);
+2. decode the final latents and score them with the judge, without gradients (``score``: any judge, quantised or
+   not, any :class:`~rewarddance.context.RewardContext`): P(yes), the yes/no margin, or the win rate of each sample
+   against the others of its group (Pref-GRPO: ``compare`` in both orders, the order-averaged probability of
+   being the better one, averaged over the group; a soft count of wins);
+3. advantages ``(r - mean_group) / (std_group + adv_eps)`` (population std), clipped to ``+-adv_clip``;
+4. for each of ``inner_epochs`` optimiser steps, over the trained steps (``train_steps``, a window of the schedule,
+   optionally ``train_subset`` of them drawn per step: the "fast" variants), recompute ``log p`` under the current
+   LoRA, ``ratio = exp(log p - log p_old)`` and the clipped objective ``max(-A * ratio, -A * clip(ratio, 1 - c,
+   1 + c))``, plus ``kl_weight`` x the KL divergence of the step's Gaussian to the base model's (the LoRA off; both
+   share ``std_k``, so it is ``|mean - mean_base|^2 / (2 std_k^2)``, averaged like ``log p``).
+
+Every draw of step ``s`` (prompts, initial noise, the sampler's noise, the subset of steps) comes from generators
+keyed on ``(seed, s)``, so a resumed run equals an uninterrupted one. Loading, LoRA, checkpoints, evaluation,
+trackers and export are the shared phases of :mod:`.diffusion_loop`. One process only for now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..context import RewardContext
+from ..pipelines import (
+    SCHEDULERS,
+    PipelineError,
+    Sampler,
+    decode,
+    gaussian_logp,
+    stochastic_mean,
+    stochastic_std,
+)
+from .checkpoint import StopFlag
+from .diffusion_loop import (
+    autocast_for,
+    finish,
+    finished,
+    judge_visits,
+    load_models,
+    lora_checksum,
+    make_evaluator,
+    open_trackers,
+    read_prompts,
+    reward_prompts,
+    runtime,
+    sampler_config,
+    setup_trainable,
+    step_generator,
+)
+from .grpo_config import GRPOConfig
+from .metrics import append_csv
+
+STOCHASTIC = SCHEDULERS  # each has the generalised-DDIM stochastic form of stochastic_std
+
+
+def check_stochastic(scheduler) -> str:
+    """The scheduler's name, or a clear error for one without a stochastic form here."""
+    name = type(scheduler).__name__
+    if name not in STOCHASTIC:
+        raise PipelineError(
+            f"GRPO needs a stochastic sampler; {name} has none here yet (use one of {', '.join(STOCHASTIC)})"
+        )
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
+    """``(r - mean) / (std + eps)`` within each group of ``group_size`` consecutive rewards (population std)."""
+    r = rewards.float().reshape(-1, group_size)
+    adv = (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
+def win_rates(rm, images: torch.Tensor, prompts: list[str], group_size: int, context) -> torch.Tensor:
+    """Each image's mean probability of beating the other images of its group (groups of ``group_size``
+    consecutive rows sharing a prompt): ``compare`` asked for every ordered pair, the two orders averaged."""
+    n = images.shape[0]
+    cand, ref = [], []
+    for start in range(0, n, group_size):
+        for i in range(start, start + group_size):
+            for j in range(start, start + group_size):
+                if i != j:
+                    cand.append(i)
+                    ref.append(j)
+    p = rm.compare(images[cand], images[ref], [prompts[i] for i in cand], context=context).p_yes.float().cpu()
+    beats = torch.zeros(n, n)
+    beats[cand, ref] = p  # P(cand better than ref), asked with ref as image 1
+    prefer = (beats + 1.0 - beats.T) / 2  # both orders: [i, j] = P(i better than j)
+    wins = torch.zeros(n)
+    for i, j in zip(cand, ref):
+        wins[i] += prefer[i, j]
+    return wins / (group_size - 1)
+
+
+def judge_rewards(rm, images: torch.Tensor, prompts: list[str], kind: str, group_size: int, context) -> torch.Tensor:
+    """The rewards ``[N]`` (float32, CPU) of ``kind`` (see :class:`GRPOConfig`'s ``reward``), without gradients."""
+    with torch.no_grad():
+        if kind == "win_rate":
+            return win_rates(rm, images, prompts, group_size, context)
+        out = rm.score(images, prompts, context=context)
+        return (out.p_yes if kind == "p_yes" else out.margin).float().cpu()
+
+
+@contextlib.contextmanager
+def base_model(denoiser):
+    """The denoiser with its LoRA switched off (the frozen base the KL term is measured against)."""
+    denoiser.disable_adapters()
+    try:
+        yield
+    finally:
+        denoiser.enable_adapters()
+
+
+@dataclass
+class Rollouts:
+    """The sampled trajectories of one step: ``latents[k]`` at level ``k`` (``k = 0 .. n``), the sampler's noise
+    scale ``stds[k]`` of each step, ``logp[k]`` (``[N]``) for the steps to be trained on, the decoded images."""
+
+    sampler: Sampler
+    latents: list[torch.Tensor]
+    stds: list[float]
+    logp: dict[int, torch.Tensor]
+    images: torch.Tensor
+
+
+def step_stds(levels, eta: float) -> list[float]:
+    return [stochastic_std(levels[k], levels[k + 1], eta) for k in range(len(levels) - 1)]
+
+
+@torch.no_grad()
+def sample_rollouts(
+    pipe, sampler_cfg, rows: list[str], noise_seeds: list[int], eta: float, noise: torch.Generator, logp_steps
+) -> Rollouts:
+    """Step 1 of the module docstring: every row (its own prompt and seed) through the stochastic sampler; the
+    sampler's noise is drawn from ``noise`` (on the CPU, float32) level by level."""
+    sampler = Sampler(pipe, rows, sampler_cfg)
+    x = sampler.initial_latents(noise_seeds)
+    latents, stds, logp = [x], step_stds(sampler.levels, eta), {}
+    for k in range(len(stds)):
+        x0, e = sampler.predict(x, k)
+        mean = stochastic_mean(x0, e, sampler.levels[k + 1], stds[k])
+        z = torch.randn(x.shape, generator=noise, dtype=torch.float32).to(x.device, x.dtype)
+        x = mean + stds[k] * z if stds[k] > 0 else mean
+        if k in logp_steps:
+            logp[k] = gaussian_logp(x, mean, stds[k])
+        latents.append(x)
+    images = decode(pipe, x, sampler.height, sampler.width)
+    return Rollouts(sampler, latents, stds, logp, images)
+
+
+def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig):
+    """Step 4 for sampled step ``k``: ``(clipped objective + kl_weight * KL, stats)`` with gradients to the LoRA."""
+    sampler, std, lv = ro.sampler, ro.stds[k], ro.sampler.levels[k + 1]
+    x0, e = sampler.predict(ro.latents[k], k)
+    mean = stochastic_mean(x0, e, lv, std)
+    logp = gaussian_logp(ro.latents[k + 1], mean, std)
+    ratio = torch.exp(logp - ro.logp[k].to(logp.device))
+    a = adv.to(logp.device)
+    clipped = ratio.clamp(1.0 - cfg.clip_range, 1.0 + cfg.clip_range)
+    policy = torch.maximum(-a * ratio, -a * clipped).mean()
+    kl = torch.zeros((), device=logp.device)
+    if cfg.kl_weight > 0:
+        with torch.no_grad(), base_model(denoiser):
+            x0_base, e_base = sampler.predict(ro.latents[k], k)
+            mean_base = stochastic_mean(x0_base, e_base, lv, std)
+        kl = ((mean.float() - mean_base.float()) ** 2).flatten(1).mean(1).mean() / (2 * std * std)
+    stats = {
+        "kl": float(kl.detach()),
+        "clip_frac": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),
+        "ratio_dev": float((ratio.detach() - 1).abs().max()),
+    }
+    return policy + cfg.kl_weight * kl, stats
+
+
+def training_window(cfg: GRPOConfig, stds: list[float]) -> list[int]:
+    """The sampled steps trained on: ``train_steps`` (inclusive) or every stochastic step; each must be stochastic
+    (a deterministic step has no density), and ``train_subset`` no larger than the window."""
+    stochastic = [k for k, s in enumerate(stds) if s > 0]
+    if not stochastic:
+        raise ValueError(f"GRPO: no step of the {len(stds)}-step schedule is stochastic with eta {cfg.eta}")
+    if cfg.train_steps:
+        lo, hi = cfg.train_steps
+        window = list(range(lo, hi + 1))
+        flat = [k for k in window if stds[k] <= 0]
+        if flat:
+            raise ValueError(
+                f"train_steps {cfg.train_steps}: step {flat[0]} is deterministic here (it reaches a clean level); "
+                f"the stochastic steps are {stochastic[0]}..{stochastic[-1]}"
+            )
+    else:
+        window = stochastic
+    if cfg.train_subset > len(window):
+        raise ValueError(f"train_subset {cfg.train_subset} is larger than the window of {len(window)} steps")
+    return window
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = None, pipe=None, rm=None) -> dict:
+    """Run or resume GRPO. ``pipe`` / ``rm`` may be passed already loaded (tests, notebooks); ``stop_at`` stops
+    after that step as an interruption would (a checkpoint is saved). Returns rewards before/after and the log."""
+    from tqdm.auto import tqdm
+
+    # --- 0. everything that can be wrong with the config fails here, before any training
+    out = Path(cfg.output_dir)
+    prompts = read_prompts(cfg.prompts)
+    eval_prompts, reward_on = reward_prompts(cfg, prompts)
+    context = RewardContext(task=cfg.task, cot=cfg.cot)
+    if cfg.reward == "win_rate" and context.task == "vqascore":
+        raise ValueError("reward win_rate compares images, but task 'vqascore' is pointwise only; choose another task")
+
+    # --- 1. one process, device, dtype; 2. the pipeline (with a stochastic sampler) and the frozen judge
+    rt = runtime(cfg)
+    if rt.state is not None and getattr(rt.state, "num_processes", 1) > 1:
+        raise ValueError("train-grpo runs in one process for now; launch it without several processes")
+    pipe, rm, family = load_models(cfg, rt, pipe, rm, scheduler_check=check_stochastic)
+    trained_for = getattr(rm, "trained_for", None)
+    if cfg.reward == "win_rate" and trained_for is not None and trained_for.objective != "pairwise":
+        raise ValueError(
+            f"reward win_rate needs a judge that compares two images; {cfg.reward_model} was trained "
+            f"{trained_for.objective} (use reward p_yes or margin, or a pairwise judge)"
+        )
+    visits = judge_visits(rm, cfg, rt.device)
+    sampler_cfg = sampler_config(cfg, pipe, family)
+    window = training_window(cfg, step_stds(Sampler(pipe, prompts[0], sampler_cfg).levels, cfg.eta))
+
+    # --- 3. the trainable part: LoRA, optimiser, resume
+    tr = setup_trainable(cfg, pipe, rt, out)
+    step = tr.step
+
+    # --- 4. trackers, the reward before training
+    autocast = autocast_for(cfg, rt.device)
+    trackers = open_trackers(cfg, out, name="grpo") if rt.main else []
+    evaluate = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, visits, trackers)
+    reward_before = evaluate("", step) if step == 0 else tr.resumed.get("reward_before")
+    recent: deque = deque(maxlen=cfg.window)
+    history, nan_run, nan_total = [], 0, 0
+    metrics = out / "metrics.csv"
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="grpo", disable=not progress)
+    G = cfg.group_size
+
+    # --- 5. the training steps
+    with StopFlag() as flag, finished(trackers):
+        while step < cfg.max_steps:
+            started = time.perf_counter()
+            gen = step_generator(cfg.seed, step)  # prompts, initial noise, the subset of steps
+            noise = step_generator(cfg.seed, step, salt=1)  # the sampler's noise
+            chosen = [
+                prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))] for _ in range(cfg.prompts_per_step)
+            ]
+            rows = [p for p in chosen for _ in range(G)]
+            seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _ in rows]
+            steps = window
+            if cfg.train_subset:
+                pick = torch.randperm(len(window), generator=gen)[: cfg.train_subset]
+                steps = sorted(window[int(i)] for i in pick)
+            # 5.1 rollouts and rewards, without gradients
+            with autocast:
+                ro = sample_rollouts(pipe, sampler_cfg, rows, seeds, cfg.eta, noise, set(steps))
+            with visits():
+                rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, context)
+            adv = group_advantages(rewards, G, cfg.adv_eps).clamp(-cfg.adv_clip, cfg.adv_clip)
+            # 5.2 the clipped objective and the KL term, inner_epochs optimiser steps
+            total, stats, bad = 0.0, [], False
+            for _epoch in range(cfg.inner_epochs):
+                tr.optimizer.zero_grad(set_to_none=True)
+                for k in steps:
+                    with autocast:
+                        loss, st = step_loss(ro, k, adv, tr.denoiser, cfg)
+                        loss = loss / len(steps)
+                    if not torch.isfinite(loss):
+                        bad = True
+                        break
+                    loss.backward()  # step by step, so one graph is held at a time
+                    total += float(loss.detach()) / cfg.inner_epochs
+                    stats.append(st)
+                if bad:
+                    break
+                torch.nn.utils.clip_grad_norm_(tr.params, cfg.max_grad_norm)
+                tr.optimizer.step()
+                tr.scheduler.step()
+            if bad:
+                nan_run += 1
+                nan_total += 1
+                tr.optimizer.zero_grad(set_to_none=True)
+                if nan_run >= cfg.max_nan_steps:
+                    tr.checkpoint(step, {"reward_before": reward_before})
+                    raise RuntimeError(
+                        f"GRPO stopped at step {step}: {nan_run} consecutive NaN/inf losses (lower lr; the last good "
+                        "state is checkpointed)"
+                    )
+            else:
+                nan_run = 0
+            step += 1
+            values = rewards.tolist()
+            recent.extend(values)
+            row = {
+                "step": step,
+                "loss": total,
+                "reward_mean": sum(values) / len(values),
+                "reward_std": float(rewards.std()),
+                "window_mean": sum(recent) / len(recent),
+                "window_std": float(torch.tensor(list(recent)).std()) if len(recent) > 1 else 0.0,
+                "kl": sum(s["kl"] for s in stats) / max(len(stats), 1),
+                "clip_frac": sum(s["clip_frac"] for s in stats) / max(len(stats), 1),
+                "nan_skipped": nan_total,
+                "seconds": time.perf_counter() - started,
+                "lr": tr.scheduler.get_last_lr()[0],
+            }
+            history.append(row)
+            if rt.main:
+                append_csv(metrics, [row])
+                for tracker in trackers:
+                    tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['window_mean']:.4f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                evaluate(f"step-{step:06d}" if cfg.sample_every and step % cfg.sample_every == 0 else "", step)
+            stopping = flag.stop or (stop_at is not None and step >= stop_at)
+            if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+                tr.checkpoint(step, {"reward_before": reward_before})
+            if stopping and step < cfg.max_steps:
+                bar.close()
+                return {"stopped_at": step, "history": history}
+        bar.close()
+        reward_after = evaluate("final" if cfg.sample_every else "", step)
+
+    # --- 6. the LoRA for diffusers and ComfyUI, the reward curve
+    lora_dir = finish(pipe, tr, out, history)
+    return {
+        "processes": 1,
+        "lora_checksum": lora_checksum(tr.params),
+        "step": step,
+        "reward_before": reward_before,
+        "reward_after": reward_after,
+        "reward_on": reward_on,
+        "window": window,
+        "history": history,
+        "lora": str(lora_dir),
+        "nan_skipped": nan_total,
+    }

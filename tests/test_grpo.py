@@ -1,0 +1,252 @@
+"""GRPO on tiny SD- and SD3-shaped pipelines with a tiny judge: the sampler's density, the objective, the KL term,
+advantages, win rates, exact resume, the exported LoRA and each bad input."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rewarddance import RewardModel
+from rewarddance.judge_info import TrainedFor
+from rewarddance.pipelines import PipelineError, SamplerConfig
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
+from rewarddance.training.diffusion_loop import add_lora
+from rewarddance.training.grpo import (
+    group_advantages,
+    sample_rollouts,
+    step_loss,
+    train_grpo,
+    win_rates,
+)
+from rewarddance.training.grpo_config import GRPOConfig
+
+PROMPTS = ["a red circle", "a blue square", "two green triangles"]
+
+
+@pytest.fixture(scope="module")
+def judge(tiny_vlm):
+    return RewardModel.from_pretrained(tiny_vlm("llava", init_std=0.02), device="cpu")
+
+
+def _pipe(kind="sd", scheduler="ddim"):
+    pipe = build_tiny_pipeline(kind, scheduler if kind in ("sd", "sdxl") else None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _cfg(out, **kw) -> GRPOConfig:
+    base = dict(
+        pretrained="in-process",
+        reward_model="in-process",
+        prompts=PROMPTS,
+        output_dir=str(out),
+        num_inference_steps=4,
+        resolution=32,
+        lora_rank=4,
+        lora_alpha=4,
+        lr=3e-2,
+        group_size=2,
+        prompts_per_step=2,
+        max_steps=3,
+        save_every=0,
+        eval_prompts=[],
+        eval_train_prompts=0,
+        clip_range=0.2,
+        seed=0,
+    )
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def _rollouts(pipe, eta=1.0, steps=4, seed=3):
+    sampler_cfg = SamplerConfig(num_inference_steps=steps, height=32, width=32)
+    rows = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    noise = torch.Generator().manual_seed(seed)
+    return sample_rollouts(pipe, sampler_cfg, rows, [1, 2, 3, 4], eta, noise, set(range(steps)))
+
+
+def test_each_step_is_ddim_with_eta_and_its_logp_the_gaussian_density():
+    """Replayed independently: diffusers' own DDIMScheduler.step with eta and the same noise gives each sampled
+    latent, and log p is the density of torch's Normal at the step's mean and DDIM's std, averaged per element."""
+    from diffusers import DDIMScheduler
+
+    pipe, eta = _pipe(), 0.7
+    ro = _rollouts(pipe, eta=eta)
+    ref = DDIMScheduler.from_config(pipe.scheduler.config)
+    ref.set_timesteps(4)
+    noise = torch.Generator().manual_seed(3)
+    acp = ref.alphas_cumprod
+    for k, t in enumerate(ref.timesteps):
+        x = ro.latents[k]
+        z = torch.randn(x.shape, generator=noise)
+        _, e = ro.sampler.predict(x, k)
+        prev = int(t) - ref.config.num_train_timesteps // 4
+        abar, abar_prev = float(acp[int(t)]), float(acp[prev]) if prev >= 0 else float(ref.final_alpha_cumprod)
+        std = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        expected = ref.step(e, t, x, eta=eta, variance_noise=z).prev_sample
+        assert (ro.latents[k + 1] - expected).abs().max() < 1e-4, k
+        assert ro.stds[k] == pytest.approx(std, rel=1e-5)
+        mean = expected - std * z
+        density = torch.distributions.Normal(mean, std).log_prob(ro.latents[k + 1]).flatten(1).mean(1)
+        assert torch.allclose(ro.logp[k], density, atol=1e-4), k
+
+
+def test_first_inner_step_ratio_is_one_and_the_loss_is_the_policy_gradient():
+    pipe = _pipe()
+    cfg = _cfg("unused", kl_weight=0.0, clip_range=1e-4)
+    params = add_lora(pipe.unet, cfg)
+    torch.manual_seed(0)
+    for p in params:  # a LoRA that is not zero, as after some training
+        p.data.normal_(0, 0.05)
+    ro = _rollouts(pipe)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    loss, stats = step_loss(ro, 1, adv, pipe.unet, cfg)
+    assert stats["ratio_dev"] < 1e-5 and stats["clip_frac"] == 0.0
+    clipped = torch.autograd.grad(loss, params)
+    x0, e = ro.sampler.predict(ro.latents[1], 1)
+    from rewarddance.pipelines import gaussian_logp, stochastic_mean
+
+    logp = gaussian_logp(ro.latents[2], stochastic_mean(x0, e, ro.sampler.levels[2], ro.stds[1]), ro.stds[1])
+    plain = torch.autograd.grad(-(adv * logp).mean(), params)
+    assert max(float(g.abs().max()) for g in plain) > 1e-6  # a gradient that is there
+    for a, b in zip(clipped, plain):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_kl_to_the_base_is_zero_with_a_zero_lora_and_positive_after_an_update():
+    pipe = _pipe()
+    cfg = _cfg("unused", kl_weight=1.0)
+    params = add_lora(pipe.unet, cfg)  # peft's gaussian init: B = 0, so the LoRA adds nothing yet
+    ro = _rollouts(pipe)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, stats = step_loss(ro, 2, adv, pipe.unet, cfg)
+    assert stats["kl"] == 0.0
+    loss.backward()
+    torch.optim.AdamW(params, lr=1e-2).step()
+    _, stats = step_loss(ro, 2, adv, pipe.unet, cfg)
+    assert stats["kl"] > 0.0
+
+
+def test_advantages_are_normalised_within_each_group():
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 12.0])
+    adv = group_advantages(r, 4, eps=1e-4)
+    for g in range(2):
+        group = r[4 * g : 4 * g + 4].tolist()
+        mean, std = statistics.fmean(group), statistics.pstdev(group)
+        expected = torch.tensor([(x - mean) / (std + 1e-4) for x in group])
+        assert torch.allclose(adv[4 * g : 4 * g + 4], expected, atol=1e-5)
+    assert torch.allclose(group_advantages(r + 100, 4, 1e-4), adv, atol=1e-4)  # shift-free per group
+    assert not torch.allclose(group_advantages(r, 8, 1e-4), adv)  # other groups: other numbers
+
+
+class _BiasedJudge:
+    """compare(): P(candidate better) from the brightness difference, 0.05 too high for the image shown second (a
+    position bias that asking both orders cancels)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def compare(self, images, references, prompts, context=None):
+        from types import SimpleNamespace
+
+        self.calls.append(len(prompts))
+        p = torch.sigmoid((images.mean((1, 2, 3)) - references.mean((1, 2, 3))) * 10) * 0.8 + 0.15
+        return SimpleNamespace(p_yes=p)
+
+
+def test_win_rate_averages_both_orders_within_the_group():
+    images = torch.stack([torch.full((3, 4, 4), v) for v in (0.1, 0.5, 0.9, 0.2, 0.3, 0.25)])
+    judge = _BiasedJudge()
+    rates = win_rates(judge, images, ["p"] * 6, 3, None)
+    assert judge.calls == [12]  # every ordered pair of both groups of 3, in one call
+    b = images.mean((1, 2, 3))
+
+    def p(i, j):
+        return float(torch.sigmoid((b[i] - b[j]) * 10) * 0.8 + 0.15)
+
+    for i in range(6):
+        g = i // 3 * 3
+        others = [j for j in range(g, g + 3) if j != i]
+        expected = sum((p(i, j) + 1 - p(j, i)) / 2 for j in others) / 2
+        assert float(rates[i]) == pytest.approx(expected, abs=1e-6)
+    assert float(rates[2]) > float(rates[1]) > float(rates[0])
+
+
+def test_a_run_changes_the_lora_resumes_exactly_and_exports_a_loadable_lora(judge, tmp_path):
+    straight = train_grpo(_cfg(tmp_path / "a", max_steps=4, train_subset=2), progress=False, pipe=_pipe(), rm=judge)
+    first = train_grpo(
+        _cfg(tmp_path / "b", max_steps=4, train_subset=2), progress=False, pipe=_pipe(), rm=judge, stop_at=2
+    )
+    assert first["stopped_at"] == 2
+    pipe = _pipe()
+    resumed = train_grpo(_cfg(tmp_path / "b", max_steps=4, train_subset=2), progress=False, pipe=pipe, rm=judge)
+    assert resumed["step"] == 4 and len(resumed["history"]) == 2
+    a = load_file(f"{straight['lora']}/pytorch_lora_weights.safetensors")
+    b = load_file(f"{resumed['lora']}/pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    keys = ("step", "loss", "reward_mean", "reward_std", "kl", "clip_frac")  # (the sliding window starts anew)
+    assert [[h[k] for k in keys] for h in resumed["history"]] == [[h[k] for k in keys] for h in straight["history"][2:]]
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora.up" in k)  # up (B) starts at 0: it moved
+    kw = dict(num_inference_steps=4, height=32, width=32, output_type="pt")
+    trained = pipe(PROMPTS[0], generator=[torch.Generator().manual_seed(1)], **kw).images
+    fresh = _pipe()
+    base = fresh(PROMPTS[0], generator=[torch.Generator().manual_seed(1)], **kw).images
+    fresh.load_lora_weights(resumed["lora"])
+    loaded = fresh(PROMPTS[0], generator=[torch.Generator().manual_seed(1)], **kw).images
+    assert (loaded - trained).abs().max() < 1e-4
+    assert (base - trained).abs().max() > 1e-4
+
+
+def test_flow_matching_trains_every_step_but_the_last(judge, tmp_path):
+    res = train_grpo(_cfg(tmp_path, max_steps=1, reward="margin"), progress=False, pipe=_pipe("sd3"), rm=judge)
+    assert res["window"] == [0, 1, 2]  # the step to sigma 0 has no noise, hence no density
+    assert res["history"][0]["reward_std"] > 0
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(group_size=1), "group_size must be 2 or more"),
+        (dict(eta=0.0), "GRPO needs a stochastic sampler"),
+        (dict(train_steps=[2, 4]), r"train_steps \[2, 4\] is outside the schedule of 4 steps"),
+        (dict(train_steps=[1]), r"train_steps must be \[lo, hi\]"),
+    ],
+)
+def test_bad_settings_fail_when_the_config_is_built(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(tmp_path, **kw)
+
+
+def test_bad_inputs_fail_before_training(judge, tmp_path):
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = _pipe()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(PipelineError, match="GRPO needs a stochastic sampler; DPMSolverMultistepScheduler has none"):
+        train_grpo(_cfg(tmp_path), progress=False, pipe=pipe, rm=judge)
+    with pytest.raises(ValueError, match=r"train_steps \[2, 3\]: step 3 is deterministic here"):
+        train_grpo(_cfg(tmp_path, train_steps=[2, 3]), progress=False, pipe=_pipe("sd", "euler"), rm=judge)
+    with pytest.raises(ValueError, match="train_subset 5 is larger than the window of 4 steps"):
+        train_grpo(_cfg(tmp_path, train_subset=5), progress=False, pipe=_pipe(), rm=judge)
+    with pytest.raises(ValueError, match="task 'vqascore' is pointwise only"):
+        train_grpo(_cfg(tmp_path, reward="win_rate", task="vqascore"), progress=False, pipe=_pipe(), rm=judge)
+    judge.trained_for = TrainedFor("pointwise")
+    try:
+        with pytest.raises(ValueError, match="reward win_rate needs a judge that compares two images"):
+            train_grpo(_cfg(tmp_path, reward="win_rate"), progress=False, pipe=_pipe(), rm=judge)
+    finally:
+        judge.trained_for = None
+    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_pairwise_win_rate_runs_with_a_general_judge(judge, tmp_path):
+    res = train_grpo(_cfg(tmp_path, max_steps=1, reward="win_rate"), progress=False, pipe=_pipe(), rm=judge)
+    rewards_mean = res["history"][0]["reward_mean"]
+    assert rewards_mean == pytest.approx(0.5, abs=1e-6)  # win rates of a group of 2 always sum to 1
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
