@@ -362,7 +362,8 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
     generated = [json.loads(r) for r in (tmp_path / "generated-train" / "pairs.jsonl").read_text().splitlines()]
     junk = [r for r in generated if "garbage" in r]
     info = json.loads((tmp_path / "generated-train" / "info.json").read_text())
-    assert info["garbage_pairs"] == len(junk) == 2 * len({r["prompt"] for r in junk}) > 0
+    per_prompt = [sum(r["prompt"] == p for r in junk) for p in {r["prompt"] for r in junk}]
+    assert info["garbage_pairs"] == len(junk) > 0 and max(per_prompt) <= 2 and "garbage_that_passed" in info
     for row in junk:
         folder = tmp_path / "generated-train"
         assert verify(folder / row["chosen"], row["prompt"]).passed

@@ -142,7 +142,7 @@ def write_generated_pairs(
         return json.loads(info.read_text(encoding="utf-8"))
     (out / "images").mkdir(parents=True, exist_ok=True)
     kw = generator_defaults(pipe)
-    lines, passed_all, clean_all, n_garbage = [], [], [], 0
+    lines, passed_all, clean_all, n_garbage, n_garbage_passed = [], [], [], 0, 0
     for i in range(prompts):
         spec = sample_prompt(CATEGORIES[i % len(CATEGORIES)], example_rng(seed, "id", i), "id")
         gens = [torch.Generator().manual_seed(seed * 1_000_003 + i * samples + j) for j in range(samples)]
@@ -164,8 +164,9 @@ def write_generated_pairs(
             scene = scene_for(spec, example_rng(seed, "id", i, stream=1 + k), "id")
             junk = make_garbage(kind, images[0].width, seed=seed * 1_000_003 + i * garbage + k, scene=scene)
             verdict = verify(junk, spec)
-            if verdict.passed:  # pragma: no cover - the strict verifier's own tests keep every kind failing
-                raise RuntimeError(f"garbage of kind {kind!r} passed the verifier for {spec.text!r}")
+            if verdict.passed:  # at 32 px a mild smear of a one-object scene can still be that scene: no negative
+                n_garbage_passed += 1
+                continue
             names = [f"images/{i:05d}-{good[k % len(good)]}.png", f"images/{i:05d}-garbage{k}.png"]
             images[good[k % len(good)]].save(out / names[0])
             junk.save(out / names[1])
@@ -185,6 +186,7 @@ def write_generated_pairs(
     facts["pairs"] = len(lines)
     if garbage:
         facts["garbage_pairs"] = n_garbage
+        facts["garbage_that_passed"] = n_garbage_passed  # left out: the verifier read them as the prompt's scene
     info.write_text(json.dumps(facts) + "\n", encoding="utf-8")
     return facts
 
@@ -210,10 +212,11 @@ def write_garbage_pairs(out: Path, pairs: int, seed: int, size: int) -> dict:
             clean = render(scene, size)
             if verify(clean, spec).passed:
                 break
-        junk = garbage(kind, size, seed=seed * 1000 + i, scene=scene)
-        verdict = verify(junk, spec)
-        if verdict.passed:  # pragma: no cover - the verifier's own tests keep every kind failing
-            raise RuntimeError(f"garbage pair {i} ({kind}) passed the verifier for {spec.text!r}")
+        for attempt in range(20):  # a mild smear at 32 px can still read as the scene: draw it again
+            junk = garbage(kind, size, seed=seed * 1000 + i + 1_000_000 * attempt, scene=scene)
+            verdict = verify(junk, spec)
+            if not verdict.passed:
+                break
         names = [f"images/{i:04d}-scene.png", f"images/{i:04d}-{kind}.png"]
         clean.save(out / names[0])
         junk.save(out / names[1])
@@ -317,10 +320,11 @@ def judge_stages(base: Path, name: str, work: Path, data: dict[str, Path], chang
         return lambda: train_rm(cfg, progress=False)
 
     first, second = work / f"{name}-pointwise", work / f"{name}-onpolicy"
-    return {
-        "pointwise": _stage(first, judge(base, first, data["train"], {**POINTWISE, **change}), log),
-        "onpolicy": _stage(second, judge(first / "final", second, data["mixed"], {**ONPOLICY, **change}), log),
-    }
+    facts = {"pointwise": _stage(first, judge(base, first, data["train"], {**POINTWISE, **change}), log)}
+    if "mixed" not in data:  # the generator's samples are made only now: the stages before need none of them
+        data.update(prepare_rm_data(work, log)[0])
+    facts["onpolicy"] = _stage(second, judge(first / "final", second, data["mixed"], {**ONPOLICY, **change}), log)
+    return facts
 
 
 def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
@@ -328,9 +332,10 @@ def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
     samples mixed with rendered pairs); the judge and its card go to ``out``. Finished stages in ``work`` are reused."""
     shape = RM_SIZES[size]
     start = time.time()
-    data, generated = prepare_rm_data(work, log)
+    data = write_data(work)
     caption_dir, caption_facts = caption_stage(size, work, data, log)
     stages = {"caption": caption_facts, **judge_stages(caption_dir / "final", size, work, data, {}, log)}
+    data, generated = prepare_rm_data(work, log)  # made by judge_stages before its last stage; read back here
     final_dir = work / f"{size}-onpolicy"
     notes = [stage["note"] for stage in stages.values() if stage.get("note")]
     if out.exists():
@@ -369,7 +374,7 @@ def train_variant(size: str, variant: str, work: Path, log=print) -> Path:
     """A judge of the scaling study's ablations: the bundled recipe for ``size`` from the same caption-pretrained
     base, with one setting of :data:`VARIANTS` changed in stages 2 and 3 (the bundled judge of that size is the
     control). Not bundled: ``benchmarks/shapes_scaling.py`` trains them into its work folder. Returns the judge."""
-    data, _ = prepare_rm_data(work, log)
+    data = write_data(work)
     caption_dir, _ = caption_stage(size, work, data, log)
     judge_stages(caption_dir / "final", f"{size}-{variant}", work, data, VARIANTS[variant], log)
     return work / f"{size}-{variant}-onpolicy" / "final"
