@@ -171,8 +171,8 @@ def write_generated_pairs(
             images[good[k % len(good)]].save(out / names[0])
             junk.save(out / names[1])
             row = {"id": f"gen-{i:05d}-g{k}", "prompt": spec.text, "category": spec.category, "garbage": kind}
-            lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": _sentence(verdict.reason)})
-            lines[-1]["split"] = "generated"
+            reason = _sentence(verdict.reason)
+            lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": reason, "split": "generated"})
             n_garbage += 1
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(line) + "\n" for line in lines)
