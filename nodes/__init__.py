@@ -64,12 +64,22 @@ class LoadRewardModel(io.ComfyNode):
                 io.Boolean.Input(
                     "offload_others", default=False, tooltip="move other cached reward models to the CPU first"
                 ),
+                io.String.Input(
+                    "server",
+                    default="",
+                    optional=True,
+                    tooltip="or a served judge: http://HOST:PORT (rewarddance serve) or openai:BASE_URL#MODEL "
+                    "(vLLM, SGLang); when set it wins over `model` and `hf_id`",
+                ),
+                io.String.Input("api_key", default="", optional=True, tooltip="the served judge's bearer key"),
             ],
             outputs=[RewardModelType.Output(display_name="reward_model")],
         )
 
     @classmethod
-    def execute(cls, model, hf_id, dtype, quantization, device, offload_others) -> io.NodeOutput:
+    def execute(cls, model, hf_id, dtype, quantization, device, offload_others, server="", api_key="") -> io.NodeOutput:
+        if (server or "").strip():
+            return io.NodeOutput(rd.CACHE.remote(server, api_key or ""))
         name = hf_id.strip() or model
         if offload_others:
             rd.CACHE.offload()

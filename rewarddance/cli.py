@@ -1,4 +1,4 @@
-"""Command line ``rewarddance``, nine commands:
+"""Command line ``rewarddance``, ten commands:
 
 - ``score``: pointwise P(yes) of images for a prompt (or pairwise against ``--reference``), or a resumable batch job
   over a JSONL manifest or a folder (``--input``, ``--output``);
@@ -7,7 +7,8 @@
   ``--key value`` overrides;
 - ``eval-rm``: accuracy, calibration and position bias of a judge on preference pairs;
 - ``shapes``: ShapesWorld, an offline GenEval (``shapes make`` renders data, ``shapes eval`` verifies images);
-- ``demo``: generate, judge and choose with the bundled models, offline.
+- ``demo``: generate, judge and choose with the bundled models, offline;
+- ``serve``: a judge behind HTTP (``rewarddance.serving``).
 
 Heavy imports (torch, transformers) happen inside the commands so that ``rewarddance --help`` is quick.
 """
@@ -30,6 +31,13 @@ MODEL_HELP = (
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_RM, help=MODEL_HELP)
+    p.add_argument(
+        "--server",
+        default=None,
+        help="ask a served judge instead of loading --model: http://HOST:PORT (rewarddance serve) or "
+        "openai:BASE_URL#MODEL (vLLM, SGLang ...); --task defaults to alignment",
+    )
+    p.add_argument("--api-key", default=None, help="bearer key of --server (default: $REWARDDANCE_API_KEY)")
     p.add_argument("--prompt", default=None, help="the text prompt the images were generated from")
     p.add_argument(
         "--task", default=None, help="task preset (alignment, quality, aesthetics, ...); default: the judge's own"
@@ -78,7 +86,7 @@ def _settle(args, objective: str | None = None):
     ``alignment`` for a general VLM) and warn, one line each, where the command asks it something else. Reads no
     weights. Returns the judge's :class:`~rewarddance.judge_info.TrainedFor` or ``None``."""
     folder = Path(resolve(args.model))
-    info = read_trained_for(folder) if folder.is_dir() else None
+    info = read_trained_for(folder) if folder.is_dir() and not getattr(args, "server", None) else None
     given_cot = args.cot
     if args.task is None:
         args.task = info.task if info else "alignment"
@@ -106,6 +114,10 @@ def _load(args):
     from .model import RewardModel
 
     ctx = _context(args)  # a bad --task or --cot fails before the model loads
+    if args.server:
+        from .remote import load_judge
+
+        return load_judge(args.server, api_key=args.api_key), ctx
     rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
     return rm, ctx
 
@@ -200,10 +212,11 @@ def cmd_compare(args) -> int:
     if args.prompt is None:
         raise ValueError("compare: --prompt is required")
     info = _settle(args, objective=args.objective)
-    objective = args.objective or (info.objective if info else "pairwise")
+    objective = args.objective or (info.objective if info else None if args.server else "pairwise")
     a, b = _images([args.a, args.b], args.max_pixels)
     rm, ctx = _load(args)
     pref = rm.prefer([a], [b], args.prompt, context=ctx, objective=objective)
+    objective = pref.objective  # (a served judge's own when --server and no --objective)
     p, margin = float(pref.p_b_better[0]), float(pref.margin[0])
     if objective == "pointwise":
         # a pointwise judge scores each image on its own; Bradley-Terry on the two margins gives P(B better than A)
@@ -269,20 +282,51 @@ def cmd_train_captions(args, extra: list[str]) -> int:
     return _train(CaptionTrainConfig, train_captions, args, extra, lambda cfg, r: {k: r[k] for k in keys})
 
 
+_DIFFUSION_KEYS = (
+    "step",
+    "reward_before",
+    "reward_after",
+    "reward_before_se",
+    "reward_after_se",
+    "reward_on",
+    "verifier",
+    "alignment_before",
+    "alignment_before_se",
+    "alignment_after",
+    "alignment_after_se",
+    "alignment_n",
+    "reward_hacking",
+    "early_stopped_at",
+    "exported_step",
+    "lora",
+    "nan_skipped",
+    "processes",
+    "lora_checksum",
+)
+
+
+def _diffusion_summary(cfg, result: dict) -> dict:
+    """The JSON summary of train-refl / train-grpo; a run flagged for reward hacking also gets a warning line."""
+    from .training.diffusion_loop import hacking_warning
+
+    warning = hacking_warning(result)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return {k: result[k] for k in _DIFFUSION_KEYS}
+
+
 def cmd_train_refl(args, extra: list[str]) -> int:
     from .training.refl import train_refl
     from .training.refl_config import ReFLConfig
 
-    keys = ("step", "reward_before", "reward_after", "reward_on", "lora", "nan_skipped", "processes", "lora_checksum")
-    return _train(ReFLConfig, train_refl, args, extra, lambda cfg, r: {k: r[k] for k in keys})
+    return _train(ReFLConfig, train_refl, args, extra, _diffusion_summary)
 
 
 def cmd_train_grpo(args, extra: list[str]) -> int:
     from .training.grpo import train_grpo
     from .training.grpo_config import GRPOConfig
 
-    keys = ("step", "reward_before", "reward_after", "reward_on", "lora", "nan_skipped", "processes", "lora_checksum")
-    return _train(GRPOConfig, train_grpo, args, extra, lambda cfg, r: {k: r[k] for k in keys})
+    return _train(GRPOConfig, train_grpo, args, extra, _diffusion_summary)
 
 
 def cmd_eval_rm(args) -> int:
@@ -377,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_command
 
     add_demo_command(sub)
+    from .serving.cli import add_serve_command  # argparse only: FastAPI loads when the command runs
+
+    add_serve_command(sub)
     return parser
 
 

@@ -115,10 +115,23 @@ class ModelCache:
             )
         return self._models[key]
 
+    def remote(self, server: str, api_key: str = ""):
+        """A served judge (``http://HOST:PORT`` of ``rewarddance serve``, or ``openai:BASE_URL#MODEL``), kept as the
+        loaded ones are; it takes the same nodes as a local model, all but those that need gradients."""
+        from .remote import is_remote, load_judge
+
+        server = server.strip()
+        if not is_remote(server):
+            raise NodeInputError(f"server: {server!r} is not http://HOST:PORT or openai:BASE_URL#MODEL")
+        key = ModelKey(server, "remote", "none", api_key)  # (another key is another client)
+        if key not in self._models:
+            self._models[key] = load_judge(server, api_key=api_key.strip() or None)
+        return self._models[key]
+
     def offload(self) -> None:
         """Move every cached unquantised model to the CPU (quantised ones stay where bitsandbytes put them)."""
         for model in self._models.values():
-            if not getattr(model.model, "is_quantized", False):
+            if hasattr(model, "model") and not getattr(model.model, "is_quantized", False):
                 model.model.to("cpu")
 
     def clear(self) -> None:

@@ -18,7 +18,15 @@ from typing import Any
 
 import torch
 
-from .preprocess import _idefics3, _internvl, _llava, _llava_onevision, _qwen_vl
+from .preprocess import (
+    _idefics3,
+    _internvl,
+    _llava,
+    _llava_onevision,
+    _llava_onevision_video,
+    _qwen_vl,
+    _qwen_vl_video,
+)
 
 
 class UnsupportedModelError(ValueError):
@@ -53,6 +61,9 @@ class Family:
     preprocess: Callable[[list[torch.Tensor], Any], dict[str, torch.Tensor]]
     mrope: bool = False  # Qwen-style 3-D rotary positions
     images_depend_on_sample: bool = False  # an image's inputs change with the number of images in its sample
+    # (clips [T, 3, H, W] of one batch, the video processor's settings) -> video inputs, for a family whose
+    # processor takes videos natively; None: videos are given as their frames, several images
+    video: Callable[[list[torch.Tensor], Any], dict[str, torch.Tensor]] | None = None
 
     def stack_image_inputs(self, per_sample: list[dict]) -> dict:
         """Merge the image inputs of several samples into one batch, key by key."""
@@ -69,6 +80,7 @@ _QWEN = dict(
     stack={"pixel_values": _cat, "image_grid_thw": _cat},
     preprocess=_qwen_vl,
     mrope=True,
+    video=_qwen_vl_video,
 )
 _IDEFICS = dict(
     image_keys=("pixel_values", "pixel_attention_mask"),
@@ -92,6 +104,7 @@ FAMILIES: tuple[Family, ...] = (
         stack={"pixel_values": _cat_padded, "image_sizes": _cat, "batch_num_images": _cat},
         preprocess=_llava_onevision,
         images_depend_on_sample=True,
+        video=_llava_onevision_video,
     ),
 )
 FAMILY_NAMES: tuple[str, ...] = tuple(f.name for f in FAMILIES)

@@ -38,6 +38,7 @@ from .loading import (
 from .prefix import score_shared, shared_groups
 from .preprocess import image_inputs
 from .tokens import answer_ids
+from .video import reward_videos, score_videos
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class RewardOutput:
     p_yes: torch.Tensor
     margin: torch.Tensor  # log P(yes) - log P(no)
     reasons: list[str] | None = None
+    videos: list | None = None  # scoring videos: each candidate's sampled frames (rewarddance.video.FrameSample)
 
     def __len__(self) -> int:
         return self.p_yes.shape[0]
@@ -238,6 +240,22 @@ class RewardModel:
         adapted = cls(model, processor, rm.family, answer_tokens=answer_tokens, prefix_cache=prefix_cache)
         adapted.trained_for = read_trained_for(folder)
         return adapted
+
+    @staticmethod
+    def from_server(url: str, api_key: str | None = None, timeout: float = 120.0, retries: int = 3, **options):
+        """A judge served by ``rewarddance serve`` at ``url``, with the same ``score`` / ``compare`` / ``prefer``
+        (a :class:`rewarddance.remote.RemoteRewardModel`; ``options``: ``batch_size``, ``concurrency``)."""
+        from .remote import RemoteRewardModel
+
+        return RemoteRewardModel(url, api_key=api_key, timeout=timeout, retries=retries, **options)
+
+    @staticmethod
+    def from_openai(base_url: str, model: str, api_key: str | None = None, top_logprobs: int = 20, **options):
+        """A judge on an OpenAI-compatible server (vLLM, SGLang, ``rewarddance serve``): P(yes) from the answer
+        token's ``top_logprobs`` (:class:`rewarddance.openai_judge.OpenAIJudge`, which states the approximation)."""
+        from .openai_judge import OpenAIJudge
+
+        return OpenAIJudge(base_url, model, api_key=api_key, top_logprobs=top_logprobs, **options)
 
     def save(self, out_dir: str | os.PathLike, merge: bool = True, trained_for: TrainedFor | None = None) -> Path:
         """Save so that :meth:`from_pretrained` loads ``out_dir`` back: full weights (a LoRA merged in first when
@@ -461,13 +479,17 @@ class RewardModel:
         return p, m, reasons
 
     def score(
-        self, images, prompts, context: RewardContext | None = None, batch_size: int | None = None, references=None
-    ) -> RewardOutput:
+        self, images=None, prompts=None, context: RewardContext | None = None, batch_size: int | None = None,
+        references=None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> RewardOutput:  # fmt: skip
         """Pointwise reward: P("yes" | image, prompt, context) for each image.
 
         ``images``: paths, PIL images, or a ``[B, 3, H, W]`` tensor in [0, 1]; ``prompts``: one string or one per
-        image. With ``references`` this is the same as :meth:`compare`.
+        image. With ``references`` this is the same as :meth:`compare`. ``videos`` instead of ``images``: clips
+        sampled to ``num_frames`` or at ``fps`` (:mod:`rewarddance.video`), recorded in the output's ``videos``.
         """
+        if videos is not None:
+            return score_videos(self, images, videos, prompts, references, context, batch_size, num_frames, fps)
         context = context or RewardContext()
         if references is not None:
             return self.compare(images, references, prompts, context=context, batch_size=batch_size)
@@ -475,11 +497,14 @@ class RewardModel:
         return self._score_items(cands, prompts, None, context, False, batch_size)
 
     def compare(
-        self, images, references, prompts, context: RewardContext | None = None, batch_size: int | None = None
-    ) -> RewardOutput:
+        self, images=None, references=None, prompts=None, context: RewardContext | None = None,
+        batch_size: int | None = None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> RewardOutput:  # fmt: skip
         """Pairwise reward: P("yes") to "Is image 2 better than image 1?" with image 1 = ``references[i]`` and
         image 2 = ``images[i]``. ``context.average_orders`` also asks the swapped question and averages
-        ``p`` with ``1 - p_swapped`` (margins: ``(m - m_swapped) / 2``)."""
+        ``p`` with ``1 - p_swapped`` (margins: ``(m - m_swapped) / 2``). ``videos``: as in :meth:`score`."""
+        if videos is not None:
+            return score_videos(self, images, videos, prompts, references, context, batch_size, num_frames, fps, True)
         context = context or RewardContext()
         cands, prompts, refs = self._items(images, prompts, references, context, True)
         out = self._score_items(cands, prompts, refs, context, True, batch_size)
@@ -536,20 +561,23 @@ class RewardModel:
 
     def reward(
         self,
-        pixels: torch.Tensor,
-        prompts,
+        pixels: torch.Tensor | None = None,
+        prompts=None,
         references=None,
         context: RewardContext | None = None,
         output: str = "p_yes",
-    ) -> torch.Tensor:
+        videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Differentiable reward for generated pixels ``[B, 3, H, W]`` in [0, 1]: float32 ``[B]``.
 
         Preprocessing (resize, normalise, patchify) runs in torch so gradients reach ``pixels``. ``output`` is
         ``"p_yes"`` (default), ``"margin"`` or ``"log_p"`` (log P(yes)). ``references`` make it pairwise; they are
         fixed targets, detached, so no gradient reaches them. Then ``context.average_orders`` also asks the swapped
         question and averages as :meth:`compare` does (``log_p`` is the log of the averaged ``p_yes``).
-        ``cot="reasoning_first"`` needs decoding and is refused here.
+        ``cot="reasoning_first"`` needs decoding and is refused here. ``videos``: as in :meth:`score`.
         """
+        if videos is not None:
+            return reward_videos(self, pixels, videos, prompts, references, context, output, num_frames, fps)
         if output not in ("p_yes", "margin", "log_p"):
             raise ValueError(f"output must be 'p_yes', 'margin' or 'log_p', got {output!r}")
         context = context or RewardContext()

@@ -426,6 +426,87 @@ def _llava_onevision(images: list[torch.Tensor], s: _Settings) -> dict[str, torc
     }
 
 
+# ---------------------------------------------------------------------------------------------------- videos
+def _qwen_video_size(s: _Settings, frames: int, h: int, w: int, factor: int, temporal: int) -> tuple[int, int]:
+    """Frame size the Qwen video processors resize to. Qwen2-VL / 2.5 bound the pixels of one frame, Qwen3-VL those
+    of the whole clip (its ``smart_resize`` takes the frame count); ``cap_pixels_per_frame`` shares the budget."""
+    size = s.size()
+    min_pixels, max_pixels = size["shortest_edge"], size["longest_edge"]
+    qwen3 = type(s.image_processor).__name__.startswith("Qwen3")
+    if s.flag("cap_pixels_per_frame"):
+        budget = int(s.get("max_video_tokens")) * factor * factor
+        if qwen3:
+            max_pixels = max(min(budget, max_pixels // frames), int(min_pixels * 1.05)) * frames
+        else:
+            max_pixels = max(min(max_pixels, int(budget * 0.9) * temporal // frames), int(min_pixels * 1.05))
+    if not qwen3:
+        return _smart_size(h, w, factor, min_pixels, max_pixels)
+    if frames < temporal:
+        raise ImageError(f"videos: Qwen3-VL needs at least {temporal} frames per video, got {frames}")
+    if h < factor or w < factor:
+        scale = max(factor / h, factor / w)
+        h, w = int(h * scale), int(w * scale)
+    t = round(frames / temporal) * temporal
+    new_h, new_w = round(h / factor) * factor, round(w / factor) * factor
+    if t * new_h * new_w > max_pixels:
+        beta = math.sqrt(frames * h * w / max_pixels)
+        new_h = max(factor, math.floor(h / beta / factor) * factor)
+        new_w = max(factor, math.floor(w / beta / factor) * factor)
+    elif t * new_h * new_w < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * h * w))
+        new_h, new_w = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return new_h, new_w
+
+
+def _qwen_vl_video(videos: list[torch.Tensor], s: _Settings) -> dict[str, torch.Tensor]:
+    """Qwen-VL video input: each ``[T, C, H, W]`` clip resized, normalised, padded to whole temporal patches by
+    repeating its last frame, and cut into patches of ``temporal_patch_size`` frames (the stock ``patchify``)."""
+    patch, merge, temporal = int(s.get("patch_size")), int(s.get("merge_size")), int(s.get("temporal_patch_size"))
+    factor = patch * merge
+    patches, grids = [], []
+    for v in videos:
+        T, C, H, W = v.shape
+        if s.flag("do_resize"):
+            v = _resize(v, _qwen_video_size(s, T, H, W, factor, temporal), s.mode)
+        x = _normalize(v, s)
+        if pad := -T % temporal:
+            x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
+        gt, (h, w) = x.shape[0] // temporal, x.shape[-2:]
+        gh, gw = h // patch, w // patch
+        x = x.reshape(gt, temporal, C, gh // merge, merge, patch, gw // merge, merge, patch)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # gt, gh/m, gw/m, m, m, C, temporal, p, p
+        patches.append(x.reshape(gt * gh * gw, C * temporal * patch * patch))
+        grids.append([gt, gh, gw])
+    device = patches[0].device
+    grid = torch.tensor(grids, dtype=torch.long, device=device)
+    return {"pixel_values_videos": torch.cat(patches), "video_grid_thw": grid}
+
+
+def _llava_onevision_video(videos: list[torch.Tensor], s: _Settings) -> dict[str, torch.Tensor]:
+    """LLaVA-OneVision video input: every frame resized to ``size`` and normalised, ``[n, T, C, h, w]``."""
+    out = []
+    for v in videos:
+        if s.flag("do_resize"):
+            v = _resize(v, _generic_size(*v.shape[-2:], s.size()), s.mode)
+        if s.flag("do_center_crop"):
+            v = _center_crop(v, s.size("crop_size"))
+        out.append(_normalize(v, s))
+    return {"pixel_values_videos": torch.stack(out)}
+
+
+def video_inputs(processor, videos: list[torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """Model video inputs for ``videos`` (``[T, 3, H, W]`` float tensors in [0, 1], checked by the caller),
+    differentiable in the pixels: what the stock processor's ``videos=`` path returns for them
+    (Qwen: ``pixel_values_videos`` [patches, C*T*p*p] and ``video_grid_thw`` [n, 3]; LLaVA-OneVision:
+    ``pixel_values_videos`` [n, T, C, h, w]). ``ValueError`` for a family without a native video input."""
+    from .families import family_named
+
+    fam = family_named(family)
+    if fam.video is None:
+        raise ValueError(f"family {family!r} has no native video input; give it the frames as images")
+    return fam.video([v.float() for v in videos], _Settings(processor.video_processor))
+
+
 # Which pipeline each family uses is recorded once, in ``rewarddance.families.FAMILIES`` (``Family.preprocess``).
 # That module imports the pipelines above, so this one looks the families up only when asked.
 SUPPORTED_FAMILIES: tuple[str, ...]  # declared for linters and readers; __getattr__ below returns it
@@ -484,4 +565,4 @@ def image_inputs(processor, images: list[torch.Tensor], family: str, validate: b
     return family_named(family).preprocess(_check_images(images, validate), _Settings(processor))
 
 
-__all__ = ["SUPPORTED_FAMILIES", "image_inputs"]
+__all__ = ["SUPPORTED_FAMILIES", "image_inputs", "video_inputs"]

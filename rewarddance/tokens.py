@@ -19,6 +19,13 @@ def _vocab_size(tokenizer) -> int:
     return len(tokenizer)
 
 
+def is_spelling(text: str, word: str) -> bool:
+    """Whether a token's decoded ``text`` is a spelling of ``word`` by the definition above (stripped of
+    surrounding whitespace and lowercased, it equals ``word``, itself lowercase). Also used on the token texts an
+    OpenAI-compatible server sends back (:mod:`rewarddance.openai_judge`)."""
+    return text.strip().lower() == word
+
+
 def resolve_answer_ids(tokenizer, word: str) -> list[int]:
     """All ids whose decoded text, stripped and lowercased, equals ``word`` (lowercase). Sorted, non-empty.
 
@@ -30,7 +37,7 @@ def resolve_answer_ids(tokenizer, word: str) -> list[int]:
     # The raw token text of a match always contains the word's letters in some case; filter cheaply first so that
     # only a handful of the ~150k entries are decoded.
     candidates = [i for tok, i in vocab.items() if word in tok.lower() and i not in special]
-    ids = sorted({i for i in candidates if tokenizer.decode([i]).strip().lower() == word})
+    ids = sorted({i for i in candidates if is_spelling(tokenizer.decode([i]), word)})
     if not ids:
         raise AnswerTokenError(
             f"tokenizer {type(tokenizer).__name__} has no single token that decodes to {word!r}; "

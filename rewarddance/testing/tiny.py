@@ -44,6 +44,7 @@ _CHATML = (
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}IMAGE_SLOT"
+    "{% elif part['type'] == 'video' %}VIDEO_SLOT"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"
@@ -51,8 +52,10 @@ _CHATML = (
 )
 
 
-def _chatml(image_slot: str, default_system: str = "") -> str:
-    template = _CHATML.replace("IMAGE_SLOT", image_slot)
+def _chatml(image_slot: str, default_system: str = "", video_slot: str = "") -> str:
+    """A ChatML template; ``video_slot`` is what a ``{"type": "video"}`` part becomes (nothing when the family's
+    processor takes no video)."""
+    template = _CHATML.replace("IMAGE_SLOT", image_slot).replace("VIDEO_SLOT", video_slot)
     system = json.dumps(default_system)
     return "{% set default_system = " + system + " %}" + template
 
@@ -295,7 +298,9 @@ def _qwen(family: str) -> TinyFamily:
     return TinyFamily(
         specials=specials + ("<|image_pad|>", "<|video_pad|>"),
         named={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        chat_template=_chatml("<|vision_start|><|image_pad|><|vision_end|>", system),
+        chat_template=_chatml(
+            "<|vision_start|><|image_pad|><|vision_end|>", system, "<|vision_start|><|video_pad|><|vision_end|>"
+        ),
         parts=functools.partial(_qwen_parts, family=family),
     )
 
@@ -338,7 +343,7 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
     "llava_onevision": TinyFamily(
         specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"),
         named={"image_token": "<image>", "video_token": "<video>"},
-        chat_template=_chatml("<image>\n", ""),
+        chat_template=_chatml("<image>\n", "", "<video>\n"),
         parts=_llava_onevision_parts,
     ),
 }

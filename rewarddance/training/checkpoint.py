@@ -86,11 +86,13 @@ def save_checkpoint(
     extra=None,
     keep=2,
     full_state: tuple[dict, dict] | None = None,
+    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``folder`` atomically; keep the newest ``keep`` checkpoints.
 
     ``full_state``: ``(weights, optimizer state)`` already gathered by :func:`gather_full_state` from a sharded
-    (FSDP) model; the optimiser state is then keyed by parameter name and :func:`load_checkpoint` restores it so."""
+    (FSDP) model; the optimiser state is then keyed by parameter name and :func:`load_checkpoint` restores it so.
+    ``tensors``: more named sets of tensors, each written as ``name.safetensors`` inside the checkpoint."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:07d}"
@@ -99,6 +101,8 @@ def save_checkpoint(
     tmp.mkdir()
     weights, optim = full_state if full_state else (trainable_state(model), optimizer.state_dict())
     save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "trainable.safetensors")
+    for name, group in (tensors or {}).items():
+        save_file({k: v.contiguous() for k, v in group.items()}, tmp / f"{name}.safetensors")
     torch.save(
         {
             "optimizer": optim,

@@ -243,7 +243,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     # --- 4. trackers, the reward before training
     autocast = autocast_for(cfg, rt.device)
     trackers = open_trackers(cfg, out, name="grpo") if rt.main else []
-    evaluate = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, visits, trackers)
+    evaluate = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, visits, trackers, tr)
     reward_before = evaluate("", step) if step == 0 else tr.resumed.get("reward_before")
     recent: deque = deque(maxlen=cfg.window)
     history, nan_run, nan_total = [], 0, 0
@@ -253,7 +253,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
 
     # --- 5. the training steps
     with StopFlag() as flag, finished(trackers):
-        while step < cfg.max_steps:
+        while not evaluate.ended(step):  # (early stopping ends it before max_steps)
             started = time.perf_counter()
             gen = step_generator(cfg.seed, step)  # prompts, initial noise, the subset of steps
             noise = step_generator(cfg.seed, step, salt=1)  # the sampler's noise
@@ -296,7 +296,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                 nan_total += 1
                 tr.optimizer.zero_grad(set_to_none=True)
                 if nan_run >= cfg.max_nan_steps:
-                    tr.checkpoint(step, {"reward_before": reward_before})
+                    tr.checkpoint(step, {"reward_before": reward_before, **evaluate.state()}, evaluate.tensors())
                     raise RuntimeError(
                         f"GRPO stopped at step {step}: {nan_run} consecutive NaN/inf losses (lower lr; the last good "
                         "state is checkpointed)"
@@ -326,19 +326,19 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                     tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
             bar.update(1)
             bar.set_postfix(reward=f"{row['window_mean']:.4f}")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                evaluate(f"step-{step:06d}" if cfg.sample_every and step % cfg.sample_every == 0 else "", step)
+            if evaluate.due(step):  # every eval_every steps and after the last (before its checkpoint)
+                evaluate(evaluate.tag(step), step)
             stopping = flag.stop or (stop_at is not None and step >= stop_at)
-            if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-                tr.checkpoint(step, {"reward_before": reward_before})
-            if stopping and step < cfg.max_steps:
+            if stopping or evaluate.ended(step) or (cfg.save_every and step % cfg.save_every == 0):
+                tr.checkpoint(step, {"reward_before": reward_before, **evaluate.state()}, evaluate.tensors())
+            if stopping and not evaluate.ended(step):
                 bar.close()
                 return {"stopped_at": step, "history": history}
         bar.close()
-        reward_after = evaluate("final" if cfg.sample_every else "", step)
+        reward_after = evaluate.after(step)
 
-    # --- 6. the LoRA for diffusers and ComfyUI, the reward curve
-    lora_dir = finish(pipe, tr, out, history)
+    # --- 6. the LoRA (the last, or keep_best's) for diffusers and ComfyUI, the reward curve
+    lora_dir = finish(pipe, tr, out, history, evaluate)
     return {
         "processes": 1,
         "lora_checksum": lora_checksum(tr.params),
@@ -346,6 +346,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
         "reward_before": reward_before,
         "reward_after": reward_after,
         "reward_on": reward_on,
+        **evaluate.summary(step),
         "window": window,
         "history": history,
         "lora": str(lora_dir),

@@ -151,6 +151,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     after that step as an interruption would (a checkpoint is saved). Returns rewards before/after and the log."""
     from tqdm.auto import tqdm
 
+    from ..remote import refuse_remote
     from ..search import load_references
 
     # --- 0. everything that can be wrong with the config fails here, before any training
@@ -167,6 +168,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         if missing:
             raise ValueError(f"references: {len(missing)} prompts have no cached reference (first: {missing[0]!r})")
     pretrain = read_pretrain_folder(cfg.pretrain_data) if cfg.pretrain_data and cfg.pretrain_weight > 0 else None
+    refuse_remote(rm, "train-refl: rm (ReFL back-propagates the reward into the generator)")
 
     # --- 1. processes, device, dtype; 2. the pipeline and the frozen judge
     rt = runtime(cfg)
@@ -181,14 +183,14 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     tr = setup_trainable(cfg, pipe, rt, out)
     params, optimizer, scheduler, step = tr.params, tr.optimizer, tr.scheduler, tr.step
 
-    def checkpoint() -> None:  # a resumed run reports the reward its first part measured
-        tr.checkpoint(step, {"reward_before": reward_before})
+    def checkpoint() -> None:  # a resumed run reports the reward and evaluations its first part measured
+        tr.checkpoint(step, {"reward_before": reward_before, **evaluator.state()}, evaluator.tensors())
 
     # --- 4. sampling settings, trackers, the reward before training
     sampler_cfg = sampler_config(cfg, pipe, family)
     autocast = autocast_for(cfg, device)
     trackers = open_trackers(cfg, out) if main else []
-    evaluator = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, rm_on_device, trackers)
+    evaluator = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, rm_on_device, trackers, tr)
 
     def evaluate(tag: str) -> float | None:
         return evaluator(tag, step)
@@ -200,7 +202,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
     # --- 5. the training steps
     with StopFlag() as flag, finished(trackers):
-        while step < cfg.max_steps:
+        while not evaluator.ended(step):  # (early stopping ends it before max_steps)
             started = time.perf_counter()
             gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
             pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # its own stream: the reward path is unchanged
@@ -284,20 +286,20 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                     tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
             bar.update(1)
             bar.set_postfix(reward=f"{row['window_mean']:.4f}")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                evaluate(f"step-{step:06d}" if cfg.sample_every and step % cfg.sample_every == 0 else "")
+            if evaluator.due(step):  # every eval_every steps and after the last (before its checkpoint)
+                evaluate(evaluator.tag(step))
             stopping = any_process(flag.stop or (stop_at is not None and step >= stop_at), state)
-            if stopping or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+            if stopping or evaluator.ended(step) or (cfg.save_every and step % cfg.save_every == 0):
                 checkpoint()
                 if state:
                     state.wait_for_everyone()
-            if stopping and step < cfg.max_steps:
+            if stopping and not evaluator.ended(step):
                 bar.close()
                 return {"stopped_at": step, "history": history}
         bar.close()
-        reward_after = evaluate("final" if cfg.sample_every else "")
-    # --- 6. the LoRA for diffusers and ComfyUI, the reward curve
-    lora_dir = finish(pipe, tr, out, history)
+        reward_after = evaluator.after(step)
+    # --- 6. the LoRA (the last, or keep_best's) for diffusers and ComfyUI, the reward curve
+    lora_dir = finish(pipe, tr, out, history, evaluator)
     return {
         "processes": state.num_processes if state else 1,
         "lora_checksum": lora_checksum(params),
@@ -305,6 +307,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
         "reward_before": reward_before,
         "reward_after": reward_after,
         "reward_on": reward_on,
+        **evaluator.summary(step),
         "history": history,
         "lora": str(lora_dir),
         "nan_skipped": nan_total,

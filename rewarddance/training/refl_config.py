@@ -20,7 +20,12 @@ class DiffusionTrainConfig:
     """Settings every diffusion trainer shares (ReFL, GRPO); each trainer's config adds its own fields."""
 
     pretrained: str = field(metadata={"help": "diffusers folder, hub id, single file (.safetensors), shapes-gen"})
-    reward_model: str = field(metadata={"help": "reward model: a Hugging Face id, a local folder or shapes-s/m/l"})
+    reward_model: str = field(
+        metadata={
+            "help": "reward model: a Hugging Face id, a local folder or shapes-s/m/l; GRPO also takes a served judge, "
+            "http://HOST:PORT (rewarddance serve) or openai:BASE_URL#MODEL (key from $REWARDDANCE_API_KEY)"
+        }
+    )
     prompts: list[str] | str = field(
         metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"}
     )
@@ -61,6 +66,23 @@ class DiffusionTrainConfig:
     resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint"})
     eval_every: int = field(default=0, metadata={"help": "score eval_prompts every N steps (0: start and end)"})
     eval_images: int = field(default=2, metadata={"help": "images per eval prompt"})
+    verifier: str = field(
+        default="auto",
+        metadata={
+            "help": "ShapesWorld verifier on the eval images: auto (on when every eval prompt is a ShapesWorld "
+            "prompt), shapes (always; a prompt it cannot parse is an error) or none"
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "stop after this many evaluations in a row without a new best held-out judge reward"},
+    )
+    keep_best: bool = field(
+        default=False,
+        metadata={
+            "help": "export the LoRA of the best evaluation (verifier alignment, else judge reward), not the last"
+        },
+    )
     sample_every: int = field(default=0, metadata={"help": "save a sample grid of eval prompts every N steps"})
     window: int = field(default=20, metadata={"help": "sliding window of the reward mean / std"})
     trackers: list[str] = field(
@@ -93,6 +115,18 @@ class DiffusionTrainConfig:
                 "optimizer adamw8bit does not take FSDP's sharded parameters; use adamw with distributed fsdp",
             ),
             (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
+            (
+                self.verifier in ("auto", "shapes", "none"),
+                f"verifier must be auto, shapes or none, got {self.verifier!r}",
+            ),
+            (
+                self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+                f"early_stopping_patience must be 1 or more (or None), got {self.early_stopping_patience}",
+            ),
+            (
+                self.early_stopping_patience is None or self.eval_every > 0,
+                "early_stopping_patience needs eval_every > 0 (it counts the evaluations during training)",
+            ),
             (not set(self.trackers) - set(TRACKERS), f"trackers must be among {sorted(TRACKERS)}, got {self.trackers}"),
         ]
         for ok, msg in checks:
@@ -118,7 +152,12 @@ class ReFLConfig(DiffusionTrainConfig):
     pretrain_weight: float = field(default=0.0, metadata={"help": "weight of the pretraining diffusion loss"})
 
     def __post_init__(self):
+        from ..remote import refuse_remote
+
         super().__post_init__()
+        refuse_remote(
+            self.reward_model, "ReFLConfig: reward_model (ReFL back-propagates the reward into the generator)"
+        )
         checks = [
             (self.mode in ("pointwise", "pairwise"), f"mode must be pointwise or pairwise, got {self.mode!r}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),

@@ -1,0 +1,393 @@
+"""``rewarddance serve``: a judge behind HTTP (FastAPI + uvicorn).
+
+Endpoints (bodies are JSON; images are base64 PNG, JPEG or WebP, optionally as ``data:`` URLs; nothing is pickled):
+
+- ``POST /v1/score``: ``images``, ``prompts`` (one or one per image), optional ``references`` (then pairwise:
+  "is image 2 better than image 1?") and the :class:`~rewarddance.context.RewardContext` fields -> ``p_yes``,
+  ``margin`` (log P(yes) - log P(no)), ``normalisation`` and, when decoding was asked, ``reasons``;
+- ``POST /v1/compare``: pairs ``a`` (image 1) and ``b`` (image 2) -> P(b better than a) by the judge's objective
+  (:meth:`~rewarddance.model.RewardModel.prefer`);
+- ``POST /get_reward``: OpenRLHF's remote reward body ``{"query": [...], "prompts": [...], "labels": [...]}``
+  (queries are the images, prompts their text prompts, labels ignored) -> ``{"rewards": [...], "scores": [...]}``;
+- ``POST /v1/chat/completions``: the OpenAI shape, one answer token with ``logprobs`` / ``top_logprobs`` from the
+  judge's next-token distribution, so a client written for vLLM asks this server the same question;
+- ``GET /health`` (no key needed: load balancers poll it) and ``GET /v1/models``.
+
+Handlers only check limits, decode and enqueue; one worker thread runs the model (:mod:`.batcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from .batcher import Batcher, Job
+from .wire import RequestError, context_from_json, decode_image
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_IMAGES = 64  # per request, references and examples included
+MAX_PIXELS = 4096 * 4096  # per image; far below the library's 100 Mpx file limit: a server decodes for others
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API
+
+
+class ContextBody(BaseModel):
+    """The :class:`~rewarddance.context.RewardContext` fields a request may set; left out: the judge's own task and
+    chain-of-thought mode (its ``rewarddance.json``), else the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str | None = None
+    criteria: str | None = None
+    question: str | None = None
+    system: str | None = None
+    cot: str | None = None
+    decode_reasons: bool | None = None
+    max_reason_tokens: int | None = None
+    normalize: Literal["vocab", "yes_no"] | None = None
+    average_orders: bool | None = None
+    answer_tokens: list[list[str | int]] | None = None
+    examples: list[dict[str, Any]] | None = None
+
+
+class ScoreBody(ContextBody):
+    images: list[str]
+    prompts: str | list[str] | None = None
+    references: list[str] | None = None
+
+
+class CompareBody(ContextBody):
+    a: list[str]
+    b: list[str]
+    prompts: str | list[str] | None = None
+    objective: Literal["pairwise", "pointwise"] | None = None
+
+
+class RewardBody(BaseModel):
+    """OpenRLHF's remote reward request; other keys it may send are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: list[str]
+    prompts: str | list[str] | None = None
+    labels: Any = None
+    output: Literal["p_yes", "margin"] = "p_yes"
+
+
+class ChatBody(BaseModel):
+    """An OpenAI chat-completions request; sampling settings (temperature, top_p, seed ...) are accepted and
+    ignored: the answer is the most likely token."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    n: int = 1
+    stream: bool = False
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "authentication_error" if status == 401 else "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _where(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _prompts(prompts, n: int, label: str = "prompts") -> list[str]:
+    if prompts is None or isinstance(prompts, str):
+        return [prompts or ""] * n
+    if len(prompts) != n:
+        raise RequestError(f"{label}: got {len(prompts)} prompts for {n} images")
+    return list(prompts)
+
+
+def create_app(
+    rm,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    max_wait_ms: float = 10.0,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_images: int = MAX_IMAGES,
+    max_pixels: int = MAX_PIXELS,
+) -> FastAPI:
+    """A FastAPI app serving the judge ``rm`` (a :class:`~rewarddance.model.RewardModel`); run it with uvicorn.
+
+    ``api_key``: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <key>`` (401 otherwise).
+    ``max_batch`` items or ``max_wait_ms`` after the first waiting request close a batch. Requests over
+    ``max_request_bytes`` get 413; over ``max_images`` images or an image over ``max_pixels``, 422 naming it.
+    """
+    name = model_name or str(getattr(rm.model.config, "_name_or_path", "") or "rewarddance")
+    batcher = Batcher(rm, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    info = rm.trained_for
+    defaults = {"task": info.task, "cot": info.cot} if info is not None else {}
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="rewarddance serve", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Auth, then the byte limit: a declared length over it is refused before the body is read."""
+        if api_key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+                return _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_request_bytes:
+            return _error(413, f"request body of {int(length):,} bytes exceeds the limit of {max_request_bytes:,}")
+        return await call_next(request)
+
+    async def read_body(request: Request, model: type[BaseModel]):
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_request_bytes:
+                raise RequestError(f"request body exceeds the limit of {max_request_bytes:,} bytes", status=413)
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestError(f"body: not valid JSON ({err})", status=400) from err
+        if not isinstance(data, dict):
+            raise RequestError("body: expected a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise RequestError(f"{_where(first['loc'])}: {first['msg']}") from err
+
+    def count_images(n: int) -> None:
+        if n > max_images:
+            raise RequestError(f"images: {n} images in one request exceed the limit of {max_images}")
+
+    def decode_all(items: list[str], label: str, cache: dict) -> list:
+        """Decode each image once per request (equal base64 text, one image object)."""
+        out = []
+        for k, data in enumerate(items):
+            if data not in cache:
+                cache[data] = decode_image(data, f"{label}[{k}]", max_pixels)
+            out.append(cache[data])
+        return out
+
+    def context_of(body: ContextBody):
+        fields = body.model_dump(exclude={"images", "prompts", "references", "a", "b", "objective"})
+        ctx = context_from_json(fields, defaults, max_pixels)
+        # requests with equal context fields share a call; few-shot examples carry images: theirs never merge
+        key = (json.dumps(fields, sort_keys=True),) if not fields.get("examples") else (uuid.uuid4().hex,)
+        return ctx, key
+
+    async def submit(job: Job):
+        return await asyncio.wrap_future(batcher.submit(job))
+
+    def score_job(body: ScoreBody, label: str = "images") -> Job:
+        n = len(body.images)
+        if n == 0:
+            raise RequestError(f"{label}: the list is empty")
+        refs = body.references
+        count_images(n + len(refs or ()) + len(body.examples or ()))
+        if refs is not None and len(refs) not in (1, n):
+            raise RequestError(f"references: got {len(refs)} references for {n} images")
+        ctx, key = context_of(body)
+        cache: dict = {}
+        images = decode_all(body.images, label, cache)
+        references, ref_keys = None, None
+        if refs is not None:
+            refs = refs * n if len(refs) == 1 else refs
+            references = decode_all(refs, "references", cache)
+            ref_keys = [hashlib.sha1(r.encode()).hexdigest() for r in refs]
+        payload = {
+            "images": images,
+            "prompts": _prompts(body.prompts, n),
+            "references": references,
+            "reference_keys": ref_keys,
+            "context": ctx,
+        }
+        return Job("score", (refs is not None, *key), n, payload)
+
+    async def score(body: ScoreBody, label: str = "images") -> dict:
+        job = await run_in_threadpool(score_job, body, label)
+        result = await submit(job)
+        out = {"p_yes": result["p_yes"], "margin": result["margin"]}
+        out.update(normalisation=job.payload["context"].normalize, model=name)
+        if result["reasons"] is not None:
+            out["reasons"] = result["reasons"]
+        return out
+
+    def compare_job(body: CompareBody) -> Job:
+        na, nb = len(body.a), len(body.b)
+        if not na or not nb:
+            raise RequestError(f"{'a' if not na else 'b'}: the list is empty")
+        if na != nb and 1 not in (na, nb):
+            raise RequestError(f"a has {na} images and b {nb}: give equal lists or one image on a side")
+        n = max(na, nb)
+        count_images(na + nb + len(body.examples or ()))
+        ctx, key = context_of(body)
+        objective = body.objective or (info.objective if info is not None else "pairwise")
+        cache: dict = {}
+        a, b = decode_all(body.a, "a", cache), decode_all(body.b, "b", cache)
+        payload = {
+            "a": a * n if na == 1 else a,
+            "b": b * n if nb == 1 else b,
+            "prompts": _prompts(body.prompts, n),
+            "context": ctx,
+            "objective": objective,
+        }
+        return Job("prefer", (objective, *key), 2 * n, payload)
+
+    def chat_job(body: ChatBody) -> Job:
+        if body.model is not None and body.model != name:
+            raise RequestError(f"model: this server serves {name!r}, not {body.model!r}", status=404)
+        limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if limit is not None and limit != 1:
+            raise RequestError(f"max_tokens: this server answers with exactly one token; got {limit}")
+        if body.stream:
+            raise RequestError("stream: streaming is not supported (the answer is one token)")
+        if body.n != 1:
+            raise RequestError(f"n: one choice only, got {body.n}")
+        k = body.top_logprobs or 0
+        if not 0 <= k <= MAX_TOP_LOGPROBS:
+            raise RequestError(f"top_logprobs: must be between 0 and {MAX_TOP_LOGPROBS}, got {k}")
+        messages, images, cache = [], [], {}
+        for i, msg in enumerate(body.messages):
+            content = msg.get("content")
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            if not isinstance(content, list) or "role" not in msg:
+                raise RequestError(f"messages[{i}]: expected a role and a content string or list of parts")
+            parts = []
+            for j, part in enumerate(content):
+                where = f"messages[{i}].content[{j}]"
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text":
+                    parts.append({"type": "text", "text": str(part.get("text", ""))})
+                elif kind == "image_url":
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    if not isinstance(url, str) or not url.startswith("data:"):
+                        raise RequestError(f"{where}: only data: URLs are accepted (this server fetches nothing)")
+                    count_images(len(images) + 1)
+                    if url not in cache:
+                        cache[url] = decode_image(url, where, max_pixels)
+                    images.append(cache[url])
+                    parts.append({"type": "image"})
+                else:
+                    raise RequestError(f"{where}: unsupported content part type {kind!r} (use text or image_url)")
+            messages.append({"role": msg["role"], "content": parts})
+        if not messages:
+            raise RequestError("messages: the list is empty")
+        text = rm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return Job("chat", (bool(images),), 1, {"text": text, "images": images, "k": k})
+
+    def token_entry(token_id: int, logprob: float) -> dict:
+        text = rm.tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    async def chat(body: ChatBody) -> dict:
+        job = await run_in_threadpool(chat_job, body)
+        result = await submit(job)
+        best = token_entry(result["ids"][0], result["logprobs"][0])
+        logprobs = None
+        if body.logprobs:
+            top = [token_entry(i, lp) for i, lp in zip(result["ids"], result["logprobs"])][: job.payload["k"]]
+            logprobs = {"content": [{**best, "top_logprobs": top}]}
+        n_prompt = result["prompt_tokens"]
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": best["token"]},
+                    "logprobs": logprobs,
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": 1, "total_tokens": n_prompt + 1},
+        }
+
+    async def get_reward(body: RewardBody) -> dict:
+        score_body = ScoreBody(images=body.query, prompts=body.prompts)
+        result = await score(score_body, "query")
+        rewards = result[body.output]
+        return {"rewards": rewards, "scores": rewards}
+
+    async def compare(body: CompareBody) -> dict:
+        job = await run_in_threadpool(compare_job, body)
+        result = await submit(job)
+        return {
+            **result,
+            "objective": job.payload["objective"],
+            "normalisation": job.payload["context"].normalize,
+            "model": name,
+        }
+
+    def route(path: str, model: type[BaseModel], handler):
+        async def endpoint(request: Request):
+            try:
+                body = await read_body(request, model)
+                return await handler(body)
+            except RequestError as err:
+                return _error(err.status, str(err))
+            except ValueError as err:  # the model's own checks: prompt too long, unknown answer tokens ...
+                return _error(422, str(err))
+            except Exception as err:
+                logger.exception("%s failed", path)
+                return _error(500, f"internal error: {type(err).__name__}: {err}")
+
+        app.post(path)(endpoint)
+
+    route("/v1/score", ScoreBody, score)
+    route("/v1/compare", CompareBody, compare)
+    route("/get_reward", RewardBody, get_reward)
+    route("/v1/chat/completions", ChatBody, chat)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "device": str(rm.device), "waiting": batcher.waiting, **batcher.stats}
+
+    @app.get("/v1/models")
+    async def models():
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "rewarddance"}],
+        }
+
+    return app
+
+
+def serve(rm, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options) -> None:
+    """Run :func:`create_app` under uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(rm, **options), host=host, port=port, log_level=log_level)
