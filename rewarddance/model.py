@@ -38,7 +38,7 @@ from .loading import (
 from .prefix import score_shared, shared_groups
 from .preprocess import image_inputs
 from .tokens import answer_ids
-from .video import reward_videos, score_videos
+from .video import prefer_videos, reward_videos, score_videos
 
 logger = logging.getLogger(__name__)
 
@@ -518,16 +518,19 @@ class RewardModel:
         return out
 
     def prefer(
-        self, a, b, prompts, context: RewardContext | None = None, objective: str | None = None, batch_size=None
-    ) -> Preference:
-        """P(``b[i]`` is better than ``a[i]``) for each pair; a side holding one image is paired with every image of
-        the other. ``objective`` is ``"pairwise"`` (ask the judge about both images together, as :meth:`compare`
-        with ``a`` as the reference) or ``"pointwise"`` (score each image alone, Bradley-Terry on the margins); by
-        default the one the judge was trained for (:attr:`trained_for`), else pairwise. See :class:`Preference`."""
+        self, a=None, b=None, prompts=None, context: RewardContext | None = None, objective: str | None = None,
+        batch_size=None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> Preference:  # fmt: skip
+        """P(``b[i]`` is better than ``a[i]``) for each pair; a side of one image is paired with every image of the
+        other. ``objective``: ``"pairwise"`` (both images shown together, as :meth:`compare` with ``a`` as reference)
+        or ``"pointwise"`` (each image alone, Bradley-Terry on the margins); by default what the judge was trained
+        for (:attr:`trained_for`), else pairwise. ``videos=(a, b)``: two batches of videos. See :class:`Preference`."""
         if objective is None:
             objective = self.trained_for.objective if self.trained_for is not None else "pairwise"
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if videos is not None:
+            return prefer_videos(self, a, b, videos, prompts, context, objective, batch_size, num_frames, fps)
         a, b = as_image_list(a, "a"), as_image_list(b, "b")
         if not a or not b:
             raise ValueError(f"{'a' if not a else 'b'}: the batch is empty")

@@ -31,6 +31,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw")  # a native video's inputs (Qwen-VL)
+
 
 def cache_kwarg(module) -> str:
     """Name of the KV-cache argument of ``module.forward``: ``cache`` in newer transformers, ``past_key_values``
@@ -47,15 +49,18 @@ def tokenize(rm, texts: list[str], image_lists: list[list]) -> list[dict]:
     return full
 
 
-def split_at_candidate(rm, text: str, images: list, ids: torch.Tensor) -> int | None:
-    """Tokens before the last image's block in ``ids`` (the full tokenisation of ``text`` with ``images``), or None.
+def split_at_candidate(rm, text: str, images: list, ids: torch.Tensor, tail: int = 1) -> int | None:
+    """Tokens before the last image's block in ``ids`` (the full tokenisation of ``text`` with ``images``), or None;
+    ``tail``: before the block of the ``tail``-th image from the end (a candidate video given as ``tail`` frames).
 
-    A special token is put just before the last image placeholder and the text processed again; the position where
+    A special token is put just before that image placeholder and the text processed again; the position where
     the two token sequences part is the split. It counts only if removing the marker gives back exactly ``ids``, so
     the prefix is never tokenised on its own (a tokenizer may merge across the cut).
     """
     image_token = getattr(rm.processor, "image_token", None)
-    cut = text.rfind(image_token) if image_token else -1
+    cut = len(text) if image_token else -1
+    for _ in range(tail):
+        cut = text.rfind(image_token, 0, cut) if cut > 0 else -1
     marker = rm.tokenizer.eos_token or rm.tokenizer.pad_token
     if cut < 0 or marker is None:
         return None
@@ -160,6 +165,10 @@ def suffix_batch(rm, ids: list[torch.Tensor], P: int, idx: list[int], images: li
         mask[r, P : P + n] = 1
     inputs = {"input_ids": suffix, "attention_mask": mask}
     inputs.update(rm.family.stack_image_inputs(images))
+    for key in VIDEO_KEYS:  # a candidate video given natively (Qwen: patches and grid rows of each row's video)
+        parts = [d[key] for d in images if key in d]
+        if parts:
+            inputs[key] = torch.cat(parts)
     if rope is not None:
         pos = torch.zeros(3, B, S, dtype=torch.long)
         types = torch.zeros(B, S, dtype=mm_types[0].dtype)
@@ -183,29 +192,31 @@ def decode_suffixes(rm, inputs: dict, kv, last: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- all steps
-def shared_groups(texts: list[str], image_lists: list[list]) -> list[list[int]]:
-    """Indices of the items that share everything but their last image (the same text and the same image objects
-    before it), for each group of two or more."""
+def shared_groups(texts: list[str], image_lists: list[list], tail: int = 1) -> list[list[int]]:
+    """Indices of the items that share everything but their last ``tail`` images (the same text and the same image
+    objects before them), for each group of two or more."""
     groups: dict[tuple, list[int]] = {}
     for i, (text, images) in enumerate(zip(texts, image_lists)):
-        groups.setdefault((text, *(id(x) for x in images[:-1])), []).append(i)
+        groups.setdefault((text, *(id(x) for x in images[:-tail])), []).append(i)
     return [idx for idx in groups.values() if len(idx) > 1]
 
 
-def score_shared(rm, texts: list[str], image_lists: list[list], context, batch_size: int):
-    """Score items whose texts and images are identical but for the last image (see :func:`shared_groups`).
+def score_shared(rm, texts: list[str], image_lists: list[list], context, batch_size: int, tail: int = 1, full=None):
+    """Score items whose texts and images are identical but for the last ``tail`` images, the candidate (one image,
+    or a video's frames; see :func:`shared_groups`). ``full``: each item's processor outputs, when the caller has
+    them (its length check done).
 
     Returns ``(p_yes, margin)``, float32 ``[N]`` on the CPU, or None when the prefix cannot be split cleanly.
     """
-    full = tokenize(rm, texts, image_lists)
+    full = full if full is not None else tokenize(rm, texts, image_lists)
     ids = [f["input_ids"][0] for f in full]
-    P = split_at_candidate(rm, texts[0], image_lists[0], ids[0])
+    P = split_at_candidate(rm, texts[0], image_lists[0], ids[0], tail)
     if P is None or any(len(x) <= P or not torch.equal(x[:P], ids[0][:P]) for x in ids):
         logger.debug("no clean shared prefix; scoring without the cache")
         return None
     family = rm.family
     per_image = per_image_inputs(rm, image_lists, full)
-    shared_imgs = image_lists[0][:-1]
+    shared_imgs = image_lists[0][:-tail]
     shared_inputs = join_images(family, [per_image[id(x)] for x in shared_imgs]) if shared_imgs else {}
     n_images = torch.tensor([len(image_lists[0])])
     if "batch_num_images" in family.image_keys and shared_inputs:
@@ -229,9 +240,73 @@ def score_shared(rm, texts: list[str], image_lists: list[list], context, batch_s
     p_all, m_all = [], []
     for start in range(0, len(ids), batch_size):
         idx = list(range(start, min(start + batch_size, len(ids))))
-        inputs, last = suffix_batch(rm, ids, P, idx, [per_image[id(image_lists[i][-1])] for i in idx], rope, mm_types)
+        rows = [join_images(family, [per_image[id(x)] for x in image_lists[i][-tail:]]) for i in idx]
+        inputs, last = suffix_batch(rm, ids, P, idx, rows, rope, mm_types)
         if "batch_num_images" in family.image_keys:
             inputs["batch_num_images"] = n_images.expand(len(idx))
+        p, m = rm.read(decode_suffixes(rm, inputs, kv, last), context)
+        p_all.append(p.cpu())
+        m_all.append(m.cpu())
+    return torch.cat(p_all), torch.cat(m_all)
+
+
+# ---------------------------------------------------------------------------------------------------- native videos
+def video_split(rm, full: dict) -> int | None:
+    """Tokens before the last video's first placeholder token in one item's processor outputs ``full`` (Qwen-VL:
+    the candidate video, the last in the prompt), or None when the family lays videos out otherwise."""
+    grid = full.get("video_grid_thw")
+    merge = getattr(getattr(rm.processor, "video_processor", None), "merge_size", None)
+    token = getattr(rm.processor, "video_token", None)
+    if grid is None or not merge or not token:
+        return None
+    ids = full["input_ids"][0]
+    where = (ids == rm.tokenizer.convert_tokens_to_ids(token)).nonzero().flatten()
+    n = int(grid[-1].prod()) // merge**2  # the last video's placeholder tokens (all its temporal patches)
+    return int(where[-n]) if 0 < n <= len(where) else None
+
+
+def score_shared_videos(rm, full: list[dict], context, batch_size: int):
+    """Score items given natively with their videos (Qwen-VL) that are identical but for their last video, the
+    candidate: the examples' and first-frame images and any reference video sit in the prefix, run once.
+
+    ``full``: each item's processor outputs (a batch of one, its length checked). Returns ``(p_yes, margin)``,
+    float32 ``[N]`` on the CPU, or None when the prefix cannot be split cleanly.
+    """
+    ids = [f["input_ids"][0] for f in full]
+    P = video_split(rm, full[0])
+    if not rm.family.mrope or P is None or any(len(x) <= P or not torch.equal(x[:P], ids[0][:P]) for x in ids):
+        logger.debug("no clean shared prefix for the videos; scoring without the cache")
+        return None
+    rows, rope, mm_types = [], [], []
+    for f in full:
+        grid = f["video_grid_thw"]
+        n = int(grid[-1].prod())  # the candidate's patch rows, last in pixel_values_videos
+        rows.append({"pixel_values_videos": f["pixel_values_videos"][-n:], "video_grid_thw": grid[-1:]})
+        mm_types.append(f["mm_token_type_ids"][0])
+        extra = {"second_per_grid_ts": f["second_per_grid_ts"]} if "second_per_grid_ts" in f else {}
+        pos, _ = rm.backbone.get_rope_index(
+            f["input_ids"].to(rm.device),
+            mm_token_type_ids=f["mm_token_type_ids"].to(rm.device),
+            image_grid_thw=f["image_grid_thw"].to(rm.device) if "image_grid_thw" in f else None,
+            video_grid_thw=grid.to(rm.device),
+            attention_mask=f["attention_mask"].to(rm.device),
+            **extra,
+        )
+        rope.append(pos)
+    first = full[0]
+    prefix_inputs = {"input_ids": ids[0][:P][None], "attention_mask": torch.ones(1, P, dtype=torch.long)}
+    prefix_inputs.update({k: first[k] for k in rm.family.image_keys if k in first})  # examples, first frame
+    if len(first["video_grid_thw"]) > 1:  # the reference video
+        n = int(first["video_grid_thw"][-1].prod())
+        prefix_inputs["pixel_values_videos"] = first["pixel_values_videos"][:-n]
+        prefix_inputs["video_grid_thw"] = first["video_grid_thw"][:-1]
+    prefix_inputs["position_ids"] = rope[0][:, :, :P]
+    prefix_inputs["mm_token_type_ids"] = first["mm_token_type_ids"][:, :P]
+    kv = prefill(rm, prefix_inputs)
+    p_all, m_all = [], []
+    for start in range(0, len(ids), batch_size):
+        idx = list(range(start, min(start + batch_size, len(ids))))
+        inputs, last = suffix_batch(rm, ids, P, idx, [rows[i] for i in idx], rope, mm_types)
         p, m = rm.read(decode_suffixes(rm, inputs, kv, last), context)
         p_all.append(p.cpu())
         m_all.append(m.cpu())

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import MAX_IMAGE_PIXELS, ImageError, check_pixels, load_image, to_tensor
+from .images import MAX_IMAGE_PIXELS, ImageError, as_image_list, check_pixels, load_image, to_tensor
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -213,7 +213,33 @@ def as_video_list(videos, what: str = "videos") -> list:
 
 
 def load_videos(videos, what: str, num_frames=None, fps=None) -> list[Clip]:
-    return [load_video(v, name=_label(v, what, k), num_frames=num_frames, fps=fps) for k, v in enumerate(videos)]
+    """Each video loaded once: an object given several times (one reference for every candidate) gives the same
+    :class:`Clip`, which the shared-prefix path recognises."""
+    seen: dict[int, Clip] = {}
+    for k, v in enumerate(videos):
+        if id(v) not in seen:
+            seen[id(v)] = load_video(v, name=_label(v, what, k), num_frames=num_frames, fps=fps)
+    return [seen[id(v)] for v in videos]
+
+
+def first_frames(context, B: int) -> list[Image.Image] | None:
+    """The image-to-video conditioning image of each of ``B`` videos (``context.first_frame``: one image for all,
+    or a list / ``[B, 3, H, W]`` tensor of one per video), or None."""
+    given = context.first_frame
+    if given is None:
+        return None
+    if not (isinstance(given, (list, tuple)) or (isinstance(given, torch.Tensor) and given.ndim == 4)):
+        return [load_image(given, name=None if isinstance(given, (str, os.PathLike)) else "first_frame")] * B
+    items = as_image_list(given, "first_frame")
+    if len(items) == 1:
+        items = items * B
+    if len(items) != B:
+        raise ValueError(f"first_frame: got {len(items)} images for {B} videos; give one, or one per video")
+    seen: dict[int, Image.Image] = {}
+    for k, x in enumerate(items):
+        if id(x) not in seen:
+            seen[id(x)] = load_image(x, name=None if isinstance(x, (str, os.PathLike)) else f"first_frame[{k}]")
+    return [seen[id(x)] for x in items]
 
 
 def _label(src, what: str, k: int) -> str:
@@ -231,17 +257,14 @@ def native(rm) -> bool:
 
 
 def messages(context, prompt: str, pairwise: bool, frames: list[int] | None) -> list[dict]:
-    """``context``'s messages with the reference and candidate images replaced by videos: one ``video`` part each,
-    or (``frames``: the frame count of each video, reference first) that many image parts."""
-    msgs = context.messages(prompt, pairwise)
-    user = msgs[-1]["content"]
-    slots = [k for k, part in enumerate(user) if part.get("type") == "image"][-(2 if pairwise else 1) :]
-    for n, k in reversed(list(enumerate(slots))):
-        parts = [{"type": "image"}] * frames[n] if frames is not None else [{"type": "video"}]
-        user[k : k + 1] = parts
-        before = user[k - 1] if k else None
-        if before is not None and before.get("type") == "text":
-            before["text"] = before["text"].replace("Image", "Video")  # "Image 1: " -> "Video 1: "
+    """``context``'s messages for videos: one ``video`` part for the reference and one for the candidate, or
+    (``frames``: the frame count of each video, reference first) that many image parts in their place."""
+    msgs = context.messages(prompt, pairwise, video=True)
+    if frames is not None:
+        user = msgs[-1]["content"]
+        slots = [k for k, part in enumerate(user) if part.get("type") == "video"]
+        for n, k in reversed(list(enumerate(slots))):
+            user[k : k + 1] = [{"type": "image"} for _ in range(frames[n])]
     return msgs
 
 
@@ -265,19 +288,30 @@ def _metadata(rm, clips: list[Clip]) -> dict:
     return {"video_metadata": meta}
 
 
-def encode(rm, texts, ctx_images: list, refs: list[Clip] | None, cands: list[Clip], use_native: bool, blank=False):
-    """Processor inputs of a batch: the examples' images, then (pairwise) the reference video and the candidate
-    video of each item; ``blank``: zero frames of the same shapes, for a caller that supplies the pixels itself.
-    The token count of each item is checked against the context, naming the video."""
+def pil_frames(clip: Clip, cache: dict | None = None) -> list[Image.Image]:
+    """The frames of ``clip`` as images; ``cache`` (by clip) hands the same image objects to every item showing
+    that clip, as the shared-prefix path needs."""
+    if cache is None:
+        return [load_image(f) for f in _uint8(clip.frames)]
+    if id(clip) not in cache:
+        cache[id(clip)] = (clip, [load_image(f) for f in _uint8(clip.frames)])  # the clip kept alive with its id
+    return cache[id(clip)][1]
+
+
+def encode(rm, texts, ctx_lists: list[list], refs, cands: list[Clip], use_native: bool, blank=False, cache=None):
+    """Processor inputs of a batch: each item's context images (``ctx_lists[i]``: the examples', then the first
+    frame), then (pairwise) the reference video and the candidate video; ``blank``: zero frames of the same shapes,
+    for a caller that supplies the pixels itself; ``cache``: see :func:`pil_frames`. The token count of each item
+    is checked against the context, naming the video."""
     pairs = [([refs[i]] if refs is not None else []) + [cands[i]] for i in range(len(cands))]
     if use_native:
         clips = [c for pair in pairs for c in pair]
         vids = [torch.zeros(c.frames.shape, dtype=torch.uint8) if blank else _uint8(c.frames) for c in clips]
-        images = [list(ctx_images) for _ in texts] if ctx_images else None
+        images = [list(x) for x in ctx_lists] if any(ctx_lists) else None
         kwargs = dict(videos=vids, do_sample_frames=False, **_metadata(rm, clips))
         inputs = rm.processor(text=texts, images=images, padding=True, return_tensors="pt", **kwargs)
     else:
-        lists = [list(ctx_images) + [load_image(f) for c in pair for f in _uint8(c.frames)] for pair in pairs]
+        lists = [list(ctx_lists[i]) + [f for c in pair for f in pil_frames(c, cache)] for i, pair in enumerate(pairs)]
         inputs = rm.processor(text=texts, images=lists, padding=True, return_tensors="pt")
     if rm.max_length is not None:
         for i, n in enumerate(inputs["attention_mask"].sum(dim=1).tolist()):
@@ -292,9 +326,11 @@ def encode(rm, texts, ctx_images: list, refs: list[Clip] | None, cands: list[Cli
 
 # ---------------------------------------------------------------------------------------------------- scoring
 def _prepare(rm, videos, prompts, references, context, pairwise: bool, num_frames, fps):
+    """Checked arguments: ``(context, prompts, candidate clips, reference clips or None, context images)``; the
+    context images of item ``i`` are the examples' images, then its first frame (image-to-video)."""
     from .model import RewardContext
 
-    context = context or RewardContext()
+    context = context or RewardContext(task="video_alignment")
     if context.wants_reasons:
         raise ValueError("videos: decoded reasons (cot='reasoning_first' or decode_reasons) take images only so far")
     raw = as_video_list(videos, "videos")
@@ -306,9 +342,12 @@ def _prepare(rm, videos, prompts, references, context, pairwise: bool, num_frame
     if pairwise and len(raw_refs) == 1 and len(raw) > 1:
         raw_refs = raw_refs * len(raw)
     _, prompts, _ = rm._items(list(range(len(raw))), prompts, raw_refs, context, pairwise)
+    firsts = first_frames(context, len(raw))
     cands = load_videos(raw, "videos", num_frames, fps)
     refs = load_videos(raw_refs, "references", num_frames, fps) if pairwise else None
-    return context, prompts, cands, refs
+    examples = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
+    ctx = [examples + ([firsts[i]] if firsts is not None else []) for i in range(len(raw))]
+    return context, prompts, cands, refs, ctx
 
 
 def _texts(rm, prompts, context, pairwise, cands, refs, use_native) -> list[str]:
@@ -320,11 +359,12 @@ def _texts(rm, prompts, context, pairwise, cands, refs, use_native) -> list[str]
     return out
 
 
-def _batches(cands: list[Clip], refs: list[Clip] | None, size: int) -> list[list[int]]:
-    """Item indices in batches of at most ``size`` whose videos have the same shapes (the stock processors stack
-    the frames of a batch)."""
+def _batches(cands: list[Clip], refs: list[Clip] | None, size: int, todo: list[int]) -> list[list[int]]:
+    """The item indices ``todo`` in batches of at most ``size`` whose videos have the same shapes (the stock
+    processors stack the frames of a batch)."""
     groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(cands):
+    for i in todo:
+        c = cands[i]
         key = (tuple(c.frames.shape), tuple(refs[i].frames.shape) if refs is not None else None)
         groups.setdefault(key, []).append(i)
     return [idx[s : s + size] for idx in groups.values() for s in range(0, len(idx), size)]
@@ -343,28 +383,94 @@ def score_videos(rm, images, videos, prompts, references, context, batch_size, n
 
     _no_images(images, "images")
     pairwise = pairwise or references is not None
-    context, prompts, cands, refs = _prepare(rm, videos, prompts, references, context, pairwise, num_frames, fps)
-    out = _score(rm, prompts, context, pairwise, cands, refs, batch_size)
+    context, prompts, cands, refs, ctx = _prepare(rm, videos, prompts, references, context, pairwise, num_frames, fps)
+    out = _score(rm, prompts, context, pairwise, cands, refs, ctx, batch_size)
     if pairwise and context.average_orders:
-        swapped = _score(rm, prompts, context, pairwise, refs, cands, batch_size)
+        swapped = _score(rm, prompts, context, pairwise, refs, cands, ctx, batch_size)
         out = ((out[0] + 1.0 - swapped[0]) / 2, (out[1] - swapped[1]) / 2)
     return RewardOutput(p_yes=out[0], margin=out[1], videos=[c.sample for c in cands])
 
 
-def _score(rm, prompts, context, pairwise, cands, refs, batch_size):
+def _score(rm, prompts, context, pairwise, cands, refs, ctx, batch_size):
+    from .model import CPU_BATCH, CPU_SUFFIX_BATCH
+
     use_native = native(rm)
     texts = _texts(rm, prompts, context, pairwise, cands, refs, use_native)
-    ctx_images = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
     B = len(cands)
-    size = batch_size or (B if rm.device.type == "cuda" else min(B, 4))
+    cuda = rm.device.type == "cuda"
+    size = batch_size or (B if cuda else min(B, CPU_BATCH))
     p_yes, margin = torch.empty(B), torch.empty(B)
-    for idx in _batches(cands, refs, size):
+    done = set()
+    if rm.prefix_cache and B > 1 and (rm.family.mrope or not use_native):
+        suffix = batch_size or (B if cuda else CPU_SUFFIX_BATCH)
+        done = _score_shared(rm, texts, ctx, refs, cands, use_native, context, suffix, p_yes, margin)
+    todo = [i for i in range(B) if i not in done]
+    for idx in _batches(cands, refs, size, todo):
         sub_refs = [refs[i] for i in idx] if refs is not None else None
-        inputs = encode(rm, [texts[i] for i in idx], ctx_images, sub_refs, [cands[i] for i in idx], use_native)
+        sub_ctx = [ctx[i] for i in idx]
+        inputs = encode(rm, [texts[i] for i in idx], sub_ctx, sub_refs, [cands[i] for i in idx], use_native)
         p, m = rm.read(rm.hidden_states(inputs)[:, -1], context)
         p_yes[idx], margin[idx] = p.float().cpu(), m.float().cpu()
-    rm.stats["plain_items"] += B
+    rm.stats["plain_items"] += len(todo)
     return p_yes, margin
+
+
+def _score_shared(rm, texts, ctx, refs, cands, use_native, context, suffix_batch, p_yes, margin) -> set[int]:
+    """The shared-prefix path (:mod:`rewarddance.prefix`) for each group of items that differ only in their
+    candidate video (the same text, context images and reference clip): the prefix runs once per group. Writes
+    their scores into ``p_yes`` / ``margin`` and returns the indices it scored."""
+    from .prefix import score_shared, score_shared_videos
+
+    groups: dict[tuple, list[int]] = {}
+    for i, text in enumerate(texts):
+        key = (text, id(refs[i]) if refs is not None else None, *(id(x) for x in ctx[i]))
+        groups.setdefault(key, []).append(i)
+    cache: dict = {}  # each clip's frames as images, the same objects in every item that shows them
+    done: set[int] = set()
+    for idx in (idx for idx in groups.values() if len(idx) > 1):
+        sub_refs = (lambda i: [refs[i]]) if refs is not None else (lambda i: None)
+        full = [encode(rm, [texts[i]], [ctx[i]], sub_refs(i), [cands[i]], use_native, cache=cache) for i in idx]
+        if use_native:
+            res = score_shared_videos(rm, full, context, suffix_batch)
+        else:
+            lists = [ctx[i] + [f for c in (sub_refs(i) or []) + [cands[i]] for f in pil_frames(c, cache)] for i in idx]
+            tail = cands[idx[0]].frames.shape[0]
+            res = score_shared(rm, [texts[i] for i in idx], lists, context, suffix_batch, tail=tail, full=full)
+        if res is not None:
+            p_yes[idx], margin[idx] = res
+            done.update(idx)
+            rm.stats["prefix_cached_items"] += len(idx)
+    return done
+
+
+def prefer_videos(rm, a, b, videos, prompts, context, objective: str, batch_size, num_frames, fps):
+    """:meth:`RewardModel.prefer` of two batches of videos ``videos=(a, b)``: pairwise, :meth:`~RewardModel.compare`
+    with ``a`` as the reference; pointwise, each video scored alone and Bradley-Terry on the margins."""
+    from .model import Preference
+
+    if a is not None or b is not None:
+        raise ValueError("a, b and videos: give the two batches as videos=(a, b), not both")
+    if not isinstance(videos, (tuple, list)) or len(videos) != 2:
+        raise ValueError("videos: prefer() takes a pair of video batches, videos=(a, b)")
+    a, b = as_video_list(videos[0], "videos[0]"), as_video_list(videos[1], "videos[1]")
+    if not a or not b:
+        raise ValueError(f"videos[{0 if not a else 1}]: the batch is empty")
+    if len(a) != len(b) and 1 not in (len(a), len(b)):
+        raise ValueError(f"videos: a has {len(a)} videos and b {len(b)}: give equal batches or one video on a side")
+    n = max(len(a), len(b))
+    a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+    sampling = dict(num_frames=num_frames, fps=fps)
+    if objective == "pairwise":
+        out = score_videos(rm, None, b, prompts, a, context, batch_size, pairwise=True, **sampling)
+        return Preference(p_b_better=out.p_yes, margin=out.margin, objective=objective)
+    if not isinstance(prompts, str) and prompts is not None:
+        prompts = list(prompts)
+        if len(prompts) != n:
+            raise ValueError(f"prompts: got {len(prompts)} prompts for {n} pairs")
+        prompts = prompts + prompts  # the prompt of pair i goes with a[i] and with b[i]
+    out = score_videos(rm, None, a + b, prompts, None, context, batch_size, **sampling)
+    margin = out.margin[n:] - out.margin[:n]
+    return Preference(torch.sigmoid(margin), margin, objective, p_yes_a=out.p_yes[:n], p_yes_b=out.p_yes[n:])
 
 
 # ---------------------------------------------------------------------------------------------------- gradients
@@ -375,27 +481,27 @@ def reward_videos(rm, pixels, videos, prompts, references, context, output: str,
     if output not in ("p_yes", "margin", "log_p"):
         raise ValueError(f"output must be 'p_yes', 'margin' or 'log_p', got {output!r}")
     pairwise = references is not None
-    context, prompts, cands, refs = _prepare(rm, videos, prompts, references, context, pairwise, num_frames, fps)
+    context, prompts, cands, refs, ctx = _prepare(rm, videos, prompts, references, context, pairwise, num_frames, fps)
     if context.cot == "reasoning_first":
         raise ValueError("context.cot='reasoning_first': reward() cannot decode the reasoning before the verdict")
     if pairwise:
         refs = [Clip(r.frames.detach(), r.sample) for r in refs]
-    p, m = _differentiable(rm, prompts, context, pairwise, cands, refs)
+    p, m = _differentiable(rm, prompts, context, pairwise, cands, refs, ctx)
     if pairwise and context.average_orders:
-        p_swapped, m_swapped = _differentiable(rm, prompts, context, pairwise, refs, cands)
+        p_swapped, m_swapped = _differentiable(rm, prompts, context, pairwise, refs, cands, ctx)
         p, m = (p + 1.0 - p_swapped) / 2, (m - m_swapped) / 2
     if output == "margin":
         return m
     return torch.log(p.clamp_min(1e-30)) if output == "log_p" else p
 
 
-def _differentiable(rm, prompts, context, pairwise, cands, refs):
+def _differentiable(rm, prompts, context, pairwise, cands, refs, ctx_images):
     from .preprocess import image_inputs, video_inputs
 
     use_native = native(rm)
     texts = _texts(rm, prompts, context, pairwise, cands, refs, use_native)
-    ctx = [to_tensor(load_image(x, name=f"examples[{k}]")) for k, x in enumerate(context.example_images(pairwise))]
-    blanks = [Image.new("RGB", (t.shape[-1], t.shape[-2])) for t in ctx]  # the text depends on sizes only
+    ctx = [[to_tensor(x) for x in lst] for lst in ctx_images]
+    blanks = [[Image.new("RGB", x.size) for x in lst] for lst in ctx_images]  # the text depends on sizes only
     inputs = dict(encode(rm, texts, blanks, refs, cands, use_native, blank=True))
     clips = [[refs[i], cands[i]] if pairwise else [cands[i]] for i in range(len(cands))]
     device = cands[0].frames.device
@@ -405,12 +511,13 @@ def _differentiable(rm, prompts, context, pairwise, cands, refs):
         if grid is not None and not torch.equal(grid.cpu(), inputs["video_grid_thw"]):
             raise RuntimeError("video preprocessing: the torch grid differs from the processor's; please report")
         inputs.update(got)
-        if ctx:
-            per_sample = [image_inputs(rm.processor, [t.to(device) for t in ctx], rm.family.name) for _ in texts]
+        if any(ctx):
+            per_sample = [image_inputs(rm.processor, [t.to(device) for t in lst], rm.family.name) for lst in ctx]
             inputs.update(rm.family.stack_image_inputs(per_sample))
     else:
         lists = [
-            [t.to(device) for t in ctx] + [f for c in pair for f in c.frames.to(device).unbind(0)] for pair in clips
+            [t.to(device) for t in ctx[i]] + [f for c in pair for f in c.frames.to(device).unbind(0)]
+            for i, pair in enumerate(clips)
         ]
         per_sample = [image_inputs(rm.processor, lst, rm.family.name, validate=False) for lst in lists]
         inputs.update(rm.family.stack_image_inputs(per_sample))

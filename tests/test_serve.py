@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import math
 import socket
 import struct
@@ -176,13 +177,14 @@ def test_openai_client_gets_the_judges_logprobs(server, rm):
     assert [m.id for m in models.data] == [NAME]
 
 
-def test_auth(server):
+def test_auth(server, http):
     url = server["url"]
     assert httpx.get(url + "/health").status_code == 200  # load balancers poll it without a key
     body = {"images": [_b64(_images(1, 5)[0])], "prompts": PROMPT}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):  # missing, wrong, no scheme
         resp = httpx.post(url + "/v1/score", json=body, headers=headers)
         assert resp.status_code == 401 and "API key" in _error(resp)
+        assert http.post("/v1/score", json=body).status_code == 200  # the next client with the key is served
     assert httpx.get(url + "/v1/models").status_code == 401
 
 
@@ -199,8 +201,18 @@ def _bomb_header(width: int, height: int) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
-def test_limits_and_bad_requests_name_the_item(server, http):
-    good = _b64(_images(1, 6)[0])
+def test_limits_and_bad_requests_name_the_item(server, http, rm):
+    """Each bad request gets its 4xx with a message naming the item, and a good request right after it gets the
+    right answer: the server keeps serving."""
+    image = _images(1, 6)[0]
+    good = _b64(image)
+    expected = float(rm.score([image], PROMPT).p_yes[0])
+
+    def still_serving(after: str) -> None:
+        resp = http.post("/v1/score", json={"images": [good], "prompts": PROMPT})
+        assert resp.status_code == 200, (after, resp.text)
+        assert abs(resp.json()["p_yes"][0] - expected) < 1e-5, after
+
     big = _b64(_images(1, 6, size=129)[0])  # 129 x 129 > MAX_PIXELS
     cases = [
         ({"images": [good] * (MAX_IMAGES + 1), "prompts": PROMPT}, 422, f"images: {MAX_IMAGES + 1} images"),
@@ -213,11 +225,14 @@ def test_limits_and_bad_requests_name_the_item(server, http):
         ({"images": [good], "prompts": PROMPT, "task": "nonsense"}, 422, "unknown task 'nonsense'"),
         ({"images": [good], "prompts": PROMPT, "colour": 1}, 422, "colour: Extra inputs"),
         ({"prompts": PROMPT}, 422, "images: Field required"),
+        ({"images": [good, good], "prompts": [PROMPT, "red circle " * 3000]}, 422, ("item 1: ", "longer than")),
         ({"images": [good], "prompts": "x" * MAX_BYTES}, 413, "exceeds the limit"),
     ]
     for body, status, message in cases:
         resp = http.post("/v1/score", json=body)
-        assert resp.status_code == status and message in _error(resp), (message, resp.text)
+        parts = message if isinstance(message, tuple) else (message,)
+        assert resp.status_code == status and all(m in _error(resp) for m in parts), (message, resp.text)
+        still_serving(str(message))
 
     def chunked():  # no Content-Length: the server counts the bytes as they arrive
         yield b'{"images": [], "prompts": "'
@@ -227,6 +242,7 @@ def test_limits_and_bad_requests_name_the_item(server, http):
 
     resp = http.post("/v1/score", content=chunked(), headers={"Content-Type": "application/json"})
     assert resp.status_code == 413 and "exceeds the limit" in _error(resp), resp.text
+    still_serving("a chunked body over the limit")
     # a declared length over the limit is refused before the body is read: headers alone get the answer
     host, port = server["url"].removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -235,9 +251,12 @@ def test_limits_and_bad_requests_name_the_item(server, http):
         )
         sock.sendall(head.encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 413")
-    resp = http.post("/v1/score", content=b'{"images": [', headers={"Content-Type": "application/json"})
-    assert resp.status_code == 400 and "not valid JSON" in _error(resp)
-    assert http.post("/v1/score", json={"images": [good], "prompts": PROMPT}).status_code == 200  # still serving
+    still_serving("a declared length over the limit")
+    malformed = [(b'{"images": [', 400, "body: not valid JSON"), (b"[1, 2]", 422, "body: expected a JSON object")]
+    for raw, status, message in malformed:
+        resp = http.post("/v1/score", content=raw, headers={"Content-Type": "application/json"})
+        assert resp.status_code == status and message in _error(resp), resp.text
+        still_serving(message)
 
 
 def test_concurrent_requests_merge_and_a_bad_one_fails_alone(server, http, rm):
@@ -273,13 +292,87 @@ def test_concurrent_requests_merge_and_a_bad_one_fails_alone(server, http, rm):
     assert http.get("/health").json()["status"] == "ok"
 
 
-def test_a_client_that_leaves_mid_request_leaves_the_server_healthy(server, http):
-    body = {"images": [_b64(x) for x in _images(MAX_IMAGES, 13)], "prompts": PROMPT}
-    with httpx.Client(base_url=server["url"], headers={"Authorization": f"Bearer {KEY}"}, timeout=0.005) as quick:
-        with pytest.raises(httpx.TimeoutException):
-            quick.post("/v1/score", json=body)
-    resp = http.post("/v1/score", json={"images": body["images"][:1], "prompts": PROMPT})
-    assert resp.status_code == 200 and http.get("/health").json()["status"] == "ok"
+class _GatedJudge:
+    """The judge behind a gate: every ``score`` call records its prompts, then waits until ``gate`` is set, so the
+    worker stays busy and later requests queue behind it."""
+
+    def __init__(self, rm):
+        self._rm, self.gate, self.scored = rm, threading.Event(), []
+
+    def __getattr__(self, name):
+        return getattr(self._rm, name)
+
+    def score(self, images, prompts, **kwargs):
+        self.scored.append(list(prompts))
+        self.gate.wait(30)
+        return self._rm.score(images, prompts, **kwargs)
+
+
+_CLIENT = (
+    "import sys, httpx; "
+    "httpx.post(sys.argv[1] + '/v1/score', json={'images': [sys.argv[2]], 'prompts': sys.argv[3]}, timeout=60)"
+)
+
+
+def _wait_for(condition, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_killing_a_client_mid_request_leaves_the_server_healthy(rm, caplog):
+    """Real client processes are killed while their requests are in the server: one while the model runs it, one
+    while it waits in the queue (that one is dropped, never run), and a socket closed halfway through its body.
+    Afterwards a normal request gets the right answer, /health shows the worker alive, and nothing was logged as a
+    server error."""
+    judge = _GatedJudge(rm)
+    app = create_app(judge, model_name=NAME, max_batch=16, max_wait_ms=0)
+    batcher = app.state.batcher
+    img = _images(1, 14, size=16)[0]
+    data = _b64(img)
+    clients = []
+    with serve_in_thread(app) as url:
+        try:
+            clients.append(subprocess.Popen([sys.executable, "-c", _CLIENT, url, data, "running"]))
+            _wait_for(lambda: judge.scored == [["running"]], "the first request to reach the model")
+            clients.append(subprocess.Popen([sys.executable, "-c", _CLIENT, url, data, "queued"]))
+            _wait_for(lambda: batcher.waiting == 1, "the second request to queue behind it")
+            queued = batcher._queue.queue[0]
+            for proc in clients:
+                proc.kill()
+                proc.wait(10)
+            _wait_for(queued.future.cancelled, "the server to drop the queued request of the client that left")
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as sock:  # leaves halfway through the body
+                sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b'{"images": [')
+        finally:
+            judge.gate.set()
+            for proc in clients:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        resp = httpx.post(url + "/v1/score", json={"images": [data], "prompts": PROMPT}, timeout=20)
+        assert resp.status_code == 200, resp.text
+        assert abs(resp.json()["p_yes"][0] - float(rm.score([img], PROMPT).p_yes[0])) < 1e-5
+        health = httpx.get(url + "/health", timeout=10)
+        assert health.status_code == 200 and health.json()["worker_alive"] is True, health.text
+        assert judge.scored == [["running"], [PROMPT]]  # the queued request never reached the model
+        assert health.json()["requests"] == 2 and health.json()["failed_requests"] == 0
+    errors = [r for r in caplog.records if r.name.startswith("rewarddance") and r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def test_health_reports_a_dead_worker(rm):
+    """A load balancer must see a replica whose worker thread is gone: /health answers 503."""
+    app = create_app(rm, model_name=NAME)
+    with serve_in_thread(app) as url:
+        assert httpx.get(url + "/health", timeout=10).json()["worker_alive"] is True
+        app.state.batcher.stop()
+        resp = httpx.get(url + "/health", timeout=10)
+        assert resp.status_code == 503 and resp.json()["worker_alive"] is False
+        assert resp.json()["status"] == "unavailable"
 
 
 def test_batcher_skips_a_job_whose_client_left():

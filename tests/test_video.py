@@ -44,15 +44,15 @@ def _stock(rm, texts, videos=None, images=None):
     return lp_yes.exp(), lp_yes - lp_no, inputs
 
 
-def _texts(rm, parts_for_candidate):
-    """The default context's text with the candidate image replaced by ``parts_for_candidate`` (written out here,
-    independently of rewarddance.video)."""
+def _texts(rm, parts_for_candidate, context=None, prompts=PROMPTS):
+    """The text of ``context`` (the default for videos: task video_alignment) with the candidate video replaced by
+    ``parts_for_candidate`` (written out here, independently of rewarddance.video)."""
+    context = context or RewardContext(task="video_alignment")
     texts = []
-    for p in PROMPTS:
-        msgs = RewardContext().messages(p, False)
+    for p in prompts:
+        msgs = context.messages(p, False, video=True)
         content = msgs[-1]["content"]
-        k = max(i for i, part in enumerate(content) if part["type"] == "image")
-        content[k - 1] = {"type": "text", "text": content[k - 1]["text"].replace("Image", "Video")}
+        k = max(i for i, part in enumerate(content) if part["type"] == "video")
         content[k : k + 1] = parts_for_candidate
         texts.append(rm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
     return texts
@@ -130,7 +130,7 @@ def test_too_many_frames_for_the_context_names_the_video(rm_cache, monkeypatch):
     rm = rm_cache("llava")
     clips = _clips(B=1, T=4, H=28, W=28, seed=3)[0]
     fits = rm.score(videos=[clips[:3]], prompts=PROMPTS[0])  # three frames: measure that prompt's length
-    msgs = video_messages(RewardContext(), PROMPTS[0], False, [3])
+    msgs = video_messages(RewardContext(task="video_alignment"), PROMPTS[0], False, [3])
     texts = rm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     n3 = rm.processor(text=[texts], images=[[Image.new("RGB", (28, 28))] * 3], return_tensors="pt")["input_ids"].shape[
         1
@@ -201,3 +201,142 @@ def test_the_video_reward_has_gradients_for_the_sampled_frames(rm_cache, family)
     assert (per_frame[:, [0, 2, 4]] > 0).all() and (per_frame[:, [1, 3]] == 0).all()
     scored = rm.score(videos=clips.detach(), prompts=PROMPTS, num_frames=3).margin
     torch.testing.assert_close(r.detach(), scored, atol=0.05, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- context
+VIDEO_TASKS = ("video_alignment", "video_quality", "video_motion", "video_physics")
+
+
+def _stock_texts(rm, context, prompt, n_videos, frames=None):
+    """The chat text of ``context`` for one item, its video slots (``n_videos``, reference first) as one video part
+    each or ``frames`` image parts each: the layout a reader expects, built here from the messages."""
+    msgs = context.messages(prompt, n_videos == 2, video=True)
+    content = msgs[-1]["content"]
+    slots = [k for k, part in enumerate(content) if part["type"] == "video"]
+    assert len(slots) == n_videos
+    if frames is not None:
+        for k in reversed(slots):
+            content[k : k + 1] = [{"type": "image"}] * frames
+    return rm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+
+def test_video_presets_ask_about_videos_and_are_refused_for_images(rm_cache):
+    """Each video task's questions name videos (pointwise "Video:", pairwise "Video 1" / "Video 2"), its score is
+    the stock computation of that text, and the tasks differ; an image batch under a video task is refused."""
+    rm = rm_cache("qwen2_vl")
+    clip = _clips(B=1, T=4, seed=6)
+    margins = []
+    for task in VIDEO_TASKS:
+        ctx = RewardContext(task=task)
+        point = ctx.messages(PROMPTS[0], False, video=True)[-1]["content"]
+        pair = ctx.messages(PROMPTS[0], True, video=True)[-1]["content"]
+        texts = " ".join(p.get("text", "") for p in point)
+        assert "video" in point[-1]["text"].lower() and "image" not in texts.lower(), task
+        assert [p["type"] for p in point].count("video") == 1 and "Video: " in texts, task
+        assert "video 2" in pair[-1]["text"] and "video 1" in pair[-1]["text"], task
+        assert [p["type"] for p in pair].count("video") == 2, task
+        out = rm.score(videos=clip, prompts=PROMPTS[0], context=ctx)
+        uint8 = [(clip[0] * 255).round().to(torch.uint8)]
+        p, m, _ = _stock(rm, [_stock_texts(rm, ctx, PROMPTS[0], 1)], videos=uint8)
+        torch.testing.assert_close(out.margin, m, atol=1e-5, rtol=0, msg=task)
+        margins.append(float(m))
+    assert len({round(m, 4) for m in margins}) == len(VIDEO_TASKS), "each task asks a different question"
+    img = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="task 'video_motion' judges videos: give them as videos="):
+        rm.score(img, PROMPTS[0], context=RewardContext(task="video_motion"))
+    with pytest.raises(ValueError, match="first_frame: image-to-video context needs a video task"):
+        RewardContext(task="alignment", first_frame=img[0])
+
+
+def test_pairwise_with_a_reference_video_in_both_orders(rm_cache):
+    """compare(videos=, references=): "Video 1" is the reference, "Video 2" the candidate, as the stock processor
+    computes it; average_orders averages with the swapped question as images do."""
+    rm = rm_cache("qwen2_vl")
+    cands, ref = _clips(B=2, T=4, seed=7), _clips(B=1, T=4, seed=8)[0]
+    ctx = RewardContext(task="video_motion")
+    out = rm.compare(videos=cands, references=ref, prompts=PROMPTS[0], context=ctx)
+    u8 = lambda c: (c * 255).round().to(torch.uint8)  # noqa: E731
+    text = _stock_texts(rm, ctx, PROMPTS[0], 2)
+    p, m, _ = _stock(rm, [text, text], videos=[u8(ref), u8(cands[0]), u8(ref), u8(cands[1])])
+    torch.testing.assert_close(out.p_yes, p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.margin, m, atol=1e-5, rtol=0)
+    p_sw, m_sw, _ = _stock(rm, [text, text], videos=[u8(cands[0]), u8(ref), u8(cands[1]), u8(ref)])
+    both = rm.compare(
+        videos=cands,
+        references=[ref],
+        prompts=PROMPTS[0],
+        context=RewardContext(task="video_motion", average_orders=True),
+    )
+    torch.testing.assert_close(both.p_yes, (p + 1 - p_sw) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.margin, (m - m_sw) / 2, atol=1e-5, rtol=0)
+
+
+def test_image_to_video_shows_the_first_frame_before_the_video(rm_cache):
+    """context.first_frame: the conditioning image sits before the video in the prompt, the question asks whether
+    the video starts from it; the score is the stock computation and depends on that image; reward() agrees."""
+    rm = rm_cache("qwen2_vl")
+    clips = _clips(B=2, T=4, seed=9)
+    g = torch.Generator().manual_seed(10)
+    first, other = (torch.randint(0, 256, (3, 40, 52), generator=g).float() / 255 for _ in range(2))
+    ctx = RewardContext(task="video_alignment", first_frame=first)
+    content = ctx.messages(PROMPTS[0], False, video=True)[-1]["content"]
+    assert [p["type"] for p in content if p["type"] != "text"] == ["image", "video"]
+    assert "start from the given image" in content[-1]["text"]
+    out = rm.score(videos=clips, prompts=PROMPTS, context=ctx)
+    texts = [_stock_texts(rm, ctx, p, 1) for p in PROMPTS]
+    pil = Image.fromarray((first * 255).round().byte().permute(1, 2, 0).numpy())
+    uint8 = [(c * 255).round().to(torch.uint8) for c in clips]
+    p, m, _ = _stock(rm, texts, videos=uint8, images=[[pil], [pil]])
+    torch.testing.assert_close(out.margin, m, atol=1e-5, rtol=0)
+    swapped = rm.score(videos=clips, prompts=PROMPTS, context=RewardContext(task="video_alignment", first_frame=other))
+    assert (swapped.margin - out.margin).abs().max() > 1e-3, "the first frame should change the score"
+    per_video = RewardContext(task="video_alignment", first_frame=[first, other])
+    mixed = rm.score(videos=clips, prompts=PROMPTS, context=per_video).margin
+    torch.testing.assert_close(mixed, torch.stack([out.margin[0], swapped.margin[1]]), atol=1e-5, rtol=0)
+    r = rm.reward(videos=clips, prompts=PROMPTS, context=ctx, output="margin")
+    torch.testing.assert_close(r, out.margin, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="first_frame: got 3 images for 2 videos"):
+        rm.score(videos=clips, prompts=PROMPTS, context=RewardContext(task="video_alignment", first_frame=[first] * 3))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_candidate_videos_share_one_prefix_and_score_as_unshared(rm_cache, family, pairwise, monkeypatch):
+    """N candidate videos of one prompt: the instructions, the first frame and any reference video run once as a
+    prefix (Qwen2-VL: native video; LLaVA: frames as images), each candidate in its suffix; the scores equal the
+    item-by-item computation within 1e-5."""
+    rm = rm_cache(family)
+    cands, ref = _clips(B=3, T=3, H=32, W=40, seed=11), _clips(B=1, T=3, H=32, W=40, seed=12)[0]
+    first = _clips(B=1, T=1, H=32, W=40, seed=13)[0, 0]
+    ctx = RewardContext(task="video_alignment", first_frame=first)
+    kwargs = dict(videos=cands, prompts=PROMPTS[0], context=ctx, references=ref if pairwise else None)
+    before = dict(rm.stats)
+    shared = rm.score(**kwargs)
+    assert rm.stats["prefix_cached_items"] - before["prefix_cached_items"] == 3
+    assert rm.stats["plain_items"] == before["plain_items"]
+    monkeypatch.setattr(rm, "prefix_cache", False)
+    plain = rm.score(**kwargs)
+    assert rm.stats["plain_items"] - before["plain_items"] == 3
+    torch.testing.assert_close(shared.p_yes, plain.p_yes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.margin, plain.margin, atol=1e-5, rtol=0)
+    assert shared.margin.std() > 1e-3, "the candidates should score differently"
+
+
+def test_prefer_takes_two_batches_of_videos(rm_cache):
+    """prefer(videos=(a, b)): pairwise is compare() with a as the reference video; pointwise is Bradley-Terry on the
+    two videos' own scores; a side of one video is paired with every video of the other."""
+    rm = rm_cache("llava")
+    a, b = _clips(B=1, T=3, H=28, W=28, seed=14)[0], _clips(B=2, T=3, H=28, W=28, seed=15)
+    ctx = RewardContext(task="video_quality")
+    pair = rm.prefer(videos=(a, b), prompts=PROMPTS[0], context=ctx, objective="pairwise")
+    cmp = rm.compare(videos=b, references=a, prompts=PROMPTS[0], context=ctx)
+    torch.testing.assert_close(pair.margin, cmp.margin, atol=1e-5, rtol=0)
+    point = rm.prefer(videos=(a, b), prompts=PROMPTS, context=ctx, objective="pointwise")
+    m_a = rm.score(videos=[a, a], prompts=PROMPTS, context=ctx).margin  # pair i: a under prompt i
+    m_b = rm.score(videos=b, prompts=PROMPTS, context=ctx).margin
+    torch.testing.assert_close(point.margin, m_b - m_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(point.p_b_better, torch.sigmoid(m_b - m_a), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"videos: prefer\(\) takes a pair of video batches"):
+        rm.prefer(videos=b, prompts=PROMPTS[0])
+    with pytest.raises(ValueError, match="a has 2 videos and b 3"):
+        rm.prefer(videos=(b, _clips(B=3, T=3, H=28, W=28)), prompts=PROMPTS[0])

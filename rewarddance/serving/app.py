@@ -11,7 +11,7 @@ Endpoints (bodies are JSON; images are base64 PNG, JPEG or WebP, optionally as `
   (queries are the images, prompts their text prompts, labels ignored) -> ``{"rewards": [...], "scores": [...]}``;
 - ``POST /v1/chat/completions``: the OpenAI shape, one answer token with ``logprobs`` / ``top_logprobs`` from the
   judge's next-token distribution, so a client written for vLLM asks this server the same question;
-- ``GET /health`` (no key needed: load balancers poll it) and ``GET /v1/models``.
+- ``GET /health`` (no key needed: load balancers poll it; 503 once the worker thread has died) and ``GET /v1/models``.
 
 Handlers only check limits, decode and enqueue; one worker thread runs the model (:mod:`.batcher`).
 """
@@ -32,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from .batcher import Batcher, Job
 from .wire import RequestError, context_from_json, decode_image
@@ -352,11 +353,27 @@ def create_app(
             "model": name,
         }
 
+    async def client_left(request: Request) -> None:
+        """Returns once the client has closed its connection (called after its body has been read)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     def route(path: str, model: type[BaseModel], handler):
         async def endpoint(request: Request):
             try:
                 body = await read_body(request, model)
-                return await handler(body)
+                work, gone = asyncio.ensure_future(handler(body)), asyncio.ensure_future(client_left(request))
+                try:
+                    await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    gone.cancel()
+                    if not work.done():  # the client left: drop its request; the worker skips a job still queued
+                        work.cancel()
+                if not work.done() or work.cancelled():
+                    return _error(499, "the client closed the connection")
+                return work.result()
+            except ClientDisconnect:  # the client left while sending its body
+                return _error(499, "the client closed the connection")
             except RequestError as err:
                 return _error(err.status, str(err))
             except ValueError as err:  # the model's own checks: prompt too long, unknown answer tokens ...
@@ -374,7 +391,10 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "device": str(rm.device), "waiting": batcher.waiting, **batcher.stats}
+        alive = batcher.alive  # a dead worker answers nothing: 503, so load balancers stop sending here
+        body = {"status": "ok" if alive else "unavailable", "worker_alive": alive, "model": name}
+        body.update(device=str(rm.device), waiting=batcher.waiting, **batcher.stats)
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/v1/models")
     async def models():

@@ -143,6 +143,11 @@ class Batcher:
     def waiting(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running: a server whose worker died answers nothing."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, job: Job) -> Future:
         if self._thread is None:
             raise RuntimeError("the batcher is not running; call start() first")
