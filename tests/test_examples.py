@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from rewarddance.shapes import write_dataset
@@ -28,6 +29,8 @@ CONFIGS = {
     "cap.yaml": CaptionTrainConfig,
     "refl.yaml": ReFLConfig,
     "grpo.yaml": GRPOConfig,
+    "refl-shapes.yaml": ReFLConfig,
+    "grpo-shapes.yaml": GRPOConfig,
     "shapes-m/1-captions.yaml": CaptionTrainConfig,
     "shapes-m/2-pointwise.yaml": RMTrainConfig,
     "shapes-m/3-onpolicy.yaml": RMTrainConfig,
@@ -176,6 +179,33 @@ def test_grpo_example_runs_with_the_bundled_models(tmp_path, capsys):
     summary = _tail(capsys.readouterr().out)
     assert summary["step"] == 1 and 0 < summary["reward_before"] < 1 and 0 < summary["reward_after"] < 1
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command,recipe", [("train-refl", "refl-shapes.yaml"), ("train-grpo", "grpo-shapes.yaml")])
+def test_shapes_alignment_recipe_takes_any_prompt_file_and_its_lora_loads_in_diffusers(tmp_path, capsys, command, recipe):
+    """The issue's usage: ``--config RECIPE --output_dir DIR --prompts FILE`` with another file of 100+ in-domain
+    prompts than the recipe's own; one step as shipped, and DIR/lora changes the bundled generator's denoiser when
+    diffusers' ``load_lora_weights`` loads it."""
+    from rewarddance.bundled import load_generator
+    from rewarddance.cli import main
+    from rewarddance.demo import demo_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(p for _, p in demo_prompts(18, seed=5)) + "\n")  # 108 prompts, not the recipe's
+    out = tmp_path / "run"
+    args = [command, "--config", str(EXAMPLES / recipe), "--no-progress", "--output_dir", str(out)]
+    args += ["--prompts", str(prompts), "--max_steps", "1", "--save_every", "0"]
+    assert main(args) == 0
+    assert _tail(capsys.readouterr().out)["step"] == 1
+    pipe = load_generator()
+    x = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = pipe.tokenizer(["a photo of a red square"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        cond = pipe.text_encoder(ids)[0]
+        before = pipe.unet(x, 500, encoder_hidden_states=cond).sample
+        pipe.load_lora_weights(str(out / "lora"))
+        after = pipe.unet(x, 500, encoder_hidden_states=cond).sample
+    assert (after - before).abs().max() > 0, "the exported LoRA did not change the generator"
 
 
 def test_shapes_m_recipe_files_are_the_bundled_recipe():

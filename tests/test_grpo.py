@@ -117,6 +117,43 @@ def test_first_inner_step_ratio_is_one_and_the_loss_is_the_policy_gradient():
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_optimiser_steps_on_one_batch_favour_the_positive_advantage_trajectories(tmp_path):
+    """The trainer's own LoRA and optimiser, a few steps on one fixed batch of rollouts: the trajectories with a
+    positive advantage gain log p against those with a negative one, and only the LoRA moves."""
+    from rewarddance.pipelines import gaussian_logp, stochastic_mean
+    from rewarddance.training.diffusion_loop import runtime, setup_trainable
+
+    pipe = _pipe()
+    cfg = _cfg(tmp_path, kl_weight=0.0, lr=1e-2, clip_range=1.0)
+    tr = setup_trainable(cfg, pipe, runtime(cfg), tmp_path)
+    frozen = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_" not in n}
+    frozen.update({f"text.{n}": p.detach().clone() for n, p in pipe.text_encoder.named_parameters()})
+    lora = [p.detach().clone() for p in tr.params]
+    ro = _rollouts(pipe)
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0])  # each prompt's pair has one of each sign
+    steps = sorted(ro.logp)
+    for _ in range(3):
+        tr.optimizer.zero_grad(set_to_none=True)
+        for k in steps:
+            loss, _ = step_loss(ro, k, adv, tr.denoiser, cfg)
+            (loss / len(steps)).backward()
+        torch.nn.utils.clip_grad_norm_(tr.params, cfg.max_grad_norm)
+        tr.optimizer.step()
+    gain = torch.zeros(4)
+    with torch.no_grad():
+        for k in steps:
+            x0, e = ro.sampler.predict(ro.latents[k], k)
+            mean = stochastic_mean(x0, e, ro.sampler.levels[k + 1], ro.stds[k])
+            gain += gaussian_logp(ro.latents[k + 1], mean, ro.stds[k]) - ro.logp[k]
+    assert float(gain[adv > 0].min()) > float(gain[adv < 0].max()), gain.tolist()
+    assert any(float((p.detach() - q).abs().max()) > 0 for p, q in zip(tr.params, lora))
+    unet = dict(pipe.unet.named_parameters())
+    text = dict(pipe.text_encoder.named_parameters())
+    for n, before in frozen.items():
+        now = text[n[5:]] if n.startswith("text.") else unet[n]
+        assert torch.equal(now, before), n
+
+
 def test_kl_to_the_base_is_zero_with_a_zero_lora_and_positive_after_an_update():
     pipe = _pipe()
     cfg = _cfg("unused", kl_weight=1.0)
