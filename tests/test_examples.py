@@ -182,7 +182,9 @@ def test_grpo_example_runs_with_the_bundled_models(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command,recipe", [("train-refl", "refl-shapes.yaml"), ("train-grpo", "grpo-shapes.yaml")])
-def test_shapes_alignment_recipe_takes_any_prompt_file_and_its_lora_loads_in_diffusers(tmp_path, capsys, command, recipe):
+def test_shapes_alignment_recipe_takes_any_prompt_file_and_its_lora_loads_in_diffusers(
+    tmp_path, capsys, command, recipe
+):
     """The issue's usage: ``--config RECIPE --output_dir DIR --prompts FILE`` with another file of 100+ in-domain
     prompts than the recipe's own; one step as shipped, and DIR/lora changes the bundled generator's denoiser when
     diffusers' ``load_lora_weights`` loads it."""
