@@ -21,7 +21,7 @@ from PIL import Image
 
 from .context import RewardContext
 from .families import Family, family_for
-from .images import ImageError, as_image_list, check_pixels, load_image, to_tensor
+from .images import ImageError, as_image_list, check_pixels, load_image, pair_up, to_tensor
 from .judge_info import OBJECTIVES, TrainedFor, read_trained_for, write_trained_for
 from .kernels import selected_logprobs, yes_prob
 from .loading import (
@@ -531,13 +531,8 @@ class RewardModel:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if videos is not None:
             return prefer_videos(self, a, b, videos, prompts, context, objective, batch_size, num_frames, fps)
-        a, b = as_image_list(a, "a"), as_image_list(b, "b")
-        if not a or not b:
-            raise ValueError(f"{'a' if not a else 'b'}: the batch is empty")
-        if len(a) != len(b) and 1 not in (len(a), len(b)):
-            raise ValueError(f"a has {len(a)} images and b {len(b)}: give equal batches or one image on a side")
-        n = max(len(a), len(b))
-        a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+        a, b = pair_up(as_image_list(a, "a"), as_image_list(b, "b"))
+        n = len(a)
         if objective == "pairwise":
             out = self.compare(b, a, prompts, context=context, batch_size=batch_size)
             return Preference(p_b_better=out.p_yes, margin=out.margin, objective=objective)

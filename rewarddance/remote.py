@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .context import RewardContext
-from .images import as_image_list
+from .images import as_image_list, pair_up
 from .model import Preference, RewardOutput
 from .serving.wire import context_to_json, encode_image
 
@@ -222,12 +222,8 @@ class RemoteRewardModel(HTTPJudge):
         self, a, b, prompts, context: RewardContext | None = None, objective: str | None = None, batch_size=None
     ) -> Preference:
         """As :meth:`rewarddance.model.RewardModel.prefer`; ``objective`` defaults to the served judge's own."""
-        a, b = as_image_list(a, "a"), as_image_list(b, "b")
-        if not a or not b:
-            raise ValueError(f"{'a' if not a else 'b'}: the batch is empty")
-        if len(a) != len(b) and 1 not in (len(a), len(b)):
-            raise ValueError(f"a has {len(a)} images and b {len(b)}: give equal batches or one image on a side")
-        n = max(len(a), len(b))
+        a, b = pair_up(as_image_list(a, "a"), as_image_list(b, "b"))
+        n = len(a)
         prompts = [prompts] * n if isinstance(prompts, str) or prompts is None else list(prompts)
         if len(prompts) != n:
             raise ValueError(f"prompts: got {len(prompts)} prompts for {n} pairs")

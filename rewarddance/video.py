@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import MAX_IMAGE_PIXELS, ImageError, as_image_list, check_pixels, load_image, to_tensor
+from .images import MAX_IMAGE_PIXELS, ImageError, as_image_list, check_pixels, load_image, pair_up, to_tensor
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -453,12 +453,8 @@ def prefer_videos(rm, a, b, videos, prompts, context, objective: str, batch_size
     if not isinstance(videos, (tuple, list)) or len(videos) != 2:
         raise ValueError("videos: prefer() takes a pair of video batches, videos=(a, b)")
     a, b = as_video_list(videos[0], "videos[0]"), as_video_list(videos[1], "videos[1]")
-    if not a or not b:
-        raise ValueError(f"videos[{0 if not a else 1}]: the batch is empty")
-    if len(a) != len(b) and 1 not in (len(a), len(b)):
-        raise ValueError(f"videos: a has {len(a)} videos and b {len(b)}: give equal batches or one video on a side")
-    n = max(len(a), len(b))
-    a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+    a, b = pair_up(a, b, ("videos[0]", "videos[1]"), "videos")
+    n = len(a)
     sampling = dict(num_frames=num_frames, fps=fps)
     if objective == "pairwise":
         out = score_videos(rm, None, b, prompts, a, context, batch_size, pairwise=True, **sampling)

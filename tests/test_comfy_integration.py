@@ -268,6 +268,95 @@ def test_bad_input_is_a_node_error_not_a_crash(server):
     _get(server["url"] + "/object_info")
 
 
+JUDGE_KEY = "comfy-test-key"
+
+
+@pytest.fixture(scope="module")
+def served_judge():
+    """The bundled ``shapes-s`` served by ``rewarddance serve``'s app on loopback (ComfyUI reaches it there), and the
+    same judge loaded here, to score locally."""
+    from rewarddance import RewardModel
+    from rewarddance.serving import create_app
+    from rewarddance.testing.serve import serve_in_thread
+
+    rm = RewardModel.from_pretrained("shapes-s", device="cpu")
+    with serve_in_thread(create_app(rm, model_name="shapes-s", api_key=JUDGE_KEY)) as url:
+        yield {"url": url, "rm": rm}
+
+
+def test_served_judge_scores_in_a_workflow_as_locally(server, served_judge):
+    """The loader's `server` input: Score Images and Best-of-N run on a `rewarddance serve` judge over HTTP, with
+    the scores of the same judge run locally (ShapesWorld images: a match, a hard and an easy negative, loaded by
+    ComfyUI's LoadImage); a bad or unreachable server is a node error and ComfyUI stays up."""
+    import numpy as np
+
+    from rewarddance import comfy as rd
+    from rewarddance.shapes import make_pair, render, sample_pairs
+
+    pair = sample_pairs(1, seed=0)[0]
+    easy = make_pair(pair.chosen, np.random.default_rng(0), negative="easy")
+    pictures = [render(pair.chosen.scene, 64), render(pair.rejected, 64), render(easy.rejected, 64)]
+    inputs = server["log"].parent / "base" / "input"  # ComfyUI's input folder under --base-directory
+    inputs.mkdir(parents=True, exist_ok=True)
+    loader = {**_loader(), "inputs": {**_loader()["inputs"], "server": served_judge["url"], "api_key": JUDGE_KEY}}
+    wf = {"rm": loader}
+    for i, picture in enumerate(pictures):
+        picture.save(inputs / f"served-{i}.png")
+        wf[f"img{i}"] = {"class_type": "LoadImage", "inputs": {"image": f"served-{i}.png"}}
+    wf["ab"] = {"class_type": "ImageBatch", "inputs": {"image1": ["img0", 0], "image2": ["img1", 0]}}
+    wf["batch"] = {"class_type": "ImageBatch", "inputs": {"image1": ["ab", 0], "image2": ["img2", 0]}}
+    wf["score"] = {
+        "class_type": "RewardDanceScoreImages",
+        "inputs": {"reward_model": ["rm", 0], "image": ["batch", 0], "prompt": pair.prompt},
+    }
+    wf["best"] = {
+        "class_type": "RewardDanceBestOfN",
+        "inputs": {
+            "reward_model": ["rm", 0],
+            "image": ["batch", 0],
+            "prompt": pair.prompt,
+            "top_k": 2,
+            "threshold": 0.0,
+            "mode": "pointwise",
+        },
+    }
+    wf["show_scores"] = {"class_type": "PreviewAny", "inputs": {"source": ["score", 0]}}
+    wf["kept"] = {  # the images Best-of-N kept, scored again
+        "class_type": "RewardDanceScoreImages",
+        "inputs": {"reward_model": ["rm", 0], "image": ["best", 0], "prompt": pair.prompt},
+    }
+    wf["show_best"] = {"class_type": "PreviewAny", "inputs": {"source": ["best", 3]}}
+    wf["show_kept"] = {"class_type": "PreviewAny", "inputs": {"source": ["kept", 0]}}
+    res = _run(server, wf)
+    assert res.get("status", {}).get("status_str") == "success", json.dumps(res)[-3000:]
+    served = [float(x) for x in res["outputs"]["show_scores"]["text"]]
+    batch = [float(x) for x in res["outputs"]["show_best"]["text"]]  # Best-of-N's scores: the whole batch
+    kept = [float(x) for x in res["outputs"]["show_kept"]["text"]]
+    pixels = torch.stack([torch.from_numpy(np.array(x.convert("RGB"))).float() / 255 for x in pictures])
+    local, _, _, _ = rd.score_images(served_judge["rm"], pixels, pair.prompt)
+    for got in (served, batch):
+        assert len(got) == 3 and max(abs(a - b) for a, b in zip(got, local, strict=True)) < 1e-4, (got, local)
+    ranked = sorted(local, reverse=True)
+    assert min(a - b for a, b in zip(ranked, ranked[1:])) > 1e-3, local  # distinct: the top 2 are certain
+    top2 = ranked[:2]
+    assert len(kept) == 2 and max(abs(a - b) for a, b in zip(kept, top2, strict=True)) < 1e-4, (kept, top2)
+
+    def fails(spec: str, key: str = JUDGE_KEY) -> str:
+        bad = {**loader, "inputs": {**loader["inputs"], "server": spec, "api_key": key}}
+        res = _run(server, {**wf, "rm": bad})
+        assert res["status"]["status_str"] == "error", (spec, json.dumps(res)[-2000:])
+        errors = [data for kind, data in res["status"]["messages"] if kind == "execution_error"]
+        assert len(errors) == 1, errors
+        print(f"{spec}: {errors[0]['exception_type']}: {errors[0]['exception_message']}")
+        return errors[0]["exception_message"]
+
+    assert "is not http://HOST:PORT or openai:BASE_URL#MODEL" in fails("ftp://127.0.0.1:1")
+    assert "openai:BASE_URL#MODEL" in fails("openai:http://127.0.0.1:1/v1")  # no #MODEL
+    assert "127.0.0.1:1" in fails("http://127.0.0.1:1")  # nothing listens there
+    assert "401" in fails(served_judge["url"], key="wrong-key")
+    assert server["proc"].poll() is None  # the server is still up
+
+
 def test_example_workflows_run(server):
     """The committed API-format examples run to success: the tiny judge stands in for the 2B one, and the two that
     sample use the SD 1.5-layout checkpoint at 64 px with a few steps."""

@@ -338,5 +338,5 @@ def test_prefer_takes_two_batches_of_videos(rm_cache):
     torch.testing.assert_close(point.p_b_better, torch.sigmoid(m_b - m_a), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"videos: prefer\(\) takes a pair of video batches"):
         rm.prefer(videos=b, prompts=PROMPTS[0])
-    with pytest.raises(ValueError, match="a has 2 videos and b 3"):
+    with pytest.raises(ValueError, match=r"videos\[0\] has 2 videos and videos\[1\] 3"):
         rm.prefer(videos=(b, _clips(B=3, T=3, H=28, W=28)), prompts=PROMPTS[0])
