@@ -474,3 +474,18 @@ def test_import_rewarddance_loads_no_server_stack():
         [sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True, timeout=120
     )
     assert json.loads(out.stdout) == []
+
+
+def test_score_returns_the_decoded_reasons_when_asked(http, rm):
+    """Chain of thought over HTTP: judgment-first with decoded reasons answers the same P(yes) and the same reason
+    text as the local judge (greedy decoding, so both are deterministic)."""
+    imgs = _images(2, 4)
+    body = {"images": [_b64(x) for x in imgs], "prompts": PROMPT, "cot": "judgment_first", "decode_reasons": True}
+    body["max_reason_tokens"] = 6
+    resp = http.post("/v1/score", json=body)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    local = rm.score(imgs, PROMPT, context=RewardContext(cot="judgment_first", decode_reasons=True, max_reason_tokens=6))
+    assert local.reasons is not None and len(local.reasons) == 2
+    assert out["reasons"] == list(local.reasons)
+    np.testing.assert_allclose(out["p_yes"], local.p_yes.numpy(), atol=1e-5, rtol=0)
