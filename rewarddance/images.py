@@ -167,14 +167,3 @@ def as_image_list(images, what: str = "images") -> list:
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         return [images]
     return list(images)
-
-
-def pair_up(a: list, b: list, names: tuple[str, str] = ("a", "b"), kind: str = "images") -> tuple[list, list]:
-    """Two batches to be compared item by item: equal lengths, or one item on a side, which is repeated; an empty
-    batch or a length mismatch is an error naming the argument."""
-    if not a or not b:
-        raise ValueError(f"{names[0] if not a else names[1]}: the batch is empty")
-    if len(a) != len(b) and 1 not in (len(a), len(b)):
-        raise ValueError(f"{names[0]} has {len(a)} {kind} and {names[1]} {len(b)}: give equal batches or one on a side")
-    n = max(len(a), len(b))
-    return (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)

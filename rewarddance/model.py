@@ -21,7 +21,7 @@ from PIL import Image
 
 from .context import RewardContext
 from .families import Family, family_for
-from .images import ImageError, as_image_list, check_pixels, load_image, pair_up, to_tensor
+from .images import ImageError, as_image_list, check_pixels, load_image, to_tensor
 from .judge_info import OBJECTIVES, TrainedFor, read_trained_for, write_trained_for
 from .kernels import selected_logprobs, yes_prob
 from .loading import (
@@ -35,6 +35,7 @@ from .loading import (
     cpu_4bit_unsupported,
     device_map_for,
 )
+from .preference import pair_up, preference_of
 from .prefix import score_shared, shared_groups
 from .preprocess import image_inputs
 from .tokens import answer_ids
@@ -532,18 +533,14 @@ class RewardModel:
         if videos is not None:
             return prefer_videos(self, a, b, videos, prompts, context, objective, batch_size, num_frames, fps)
         a, b = pair_up(as_image_list(a, "a"), as_image_list(b, "b"))
-        n = len(a)
-        if objective == "pairwise":
-            out = self.compare(b, a, prompts, context=context, batch_size=batch_size)
-            return Preference(p_b_better=out.p_yes, margin=out.margin, objective=objective)
-        if not isinstance(prompts, str) and prompts is not None:
-            prompts = list(prompts)
-            if len(prompts) != n:
-                raise ValueError(f"prompts: got {len(prompts)} prompts for {n} pairs")
-            prompts = prompts + prompts  # the prompt of pair i goes with a[i] and with b[i]
-        out = self.score(a + b, prompts, context=context, batch_size=batch_size)
-        margin = out.margin[n:] - out.margin[:n]
-        return Preference(torch.sigmoid(margin), margin, objective, p_yes_a=out.p_yes[:n], p_yes_b=out.p_yes[n:])
+        return preference_of(
+            a,
+            b,
+            prompts,
+            objective,
+            lambda x, ref, p: self.compare(x, ref, p, context=context, batch_size=batch_size),
+            lambda x, p: self.score(x, p, context=context, batch_size=batch_size),
+        )
 
     # ----------------------------------------------------------------------------------------------- gradients
     def _differentiable_read(self, texts: list[str], tensors: list[list[torch.Tensor]], context: RewardContext):

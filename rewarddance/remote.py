@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .context import RewardContext
-from .images import as_image_list, pair_up
+from .images import as_image_list
 from .model import Preference, RewardOutput
+from .preference import pair_up
 from .serving.wire import context_to_json, encode_image
 
 API_KEY_ENV = "REWARDDANCE_API_KEY"  # the key a spec-loaded judge sends when none is given

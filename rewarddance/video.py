@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import MAX_IMAGE_PIXELS, ImageError, as_image_list, check_pixels, load_image, pair_up, to_tensor
+from .images import MAX_IMAGE_PIXELS, ImageError, as_image_list, check_pixels, load_image, to_tensor
+from .preference import pair_up, preference_of
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -446,27 +447,21 @@ def _score_shared(rm, texts, ctx, refs, cands, use_native, context, suffix_batch
 def prefer_videos(rm, a, b, videos, prompts, context, objective: str, batch_size, num_frames, fps):
     """:meth:`RewardModel.prefer` of two batches of videos ``videos=(a, b)``: pairwise, :meth:`~RewardModel.compare`
     with ``a`` as the reference; pointwise, each video scored alone and Bradley-Terry on the margins."""
-    from .model import Preference
-
     if a is not None or b is not None:
         raise ValueError("a, b and videos: give the two batches as videos=(a, b), not both")
     if not isinstance(videos, (tuple, list)) or len(videos) != 2:
         raise ValueError("videos: prefer() takes a pair of video batches, videos=(a, b)")
     a, b = as_video_list(videos[0], "videos[0]"), as_video_list(videos[1], "videos[1]")
     a, b = pair_up(a, b, ("videos[0]", "videos[1]"), "videos")
-    n = len(a)
     sampling = dict(num_frames=num_frames, fps=fps)
-    if objective == "pairwise":
-        out = score_videos(rm, None, b, prompts, a, context, batch_size, pairwise=True, **sampling)
-        return Preference(p_b_better=out.p_yes, margin=out.margin, objective=objective)
-    if not isinstance(prompts, str) and prompts is not None:
-        prompts = list(prompts)
-        if len(prompts) != n:
-            raise ValueError(f"prompts: got {len(prompts)} prompts for {n} pairs")
-        prompts = prompts + prompts  # the prompt of pair i goes with a[i] and with b[i]
-    out = score_videos(rm, None, a + b, prompts, None, context, batch_size, **sampling)
-    margin = out.margin[n:] - out.margin[:n]
-    return Preference(torch.sigmoid(margin), margin, objective, p_yes_a=out.p_yes[:n], p_yes_b=out.p_yes[n:])
+    return preference_of(
+        a,
+        b,
+        prompts,
+        objective,
+        lambda x, ref, p: score_videos(rm, None, x, p, ref, context, batch_size, pairwise=True, **sampling),
+        lambda x, p: score_videos(rm, None, x, p, None, context, batch_size, **sampling),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- gradients

@@ -485,7 +485,9 @@ def test_score_returns_the_decoded_reasons_when_asked(http, rm):
     resp = http.post("/v1/score", json=body)
     assert resp.status_code == 200, resp.text
     out = resp.json()
-    local = rm.score(imgs, PROMPT, context=RewardContext(cot="judgment_first", decode_reasons=True, max_reason_tokens=6))
+    local = rm.score(
+        imgs, PROMPT, context=RewardContext(cot="judgment_first", decode_reasons=True, max_reason_tokens=6)
+    )
     assert local.reasons is not None and len(local.reasons) == 2
     assert out["reasons"] == list(local.reasons)
     np.testing.assert_allclose(out["p_yes"], local.p_yes.numpy(), atol=1e-5, rtol=0)
