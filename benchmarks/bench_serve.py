@@ -15,6 +15,10 @@ script stops sending, gives up on requests still in flight and reports what it g
 the server's own counters from ``/health`` over the mode (batches run, model calls, mean batch size = items /
 batches). The client runs in this process, on the same cores as the server.
 
+``--prefix-ab``: the concurrent mode runs again against a second server started with ``--no-prefix-cache``, so the
+shared-prefix engine's effect on merged batches (items with one prompt read one prefix cache) is measured side by
+side; ``--pool`` sets how many distinct prompts the requests share.
+
 Agreement: ``--check`` answers (a seeded sample of the concurrent mode's) are compared with a local ``rm.score`` of
 the same image and prompt; each must be within 1e-5.
 
@@ -79,7 +83,7 @@ class ModeResult:
         answered = sorted(o.seconds for o in self.outcomes if o.seconds is not None)
         delta = {
             k: self.health_after.get(k, 0) - self.health_before.get(k, 0)
-            for k in ("requests", "items", "batches", "model_calls", "failed_requests")
+            for k in ("requests", "items", "batches", "model_calls", "failed_requests", "prefix_cached_items")
         }
         return {
             "mode": self.name,
@@ -100,6 +104,7 @@ class ModeResult:
             "server_requests": delta["requests"],
             "server_failed_requests": delta["failed_requests"],
             "mean_batch_size": round(delta["items"] / delta["batches"], 2) if delta["batches"] else None,
+            "prefix_cached_items": delta["prefix_cached_items"],
             "errors": sorted({o.detail for o in self.outcomes if o.status != "ok"})[:5],
         }
 
@@ -133,8 +138,9 @@ def make_pool(n: int, size: int, seed: int) -> tuple[list, list[str], list[str]]
 
 
 # ------------------------------------------------------------------------------------------------- the server
-def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, log, prefix_cache: bool = True) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rewarddance", "serve", "--model", args.model, "--port", str(port)]
+    cmd += [] if prefix_cache else ["--no-prefix-cache"]
     cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
     cmd += ["--device", args.device]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -255,20 +261,54 @@ def markdown(report: dict) -> str:
         f"server torch threads: {cfg['threads'] or 'default'}.",
         "",
         "| mode | clients | requests | ok | lost | 5xx | 4xx | cut | not sent | p50 ms | p99 ms | req/s | batches "
-        "| mean batch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | prefix-cached items |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["modes"]:
         lines.append(
             f"| {row['mode']} | {row['clients']} | {row['planned']} | {row['ok']} | {row['lost']} "
             f"| {row['server_errors_5xx']} | {row['client_errors_4xx']} | {row['cut_at_timeout']} | {row['not_sent']} | {row['p50_ms']} "
-            f"| {row['p99_ms']} | {row['throughput_rps']} | {row['server_batches']} | {row['mean_batch_size']} |"
+            f"| {row['p99_ms']} | {row['throughput_rps']} | {row['server_batches']} | {row['mean_batch_size']} "
+            f"| {row['prefix_cached_items']} |"
         )
     chk = report["check"]
     lines += ["", f"Agreement with local `rm.score`: {chk['checked']} answers, max |diff| {chk['max_abs_diff']}."]
     if any(row["stopped_by_timeout"] for row in report["modes"]):
         lines.append(f"Stopped by the {cfg['timeout']} s timeout before all requests were answered.")
     return "\n".join(lines)
+
+
+def measure_server(args, prompts, encoded, sequential: bool, prefix_cache: bool) -> list[ModeResult]:
+    """Start a server, run the sequential mode (if asked) and the concurrent mode against it, stop it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = start_server(args, port, log, prefix_cache)
+    suffix = "" if prefix_cache else ", no prefix cache"
+    modes: list[ModeResult] = []
+    try:
+        wait_healthy(proc, url, args.startup_timeout)
+        t0 = time.monotonic()
+        if sequential:
+            seq = asyncio.run(
+                run_mode("sequential", url, 1, args.sequential, prompts, encoded, t0 + args.timeout / 2, args.seed)
+            )
+            modes.append(seq)
+            print(f"sequential: {seq.summary()['ok']} ok in {seq.wall_s:.1f} s", file=sys.stderr)
+        name = "concurrent" + suffix
+        load = asyncio.run(
+            run_mode(name, url, args.clients, args.requests, prompts, encoded, t0 + args.timeout, args.seed)
+        )
+        modes.append(load)
+        print(f"{name}: {load.summary()['ok']} ok in {load.wall_s:.1f} s", file=sys.stderr)
+    except Exception:
+        log.seek(0)
+        print("server log (tail):\n" + log.read()[-4000:], file=sys.stderr)
+        raise
+    finally:
+        stop_server(proc)
+        log.close()
+    return modes
 
 
 def main() -> int:
@@ -288,6 +328,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /health")
     ap.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    ap.add_argument(
+        "--prefix-ab",
+        action="store_true",
+        help="also run the concurrent mode against a second server started with --no-prefix-cache",
+    )
     args = ap.parse_args()
     for name in ("sequential", "clients", "requests", "size", "pool", "max_batch"):
         if getattr(args, name) < 1:
@@ -296,35 +341,14 @@ def main() -> int:
         ap.error("--timeout must be positive and --check at least 0")
 
     images, prompts, encoded = make_pool(args.pool, args.size, args.seed)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = start_server(args, port, log)
-    modes: list[ModeResult] = []
-    try:
-        wait_healthy(proc, url, args.startup_timeout)
-        t0 = time.monotonic()
-        seq = asyncio.run(
-            run_mode("sequential", url, 1, args.sequential, prompts, encoded, t0 + args.timeout / 2, args.seed)
-        )
-        modes.append(seq)
-        print(f"sequential: {seq.summary()['ok']} ok in {seq.wall_s:.1f} s", file=sys.stderr)
-        load = asyncio.run(
-            run_mode("concurrent", url, args.clients, args.requests, prompts, encoded, t0 + args.timeout, args.seed)
-        )
-        modes.append(load)
-        print(f"concurrent: {load.summary()['ok']} ok in {load.wall_s:.1f} s", file=sys.stderr)
-    except Exception:
-        log.seek(0)
-        print("server log (tail):\n" + log.read()[-4000:], file=sys.stderr)
-        raise
-    finally:
-        stop_server(proc)
-        log.close()
+    modes = measure_server(args, prompts, encoded, sequential=True, prefix_cache=True)
+    if args.prefix_ab:  # the same load against a server that scores every item as a full sequence
+        modes += measure_server(args, prompts, encoded, sequential=False, prefix_cache=False)
 
-    check = check_against_local(args, modes[-1], images, prompts) if args.check else {"checked": 0, "passed": True}
+    check = check_against_local(args, modes[1], images, prompts) if args.check else {"checked": 0, "passed": True}
     rows = [m.summary() for m in modes]
-    rows[0]["clients"], rows[1]["clients"] = 1, args.clients
+    for row in rows:
+        row["clients"] = 1 if row["mode"] == "sequential" else args.clients
     report = {
         "machine": machine(),
         "date": datetime.date.today().isoformat(),

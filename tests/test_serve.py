@@ -292,6 +292,33 @@ def test_concurrent_requests_merge_and_a_bad_one_fails_alone(server, http, rm):
     assert http.get("/health").json()["status"] == "ok"
 
 
+def test_requests_merged_into_one_call_share_the_prompt_prefix(server, http, rm):
+    """Single-image requests with one prompt and one reference, sent together: merged into one call, they read one
+    shared-prefix cache (a single-image request on its own never can), and each answer equals a local compare."""
+    imgs, ref = _images(6, 21), _images(1, 22)[0]
+    bodies = [{"images": [_b64(x)], "prompts": PROMPT, "references": [_b64(ref)]} for x in imgs]
+    before = http.get("/health").json()
+    barrier, results = threading.Barrier(len(bodies)), [None] * len(bodies)
+
+    def ask(i):
+        with httpx.Client(base_url=server["url"], headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+            barrier.wait()
+            results[i] = c.post("/v1/score", json=bodies[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    after = http.get("/health").json()
+    local = rm.compare(imgs, [ref] * len(imgs), PROMPT)
+    for i, r in enumerate(results):
+        assert r.status_code == 200, r.text
+        assert abs(r.json()["p_yes"][0] - float(local.p_yes[i])) < 1e-5
+    assert after["batches"] - before["batches"] < len(bodies), (before, after)
+    assert after["prefix_cached_items"] - before["prefix_cached_items"] >= 2, (before, after)
+
+
 class _GatedJudge:
     """The judge behind a gate: every ``score`` call records its prompts, then waits until ``gate`` is set, so the
     worker stays busy and later requests queue behind it."""

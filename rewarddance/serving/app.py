@@ -394,6 +394,9 @@ def create_app(
         alive = batcher.alive  # a dead worker answers nothing: 503, so load balancers stop sending here
         body = {"status": "ok" if alive else "unavailable", "worker_alive": alive, "model": name}
         body.update(device=str(rm.device), waiting=batcher.waiting, **batcher.stats)
+        stats = getattr(rm, "stats", None)  # a local judge counts items that read a shared prefix's cache
+        if isinstance(stats, dict) and "prefix_cached_items" in stats:
+            body["prefix_cached_items"] = stats["prefix_cached_items"]
         return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/v1/models")

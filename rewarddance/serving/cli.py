@@ -36,6 +36,11 @@ def add_serve_command(sub) -> None:
     p.add_argument("--max-request-bytes", type=int, default=None, help="larger bodies get 413 (default 32 MiB)")
     p.add_argument("--max-images", type=int, default=None, help="images per request at most (default 64)")
     p.add_argument("--max-pixels", type=int, default=None, help="pixels per image at most (default 4096 x 4096)")
+    p.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="score every item as a full sequence (default: items of a merged batch that share a prompt and reference read one prefix cache)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     p.set_defaults(func=cmd_serve)
 
@@ -50,7 +55,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
     limits = {"max_request_bytes": args.max_request_bytes, "max_images": args.max_images, "max_pixels": args.max_pixels}
-    rm = RewardModel.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantization=args.quantization)
+    rm = RewardModel.from_pretrained(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantization=args.quantization,
+        prefix_cache=not args.no_prefix_cache,
+    )
     serve(
         rm,
         host=args.host,
