@@ -11,6 +11,11 @@ batch prompt-major: prompt ``i`` holds rows ``i * n .. i * n + n - 1``), so a la
     cb = RewardGuidanceCallback(rm, "a red circle", every=5)
     images = run_guided(pipe, "a red circle", cb, num_images_per_prompt=4).images
     cb.history  # per scored step: scores, ancestors
+
+Video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video, and their image-to-video pipelines) work the same way: ``x0``
+is decoded to clips (whole: their VAEs are causal in time, see :mod:`rewarddance.video_pipelines`) and judged with
+``videos=`` on ``judge_frames`` frames sampled uniformly from each. Latent entries a step leaves unchanged (the
+conditioning frame of LTX-Video's image-to-video) stay as they are in every copy.
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ import math
 import torch
 from diffusers.callbacks import PipelineCallback
 
-from .pipelines import PipelineError, check_scheduler, compose, decode, decompose, levels, pipeline_family
+from .pipelines import (
+    VIDEO_FAMILIES,
+    PipelineError,
+    check_scheduler,
+    compose,
+    decode,
+    decompose,
+    levels,
+    pipeline_family,
+)
+from .video_pipelines import JUDGE_FRAMES, i2v_context, judge_sampling
 
 POTENTIALS = ("max", "diff", "sum")
 MODES = ("resample", "prune")
@@ -52,7 +67,12 @@ class RewardGuidanceCallback(PipelineCallback):
         potential: ``max`` (gain in the best reward so far), ``diff`` (gain since the last scored step) or ``sum``
             (the reward itself) -- each scaled by ``lam`` into a log-weight.
         refresh: fraction (0-1) of a copy's noise variance drawn afresh; 0 makes exact copies.
-        height, width: image size, needed for Flux only when not square.
+        height, width: image size, needed for Flux only when not square, and for LTX-Video (with ``num_frames``):
+            both pack their latents into tokens. :func:`run_guided` takes them from the pipeline call.
+        num_frames: the clip length asked of a video pipeline (LTX-Video; CogVideoX 1.5).
+        judge_frames: video pipelines: frames of each clip the judge sees, sampled uniformly (None: all).
+        context: the judge's :class:`~rewarddance.RewardContext` (videos: ``video_alignment`` when None; with an
+            image-to-video call :func:`run_guided` shows the judge the ``image`` as the first frame).
         seed: seeds the resampling and the refreshed noise.
     """
 
@@ -73,6 +93,8 @@ class RewardGuidanceCallback(PipelineCallback):
         width: int | None = None,
         context=None,
         seed: int = 0,
+        num_frames: int | None = None,
+        judge_frames: int | None = JUDGE_FRAMES,
     ):
         super().__init__(cutoff_step_ratio=1.0)
         if mode not in MODES:
@@ -89,6 +111,8 @@ class RewardGuidanceCallback(PipelineCallback):
         self.steps = None if steps is None else sorted({int(s) for s in steps})
         self.every, self.mode, self.potential, self.lam = every, mode, potential, lam
         self.keep, self.refresh, self.height, self.width, self.seed = keep, refresh, height, width, seed
+        self.num_frames, self.judge_frames = num_frames, judge_frames
+        self._call = {}  # what run_guided knows of the current call: sizes, and an image-to-video context
         self.reset()
 
     def reset(self) -> None:
@@ -119,10 +143,26 @@ class RewardGuidanceCallback(PipelineCallback):
     def _size(self, pipe, latents) -> tuple[int, int]:
         if self.height and self.width:
             return self.height, self.width
+        if self._call.get("height") and self._call.get("width"):
+            return self._call["height"], self._call["width"]
         if latents.ndim == 3:  # Flux packs 2x2 latent patches into tokens
             side = 2 * math.isqrt(latents.shape[1]) * pipe.vae_scale_factor
             return side, side
         return latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
+
+    def _score(self, pipeline, x0: torch.Tensor, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Decode the ``x0`` predictions and judge them: images, or clips ``[B, T, 3, H, W]`` for a video pipeline
+        (``judge_frames`` of each); ``p_yes`` float32 ``[B]``."""
+        if pipeline_family(pipeline) not in VIDEO_FAMILIES:
+            height, width = self._size(pipeline, latents)
+            pixels = decode(pipeline, x0, height, width)
+            return self.rm.score(pixels, prompts, context=self.context).p_yes.float().cpu()
+        call = self._call
+        height, width = self.height or call.get("height"), self.width or call.get("width")
+        clips = list(decode(pipeline, x0, height, width, self.num_frames or call.get("num_frames")))
+        context = self.context if self.context is not None else call.get("context")
+        frames = judge_sampling(clips, self.judge_frames)
+        return self.rm.score(videos=clips, prompts=prompts, context=context, num_frames=frames).p_yes.float().cpu()
 
     def _log_weights(self, r: torch.Tensor) -> torch.Tensor:
         last = self._last if self._last is not None else torch.zeros_like(r)
@@ -179,11 +219,9 @@ class RewardGuidanceCallback(PipelineCallback):
         out = {}
         if i in plan and self._prev is not None:
             x0, e = decompose(self._prev.float(), latents.float(), self._levels[i], self._levels[i + 1])
-            height, width = self._size(pipeline, latents)
-            pixels = decode(pipeline, x0.to(latents.dtype), height, width)
             B = latents.shape[0]
             prompts = self._prompts(B)
-            r = self.rm.score(pixels, prompts, context=self.context).p_yes.float().cpu()
+            r = self._score(pipeline, x0.to(latents.dtype), latents, prompts)
             self.rm_calls += 1
             self.images_scored += B
             anc = self._ancestors(r, self._groups(prompts))
@@ -195,6 +233,10 @@ class RewardGuidanceCallback(PipelineCallback):
                 mixed = math.sqrt(1 - self.refresh) * e + math.sqrt(self.refresh) * noise
                 e = torch.where(first.to(e.device).view(-1, *[1] * (e.ndim - 1)), e, mixed)
             new = compose(x0[anc.to(x0.device)], e, self._levels[i + 1]).to(latents.dtype)
+            still = self._prev == latents  # entries the step left alone (a conditioning frame): kept exactly
+            if still.any():
+                idx = anc.to(latents.device)
+                new = torch.where(still[idx], latents[idx], new)
             self._best = torch.maximum(self._best, r) if self._best is not None else r.clone()
             self._last, self._best = r[anc], self._best[anc]
             self.history.append({"step": i, "scores": r.tolist(), "ancestors": anc.tolist()})
@@ -205,17 +247,33 @@ class RewardGuidanceCallback(PipelineCallback):
 
 
 def run_guided(pipe, prompt, callback: RewardGuidanceCallback, **pipe_kwargs):
-    """``pipe(prompt, callback_on_step_end=callback, ...)`` after checking that the pipeline can take it."""
-    check_pipeline(pipe)
+    """``pipe(prompt, callback_on_step_end=callback, ...)`` after checking that the pipeline can take it.
+
+    The callback learns the call's ``height``, ``width`` and ``num_frames`` (given, or the pipeline's defaults) where
+    it was not given them, and for an image-to-video call without a ``context`` judges with ``image`` as the first
+    frame."""
+    family = check_pipeline(pipe)
     if not isinstance(prompt, str) and len(prompt) > 1 and isinstance(callback.prompt, str):
         raise ValueError(
             f"callback.prompt: one prompt for a pipeline call with {len(prompt)} prompts; give the callback the same "
             "list so each prompt's images are scored and resampled among themselves"
         )
+    call = {}
+    params = inspect.signature(type(pipe).__call__).parameters
+    for name in ("height", "width", "num_frames"):
+        value = pipe_kwargs.get(name, params[name].default if name in params else None)
+        if isinstance(value, int):
+            call[name] = value
+    if family in VIDEO_FAMILIES and callback.context is None:  # image-to-video: judged from the image onwards
+        call["context"] = i2v_context(pipe_kwargs.get("image"))
+    callback._call = call
     callback.reset()
-    return pipe(
-        prompt=prompt,
-        callback_on_step_end=callback,
-        callback_on_step_end_tensor_inputs=callback.tensor_inputs,
-        **pipe_kwargs,
-    )
+    try:
+        return pipe(
+            prompt=prompt,
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=callback.tensor_inputs,
+            **pipe_kwargs,
+        )
+    finally:
+        callback._call = {}  # a later direct call of the pipeline must not see this call's sizes

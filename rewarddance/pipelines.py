@@ -3,7 +3,9 @@
 Supported: UNet pipelines (Stable Diffusion 1.5 / 2.x, SDXL; epsilon, v-prediction or sample prediction) with
 ``DDIMScheduler`` (eta 0) or ``EulerDiscreteScheduler``, and flow-matching transformer pipelines (SD3 / 3.5,
 Flux) with ``FlowMatchEulerDiscreteScheduler``. Pipelines are used as they are: their own text encoding, latent
-preparation and VAE; nothing is subclassed or patched.
+preparation and VAE; nothing is subclassed or patched. Video pipelines (Wan 2.1 / 2.2, CogVideoX with
+``CogVideoXDDIMScheduler``, LTX-Video) are families here too; what differs for them lives in
+:mod:`rewarddance.video_pipelines`.
 
 Every noise level is written as ``x = a * x0 + s * e`` (``e`` the noise): VP latents (DDIM) have ``a = sqrt(abar)``,
 ``s = sqrt(1 - abar)``; Euler's sigma-space latents ``a = 1, s = sigma``; flow matching ``a = 1 - sigma, s = sigma``.
@@ -15,13 +17,21 @@ two consecutive latents give back ``x0`` and ``e`` (:func:`decompose`), and a le
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 FAMILIES = ("unet", "sd3", "flux")
-SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler")
+# video families, by the class of their denoiser (a Wan 2.2 pipeline may hold only its low-noise expert)
+VIDEO_TRANSFORMERS = {
+    "WanTransformer3DModel": "wan",
+    "CogVideoXTransformer3DModel": "cogvideox",
+    "LTXVideoTransformer3DModel": "ltx",
+}
+VIDEO_FAMILIES = tuple(VIDEO_TRANSFORMERS.values())
+SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "CogVideoXDDIMScheduler")
+DDIM_LIKE = ("DDIMScheduler", "CogVideoXDDIMScheduler")  # CogVideoX's DDIM takes the same deterministic step
 
 
 class PipelineError(ValueError):
@@ -29,19 +39,26 @@ class PipelineError(ValueError):
 
 
 def pipeline_family(pipe) -> str:
-    """``unet`` (SD 1.5 / 2.x / SDXL), ``sd3`` or ``flux``; a clear error for anything else or a missing VAE."""
+    """``unet`` (SD 1.5 / 2.x / SDXL), ``sd3``, ``flux``, or a video family (``wan``, ``cogvideox``, ``ltx``: see
+    :data:`VIDEO_FAMILIES`); a clear error for anything else or a missing VAE."""
     if getattr(pipe, "vae", None) is None:
         raise PipelineError(f"{type(pipe).__name__} has no VAE: the reward model needs decoded images")
     if getattr(pipe, "unet", None) is not None:
         return "unet"
-    transformer = type(getattr(pipe, "transformer", None)).__name__
+    denoiser = getattr(pipe, "transformer", None)
+    if denoiser is None:
+        denoiser = getattr(pipe, "transformer_2", None)
+    transformer = type(denoiser).__name__
     if transformer.startswith("SD3Transformer"):
         return "sd3"
     if transformer.startswith("FluxTransformer"):
         return "flux"
+    if transformer in VIDEO_TRANSFORMERS:
+        return VIDEO_TRANSFORMERS[transformer]
     raise PipelineError(
         f"{type(pipe).__name__} is not supported: expected a UNet pipeline (SD 1.5 / 2.x / SDXL), "
-        "StableDiffusion3Pipeline or FluxPipeline"
+        "StableDiffusion3Pipeline, FluxPipeline, or a Wan, CogVideoX or LTX-Video pipeline "
+        f"(its denoiser is a {transformer})"
     )
 
 
@@ -56,7 +73,7 @@ def levels(scheduler) -> list[tuple[float, float]]:
     """``(a, s)`` of the latents before each step and after the last (length steps + 1), for a scheduler on which
     ``set_timesteps`` has been called (by the pipeline or by :class:`Sampler`)."""
     name = check_scheduler(scheduler)
-    if name == "DDIMScheduler":
+    if name in DDIM_LIKE:
         acp = scheduler.alphas_cumprod
         n = scheduler.num_inference_steps
         ratio = scheduler.config.num_train_timesteps // n
@@ -87,7 +104,7 @@ def compose(x0: torch.Tensor, e: torch.Tensor, lv) -> torch.Tensor:
 def renoise(x: torch.Tensor, lv_from, lv_to, generator: torch.Generator | None = None) -> torch.Tensor:
     """Move latents at ``lv_from`` up to the noisier level ``lv_to`` with fresh Gaussian noise (the forward process)."""
     (a0, s0), (a1, s1) = lv_from, lv_to
-    keep = a1 / a0
+    keep = a1 / a0 if a0 > 0 else 1.0  # a0 = 0: pure noise (zero terminal SNR), only a level of pure noise is above it
     extra = s1**2 - (keep * s0) ** 2
     if extra < -1e-6:
         raise ValueError(f"renoise: level {lv_to} is less noisy than {lv_from}")
@@ -126,9 +143,15 @@ def gaussian_logp(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tens
     return per.flatten(1).mean(1)
 
 
-def decode(pipe, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Latents of clean images -> pixels ``[B, 3, H, W]`` float32 in [0, 1] through the pipeline's VAE."""
+def decode(pipe, x0: torch.Tensor, height: int, width: int, num_frames: int | None = None) -> torch.Tensor:
+    """Latents of clean images -> pixels ``[B, 3, H, W]`` float32 in [0, 1] through the pipeline's VAE; of clean
+    videos -> clips ``[B, T, 3, H, W]`` (:func:`rewarddance.video_pipelines.decode_video`; ``num_frames``, the clip
+    length asked of the pipeline, is needed by LTX-Video only)."""
     family = pipeline_family(pipe)
+    if family in VIDEO_FAMILIES:
+        from .video_pipelines import decode_video
+
+        return decode_video(pipe, x0, height, width, num_frames)
     vae = pipe.vae
     latents = x0
     if family == "flux":
@@ -149,7 +172,13 @@ class SamplerConfig:
     height: int | None = None  # None: the pipeline's default size
     width: int | None = None
     negative_prompt: str | list[str] | None = None  # one for every row, or a list: row i's own (one per prompt)
-    max_sequence_length: int = 256  # T5 tokens (SD3, Flux)
+    max_sequence_length: int = 256  # T5 tokens (SD3, Flux, and the video pipelines)
+    num_frames: int | None = None  # video pipelines: frames per clip; None: the pipeline's default
+    guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert; None: guidance_scale
+    frame_rate: int | None = None  # LTX-Video scales its positions by it; None: the pipeline's default (25)
+    # the module called in the denoiser's place, with the same arguments: a trainer's DistributedDataParallel wrapper
+    # of it, through which the backward pass averages the gradients over the processes (None: the pipeline's own)
+    denoiser: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 class Sampler:
@@ -161,6 +190,14 @@ class Sampler:
     level ``k`` and returns ``(x0, e)``; ``levels[k]`` is the ``(a, s)`` of level ``k``; ``evaluations`` counts
     denoiser evaluations per sample (a guided call counts once).
     """
+
+    def __new__(cls, pipe=None, *args, **kwargs):
+        """``Sampler(pipe, ...)`` of a video pipeline is a :class:`rewarddance.video_pipelines.VideoSampler`."""
+        if cls is Sampler and pipe is not None and pipeline_family(pipe) in VIDEO_FAMILIES:
+            from .video_pipelines import VideoSampler
+
+            return super().__new__(VideoSampler)
+        return super().__new__(cls)
 
     def __init__(self, pipe, prompt: str | list[str], config: SamplerConfig | None = None):
         if isinstance(prompt, (list, tuple)):
@@ -175,25 +212,43 @@ class Sampler:
         self.scheduler_name = check_scheduler(pipe.scheduler)
         self.device = pipe._execution_device
         c = self.cfg
-        default_size = self._default_size()
-        self.height, self.width = c.height or default_size, c.width or default_size
+        default_height, default_width = self._default_size()
+        self.height, self.width = c.height or default_height, c.width or default_width
         g = c.guidance_scale
-        sdxl = self.family == "unet" and hasattr(pipe, "text_encoder_2")
-        self.guidance = g if g is not None else (5.0 if sdxl else {"unet": 7.5, "sd3": 7.0, "flux": 3.5}[self.family])
+        self.guidance = g if g is not None else self._default_guidance()
         self.evaluations = 0
+        self.denoiser = c.denoiser or (pipe.unet if self.family == "unet" else pipe.transformer)
         self._encode()
         self._set_timesteps()
         self.levels = levels(pipe.scheduler)
         self.timesteps = pipe.scheduler.timesteps.to(self.device)
 
     # -------------------------------------------------------------------------------------------- set up
-    def _default_size(self) -> int:
+    def _default_size(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels when the config gives none."""
         p = self.pipe
         if self.family == "unet":
-            return p.unet.config.sample_size * p.vae_scale_factor
-        if self.family == "sd3":
-            return p.transformer.config.sample_size * p.vae_scale_factor
-        return getattr(p, "default_sample_size", 128) * p.vae_scale_factor
+            side = p.unet.config.sample_size * p.vae_scale_factor
+        elif self.family == "sd3":
+            side = p.transformer.config.sample_size * p.vae_scale_factor
+        else:
+            side = getattr(p, "default_sample_size", 128) * p.vae_scale_factor
+        return side, side
+
+    def _default_guidance(self) -> float:
+        sdxl = self.family == "unet" and hasattr(self.pipe, "text_encoder_2")
+        return 5.0 if sdxl else {"unet": 7.5, "sd3": 7.0, "flux": 3.5}[self.family]
+
+    def _negatives(self):
+        """The negative prompt as the pipelines take it: a list (one per prompt) with a list of prompts."""
+        neg = self.cfg.negative_prompt
+        if isinstance(neg, (list, tuple)):
+            if not isinstance(self.prompt, list) or len(neg) != self.rows or not all(isinstance(n, str) for n in neg):
+                raise ValueError(f"negative_prompt: a list needs one string per prompt ({self.rows}), got {neg!r}")
+            return list(neg)
+        if isinstance(self.prompt, list) and neg is not None:
+            return [neg] * self.rows  # the pipelines take a list of negatives with a list of prompts, not one string
+        return neg
 
     @property
     def cfg_on(self) -> bool:
@@ -202,13 +257,7 @@ class Sampler:
     @torch.no_grad()
     def _encode(self) -> None:
         """Text conditioning, ``[rows, ...]`` per tensor; a list of prompts gets a negative per row."""
-        p, dev, neg = self.pipe, self.device, self.cfg.negative_prompt
-        if isinstance(neg, (list, tuple)):
-            if not isinstance(self.prompt, list) or len(neg) != self.rows or not all(isinstance(n, str) for n in neg):
-                raise ValueError(f"negative_prompt: a list needs one string per prompt ({self.rows}), got {neg!r}")
-            neg = list(neg)
-        elif isinstance(self.prompt, list) and neg is not None:
-            neg = [neg] * self.rows  # the pipelines take a list of negatives with a list of prompts, not one string
+        p, dev, neg = self.pipe, self.device, self._negatives()
         cond: dict = {}
         if self.family == "unet" and hasattr(p, "text_encoder_2"):  # SDXL
             pe, npe, pooled, npooled = p.encode_prompt(
@@ -288,11 +337,21 @@ class Sampler:
         ch = p.unet.config.in_channels if self.family == "unet" else p.transformer.config.in_channels
         return p.prepare_latents(B, ch, self.height, self.width, dtype, self.device, gens)
 
-    def _guided(self, run, x):
+    def _guided(self, run, x, scale: float | None = None):
         if not self.cfg_on:
             return run(x, "pos")
         neg, pos = run(torch.cat([x, x]), "both").chunk(2)
-        return neg + self.guidance * (pos - neg)
+        return neg + (self.guidance if scale is None else scale) * (pos - neg)
+
+    def _cond_rows(self, name: str, which: str, B: int, index: torch.Tensor | None) -> torch.Tensor:
+        """Conditioning ``name`` for ``B`` latent rows (``index``: see :meth:`_rows_of`); ``which="both"`` puts each
+        row's negative (``"n" + name``) first, as :meth:`_guided` expects."""
+
+        def pick(key):
+            cond = self.cond[key]
+            return cond.expand(B, *cond.shape[1:]) if index is None else cond[index]
+
+        return pick(name) if which == "pos" else torch.cat([pick("n" + name), pick(name)])
 
     def _rows_of(self, B: int, rows) -> torch.Tensor | None:
         """Which conditioning row each of ``B`` latent rows uses: None for all of one prompt (broadcast)."""
@@ -317,15 +376,8 @@ class Sampler:
         index = self._rows_of(B, rows)
         self.evaluations += B
 
-        def pick(name):
-            cond = c[name]
-            return cond.expand(B, *cond.shape[1:]) if index is None else cond[index]
-
         def cond_rows(name, which):
-            pos = pick(name)
-            if which == "pos":
-                return pos
-            return torch.cat([pick("n" + name), pos])  # each row's own negative, in the same order
+            return self._cond_rows(name, which, B, index)  # each row's own negative first with "both"
 
         if self.family == "unet":
             scale = math.sqrt(a * a + s * s)  # VP latents are x / scale
@@ -337,7 +389,8 @@ class Sampler:
                     n = inp.shape[0]
                     ids = c["time_ids"].expand(n, -1)
                     extra["added_cond_kwargs"] = {"text_embeds": cond_rows("pooled", which), "time_ids": ids}
-                return p.unet(inp, t, encoder_hidden_states=cond_rows("pe", which), return_dict=False, **extra)[0]
+                text = cond_rows("pe", which)
+                return self.denoiser(inp, t, encoder_hidden_states=text, return_dict=False, **extra)[0]
 
             xv = x / scale
             out = self._guided(run, xv).to(x.dtype)
@@ -357,7 +410,7 @@ class Sampler:
 
             def run(inp, which):
                 ts = t.expand(inp.shape[0])
-                return p.transformer(
+                return self.denoiser(
                     hidden_states=inp,
                     timestep=ts,
                     encoder_hidden_states=cond_rows("pe", which),
@@ -370,7 +423,7 @@ class Sampler:
             guidance = None
             if p.transformer.config.guidance_embeds:
                 guidance = torch.full((B,), self.guidance, device=x.device, dtype=torch.float32)
-            v = p.transformer(
+            v = self.denoiser(
                 hidden_states=x,
                 timestep=t.expand(B).to(x.dtype) / 1000,
                 guidance=guidance,

@@ -6,6 +6,10 @@ that the diffusers functions here and the ComfyUI node (:mod:`rewarddance.comfy`
 fixed ``seed``: the same arguments give the same images, scores and choices. Images go to the reward model as
 ``[B, 3, H, W]`` float tensors in [0, 1]; results carry the seeds that made each image so a user can regenerate the
 winner at full size. The cached reference sets of pairwise ReFL live in :mod:`rewarddance.reference_sets`.
+
+Videos take the same paths: clips (a video pipeline's ``frames``, ``[B, T, 3, H, W]``, ``[T, 3, H, W]`` each) are
+judged with ``videos=`` on ``judge_frames`` frames sampled uniformly from each; search over paths drives Wan, CogVideoX
+and LTX-Video text-to-video pipelines (:mod:`rewarddance.video_pipelines`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 
 from .images import as_image_list, load_image, to_tensor
 from .pipelines import Sampler, SamplerConfig, compose, renoise
+from .video_pipelines import JUDGE_FRAMES, generated_clips, i2v_context, is_video_batch, judge_sampling, per_seed_kwargs
 
 
 class BudgetError(ValueError):
@@ -39,13 +44,15 @@ def generated_pixels(images) -> torch.Tensor:
 def as_generate(generator, pipe_kwargs: dict, name: str = "generator") -> Callable:
     """``(prompt, seeds) -> images``: a diffusers pipeline is called with one CPU ``torch.Generator`` per seed,
     ``output_type="pt"`` and ``pipe_kwargs``; any other callable is returned as it is. ``name`` is the argument's
-    name in the error raised for anything else."""
+    name in the error raised for anything else. A video pipeline gives clips (``output.frames``,
+    ``[B, T, 3, H, W]``); LTX-Video's image-to-video pipeline gets its one ``image`` once per seed, as it needs."""
     if hasattr(generator, "components") and hasattr(generator, "scheduler") and callable(generator):
 
         def generate(prompt: str, seeds: list[int]):
             gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-            out = generator(prompt=[prompt] * len(seeds), generator=gens, output_type="pt", **pipe_kwargs)
-            return out.images
+            kwargs = per_seed_kwargs(generator, pipe_kwargs, len(seeds))
+            out = generator(prompt=[prompt] * len(seeds), generator=gens, output_type="pt", **kwargs)
+            return out.frames if hasattr(out, "frames") else out.images  # a video pipeline's clips are its frames
 
         return generate
     if not callable(generator):
@@ -58,7 +65,7 @@ def as_generate(generator, pipe_kwargs: dict, name: str = "generator") -> Callab
 class BestOfN:
     """Result of :func:`best_of_n`: all candidates in generation order, their scores, and the chosen ones."""
 
-    images: list  # [3, H, W] float tensors in [0, 1]
+    images: list  # [3, H, W] float tensors in [0, 1]; clips [T, 3, H, W] from a video generator
     scores: torch.Tensor  # [N] float32 p_yes (or margin)
     seeds: list[int]
     order: list[int]  # indices sorted best first
@@ -149,6 +156,7 @@ def best_of_n(
     references=None,
     score: str = "p_yes",
     progress: bool = False,
+    judge_frames: int | None = JUDGE_FRAMES,
     **pipe_kwargs,
 ) -> BestOfN:
     """Generate ``n`` candidates with seeds ``seed .. seed + n - 1`` and keep the ``top_k`` by reward.
@@ -157,6 +165,12 @@ def best_of_n(
     ``pipe_kwargs``) or any callable ``(prompt, seeds) -> images``. Candidates are generated and scored
     ``batch_size`` at a time (:func:`run_best_of_n`); with ``references`` the score is pairwise (is the candidate
     better than the reference?).
+
+    Videos: a video pipeline (``pipe_kwargs`` such as ``num_frames`` go to it) or a callable returning
+    ``[B, T, 3, H, W]`` gives clips, scored with ``videos=`` on ``judge_frames`` frames sampled uniformly from each
+    (None: all); the result keeps the whole clips. An image-to-video call (``image=`` in ``pipe_kwargs``) without a
+    ``context`` is judged with that image as the first frame (``RewardContext(task="video_alignment",
+    first_frame=image)``).
     """
     from tqdm.auto import tqdm
 
@@ -169,14 +183,23 @@ def best_of_n(
     if score not in ("p_yes", "margin"):
         raise ValueError(f"score must be 'p_yes' or 'margin', got {score!r}")
     generate = as_generate(generator, pipe_kwargs)
+    video_context = context if context is not None else i2v_context(pipe_kwargs.get("image"))
 
     def rate(pix):
-        out = rm.score(pix, prompt, context=context, references=references)
+        if isinstance(pix, list) and pix and pix[0].ndim == 4:  # clips
+            frames = judge_sampling(pix, judge_frames)
+            out = rm.score(videos=pix, prompts=prompt, context=video_context, references=references, num_frames=frames)
+        else:
+            out = rm.score(pix, prompt, context=context, references=references)
         return getattr(out, score).float().cpu()
+
+    def make(seeds):
+        made = generate(prompt, seeds)
+        return generated_clips(made) if is_video_batch(made) else generated_pixels(made)
 
     with tqdm(total=n, desc="best-of-N", disable=not progress) as bar:
         run = run_best_of_n(
-            lambda seeds: generated_pixels(generate(prompt, seeds)),
+            make,
             rate,
             seed,
             n,
@@ -234,13 +257,22 @@ def tournament(
     rounds: int | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    judge_frames: int | None = JUDGE_FRAMES,
 ) -> Tournament:
     """Rank images by pairwise wins under the reward model, each pair judged in both orders to cancel position bias.
 
     ``schedule``: ``round_robin`` (every pair; the default up to 8 images), ``swiss`` (``rounds`` rounds, default
     ``ceil(log2 n) + 2``, pairing images with similar records; the default above 8), or ``auto``.
+
+    Videos (a ``[B, T, 3, H, W]`` tensor or a list of ``[T, 3, H, W]`` clips) are compared with ``videos=`` on
+    ``judge_frames`` frames sampled uniformly from each (None: all).
     """
-    imgs = list(generated_pixels(images)) if not isinstance(images, list) else images
+    video = is_video_batch(images)
+    if video:
+        imgs = generated_clips(images)
+        frames = judge_sampling(imgs, judge_frames)
+    else:
+        imgs = list(generated_pixels(images)) if not isinstance(images, list) else images
     n = len(imgs)
     if n < 2:
         raise ValueError(f"a tournament needs at least 2 images, got {n}")
@@ -261,7 +293,11 @@ def tournament(
             chunk = pairs[start : start + batch_size]
             refs = [imgs[i] for i, _ in chunk] + [imgs[j] for _, j in chunk]
             cands = [imgs[j] for _, j in chunk] + [imgs[i] for i, _ in chunk]
-            p = rm.compare(cands, refs, prompt, context=context).p_yes.float().cpu()
+            if video:
+                out = rm.compare(videos=cands, references=refs, prompts=prompt, context=context, num_frames=frames)
+            else:
+                out = rm.compare(cands, refs, prompt, context=context)
+            p = out.p_yes.float().cpu()
             calls += 1
             m = len(chunk)
             for (i, j), p_ij, p_ji in zip(chunk, p[:m].tolist(), p[m:].tolist()):
@@ -294,7 +330,7 @@ class SearchResult:
     """Result of :func:`search_over_paths`: the final images of the kept paths (best first), their scores, the
     seed, and the compute spent (denoiser evaluations per sample, reward-model calls and images scored)."""
 
-    images: torch.Tensor  # [N, 3, H, W]
+    images: torch.Tensor  # [N, 3, H, W]; clips [N, T, 3, H, W] from a video pipeline
     scores: torch.Tensor  # [N]
     seed: int
     evaluations: int
@@ -488,6 +524,7 @@ def search_over_paths(
     context=None,
     config: SamplerConfig | None = None,
     progress: bool = False,
+    judge_frames: int | None = JUDGE_FRAMES,
 ) -> SearchResult:
     """Search over paths: start ``n`` noises and denoise them to level ``start``; then, until the last level,
     re-noise each kept path ``m`` ways ``forward`` levels back up, denoise ``backward`` levels, score the ``x0``
@@ -497,6 +534,10 @@ def search_over_paths(
     ``budget`` caps the denoiser evaluations (per sample; a guided call counts once). When the planned search
     would exceed it, fewer search rounds run (the remaining levels are plain denoising of the kept paths); a budget
     below plain denoising of ``n`` paths is an error. Scores are ``p_yes``.
+
+    Text-to-video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; clip length ``config.num_frames``) are searched the
+    same way: each ``x0`` is decoded to a clip (whole: their VAEs are causal in time) and judged with ``videos=`` on
+    ``judge_frames`` frames sampled uniformly from it (None: all).
     """
     from tqdm.auto import tqdm
 
@@ -525,6 +566,10 @@ def search_over_paths(
         return [renoise(x[None], lv_from, lv_to, g)[0] for x, g in zip(paths, gens)]
 
     def rate(images):
+        if images.ndim == 5:  # clips [B, T, 3, H, W]
+            clips = list(images)
+            frames = judge_sampling(clips, judge_frames)
+            return rm.score(videos=clips, prompts=prompt, context=context, num_frames=frames).p_yes.float().cpu()
         return rm.score(images, prompt, context=context).p_yes.float().cpu()
 
     with tqdm(total=steps, desc="search over paths", disable=not progress) as bar:

@@ -1,10 +1,10 @@
 """Atomic, resumable training checkpoints shared by the trainers.
 
 A checkpoint is a folder ``step-{N:07d}`` holding ``trainable.safetensors`` (the parameters being trained),
-``optimizer.pt`` (optimiser and LR-scheduler state), ``rng.json`` (the Python and numpy generator states),
-``rng.safetensors`` (the torch generator state) and ``state.json`` (step and anything the trainer adds). It is
-written to a temporary folder and renamed into place, so a crash never leaves a half-written checkpoint where a
-resume would find it.
+``optimizer.pt`` (optimiser and LR-scheduler state, and fp16 mixed precision's loss scale), ``rng.json`` (the Python
+and numpy generator states), ``rng.safetensors`` (the torch generator state) and ``state.json`` (step and anything
+the trainer adds). It is written to a temporary folder and renamed into place, so a crash never leaves a
+half-written checkpoint where a resume would find it.
 
 Resuming runs no code from the folder: ``optimizer.pt`` is read with ``torch.load(weights_only=True)``, which
 accepts only tensors and plain containers, and the rest is safetensors and JSON. A checkpoint of the earlier
@@ -87,12 +87,14 @@ def save_checkpoint(
     keep=2,
     full_state: tuple[dict, dict] | None = None,
     tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    scaler=None,
 ) -> Path:
     """Write checkpoint ``step`` under ``folder`` atomically; keep the newest ``keep`` checkpoints.
 
     ``full_state``: ``(weights, optimizer state)`` already gathered by :func:`gather_full_state` from a sharded
     (FSDP) model; the optimiser state is then keyed by parameter name and :func:`load_checkpoint` restores it so.
-    ``tensors``: more named sets of tensors, each written as ``name.safetensors`` inside the checkpoint."""
+    ``tensors``: more named sets of tensors, each written as ``name.safetensors`` inside the checkpoint.
+    ``scaler``: fp16 mixed precision's ``GradScaler``, whose loss scale a resume continues from."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:07d}"
@@ -108,6 +110,7 @@ def save_checkpoint(
             "optimizer": optim,
             "by_name": full_state is not None,
             "scheduler": scheduler.state_dict() if scheduler else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
         },
         tmp / "optimizer.pt",
     )
@@ -157,7 +160,9 @@ def load_trainable(path: str | os.PathLike, model) -> None:
             params[n].copy_(t.to(params[n].device, params[n].dtype))
 
 
-def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, sharded: bool = False) -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, model, optimizer, scheduler=None, sharded: bool = False, scaler=None
+) -> dict:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its ``state.json``. ``sharded``: an FSDP
     model, whose weights :func:`load_trainable` put in before sharding and whose optimiser state must be by name.
 
@@ -184,6 +189,8 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, scheduler=None, s
         optimizer.load_state_dict(opt["optimizer"])
     if scheduler is not None and opt["scheduler"] is not None:
         scheduler.load_state_dict(opt["scheduler"])
+    if scaler is not None and opt.get("scaler"):
+        scaler.load_state_dict(opt["scaler"])
     _set_rng_state(path)
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
 

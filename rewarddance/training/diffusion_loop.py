@@ -2,10 +2,13 @@
 
 Each trainer reads top to bottom in numbered phases and calls these for the phases they share:
 
-1. :func:`runtime`: the processes, the device and the dtype;
+1. :func:`runtime` (from :mod:`.engine`): the run's ``accelerate.Accelerator`` (the processes and their engine, as
+   ``accelerate launch`` / ``accelerate config`` set them up; mixed precision; gradient accumulation), the device
+   and the dtype;
 2. :func:`load_models`: the pipeline (diffusers folder, hub id or single file) and the frozen judge, and
    :func:`judge_visits`, the context in which an offloaded judge comes to the device to score;
-3. :func:`setup_trainable`: the LoRA on the denoiser, the optimiser, resume from the newest checkpoint, and the
+3. :func:`setup_trainable`: the LoRA on the denoiser, the optimiser, resume from the newest checkpoint, both
+   through ``accelerator.prepare`` (DistributedDataParallel averages the gradients over the processes), and the
    :class:`Trainable` whose ``checkpoint`` saves the run atomically;
 4. :func:`sampler_config`, :func:`make_evaluator` (the :class:`Evaluator` of fixed-seed samples of the eval
    prompts before, during and after training: the judge's reward and, on ShapesWorld prompts, the verifier's
@@ -15,7 +18,9 @@ Each trainer reads top to bottom in numbered phases and calls these for the phas
    ComfyUI, and the reward curve with the evaluations beside it.
 
 Every random draw of a step comes from :func:`step_generator` keyed on ``(seed, step)``, so a resumed run equals
-an uninterrupted one.
+an uninterrupted one. The steps themselves (phase 5 of each trainer) run each micro-batch in
+``accelerator.accumulate``, under ``accelerator.autocast()``, back-propagate with ``accelerator.backward`` and clip
+with ``accelerator.clip_grad_norm_``.
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ import contextlib
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
-from ..distributed import any_process, process_state
+from ..distributed import any_process
 from ..manifest import ManifestError, read_jsonl
 from ..pipelines import Sampler, SamplerConfig, check_scheduler, pipeline_family
 from ..remote import is_remote, load_judge
 from .checkpoint import gather_full_state, list_checkpoints, load_checkpoint, load_trainable, save_checkpoint
+from .engine import Runtime, full_tensor, own_forward, shard_denoiser, torch_optimizer
+from .engine import runtime as runtime  # phase 1, where the trainers find the others
 from .export import save_lora
 from .metrics import drop_rows_after, say
 from .plots import plot_reward_curve, save_sample_grid
@@ -147,13 +154,16 @@ def add_lora(denoiser, cfg: DiffusionTrainConfig) -> list[torch.nn.Parameter]:
 
 
 @contextlib.contextmanager
-def finished(trackers: list):
-    """Finish every tracker when the training block is left, however it is left."""
+def finished(trackers: list, tr: Trainable | None = None):
+    """When the training block is left, however it is left: finish every tracker, and give the denoiser of ``tr``
+    back its own forward (accelerate's mixed precision wraps it in autocast while it trains)."""
     try:
         yield
     finally:
         for tracker in trackers:
             tracker.finish()
+        if tr is not None:
+            own_forward(tr.denoiser)
 
 
 def open_trackers(cfg: DiffusionTrainConfig, out: Path, name: str = "refl") -> list:
@@ -180,58 +190,12 @@ def pipe_denoiser(pipe):
     return pipe.unet if pipeline_family(pipe) == "unet" else pipe.transformer
 
 
-def shard_denoiser(denoiser, device: torch.device, dtype: torch.dtype) -> None:
-    """FSDP (``fully_shard``) over the processes: each block of the denoiser, then the rest of it. The frozen
-    weights and the fp32 LoRA are all-gathered in the model's ``dtype`` for compute; gradients reduce in fp32."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for name, child in denoiser.named_children():
-        blocks = child if isinstance(child, torch.nn.ModuleList) and name.endswith("blocks") else []
-        for block in list(blocks) + ([child] if name == "mid_block" and child is not None else []):
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(denoiser, mesh=mesh, mp_policy=policy)
-
-
-def full_tensor(p: torch.Tensor) -> torch.Tensor:
-    return p.full_tensor() if hasattr(p, "full_tensor") else p
-
-
 def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     """The generator of one kind of draw (``salt``) of training step ``step``: a function of its arguments only."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + salt) % (2**63))
 
 
-def autocast_for(cfg: DiffusionTrainConfig, device: torch.device):
-    """The autocast context of ``cfg.mixed_precision`` (a no-op for ``no``)."""
-    if cfg.mixed_precision == "no":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
-
-
 # ---------------------------------------------------------------------------------------------------- phases
-@dataclass
-class Runtime:
-    """Phase 1: ``state`` is accelerate's process state under ``accelerate launch`` (else None)."""
-
-    state: object
-    rank: int
-    main: bool
-    device: torch.device
-    dtype: torch.dtype
-    fsdp: bool
-
-
-def runtime(cfg: DiffusionTrainConfig) -> Runtime:
-    state = process_state()  # several processes under accelerate launch: data parallel, gradients averaged
-    rank = state.process_index if state else 0
-    device = torch.device(cfg.device or (state.device if state else ("cuda" if torch.cuda.is_available() else "cpu")))
-    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    return Runtime(state, rank, rank == 0, device, dtype, cfg.distributed == "fsdp" and state is not None)
-
-
 def load_models(cfg: DiffusionTrainConfig, rt: Runtime, pipe=None, rm=None, scheduler_check=check_scheduler):
     """Phase 2: ``(pipe, rm, family)``; ``pipe`` / ``rm`` given already loaded are used as they are. The judge is
     frozen; the denoiser reaches the device only as shards under FSDP. ``scheduler_check(scheduler)`` raises for a
@@ -280,7 +244,9 @@ def judge_visits(rm, cfg: DiffusionTrainConfig, device: torch.device):
 @dataclass
 class Trainable:
     """Phase 3: the LoRA'd denoiser, its parameters and optimiser, where the run stands (``step``, and the
-    ``resumed`` state of the checkpoint it continued from, empty for a fresh run)."""
+    ``resumed`` state of the checkpoint it continued from, empty for a fresh run). ``model`` is what the training
+    steps call (the denoiser as ``accelerator.prepare`` returned it: its DDP wrapper over several processes);
+    ``denoiser`` is the pipeline's own module, for everything else."""
 
     cfg: DiffusionTrainConfig
     rt: Runtime
@@ -292,22 +258,25 @@ class Trainable:
     step: int = 0
     resumed: dict = field(default_factory=dict)
     resumed_from: Path | None = None
+    model: torch.nn.Module | None = None
 
     def checkpoint(self, step: int, extra: dict, tensors: dict | None = None) -> None:
         """Save the state after ``step`` (every process calls it: under FSDP they gather the state together);
         ``tensors`` (name -> a dict of tensors) become ``name.safetensors`` files in the checkpoint."""
-        full = gather_full_state(self.denoiser, self.optimizer) if self.rt.fsdp else None
+        optimizer = torch_optimizer(self.optimizer)
+        full = gather_full_state(self.denoiser, optimizer) if self.rt.fsdp else None
         if self.rt.main:
             save_checkpoint(
                 self.ckpt_dir,
                 step,
                 self.denoiser,
-                self.optimizer,
+                optimizer,
                 self.scheduler,
                 extra=extra,
                 keep=self.cfg.keep_checkpoints,
                 full_state=full,
                 tensors=tensors,
+                scaler=self.rt.accelerator.scaler,
             )
 
 
@@ -345,21 +314,34 @@ def setup_trainable(cfg: DiffusionTrainConfig, pipe, rt: Runtime, out: Path) -> 
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str), encoding="utf-8")
     tr = Trainable(cfg, rt, denoiser, params, optimizer, scheduler, ckpt_dir)
     if resume_from is not None:
-        tr.resumed = load_checkpoint(resume_from, denoiser, optimizer, scheduler, sharded=rt.fsdp)
+        scaler = rt.accelerator.scaler
+        tr.resumed = load_checkpoint(resume_from, denoiser, optimizer, scheduler, sharded=rt.fsdp, scaler=scaler)
         tr.step, tr.resumed_from = tr.resumed["step"], resume_from
         if rt.main:
             say(f"resuming from step {tr.step} ({resume_from})")
+    # through accelerate: over several processes DDP wraps the denoiser (its backward averages the gradients), mixed
+    # precision wraps its forward in autocast; a sharded denoiser (FSDP) keeps its own wrapping
+    if rt.fsdp:
+        tr.model, tr.optimizer = denoiser, rt.accelerator.prepare(optimizer)
+    else:
+        tr.model, tr.optimizer = rt.accelerator.prepare(denoiser, optimizer)
     if rt.main:  # rows of steps after the checkpoint were written by the run that stopped: they run again
         drop_rows_after(out / "metrics.csv", tr.step)
         drop_rows_after(out / EVAL_FILE, tr.step)
     return tr
 
 
-def sampler_config(cfg: DiffusionTrainConfig, pipe, family: str) -> SamplerConfig:
-    """The sampling settings of training and evaluation: the schedule, guidance and square resolution of ``cfg``."""
+def sampler_config(cfg: DiffusionTrainConfig, pipe, family: str, tr: Trainable | None = None) -> SamplerConfig:
+    """The sampling settings of training and evaluation: the schedule, guidance and square resolution of ``cfg``;
+    with ``tr``, the denoiser is called through ``tr.model`` (the DDP wrapper that averages the gradients; the
+    :class:`Evaluator` calls the pipeline's own)."""
     size = cfg.resolution
     sampler_cfg = SamplerConfig(
-        num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, height=size, width=size
+        num_inference_steps=cfg.num_inference_steps,
+        guidance_scale=cfg.guidance_scale,
+        height=size,
+        width=size,
+        denoiser=tr.model if tr is not None else None,
     )
     if family == "flux":
         sampler_cfg.max_sequence_length = min(sampler_cfg.max_sequence_length, pipe.tokenizer_2.model_max_length)
@@ -423,7 +405,9 @@ class Evaluator:
     def __init__(self, cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt: Runtime, visits, trackers, tr=None):
         if cfg.keep_best and tr is None:
             raise ValueError("keep_best needs the Trainable whose LoRA it keeps")
-        self.cfg, self.pipe, self.rm, self.context, self.sampler_cfg = cfg, pipe, rm, context, sampler_cfg
+        self.cfg, self.pipe, self.rm, self.context = cfg, pipe, rm, context
+        # the pipeline's own denoiser: only the main process evaluates under DDP, whose wrapper waits for all
+        self.sampler_cfg = replace(sampler_cfg, denoiser=None)
         self.eval_prompts, self.out, self.rt, self.visits = eval_prompts, Path(out), rt, visits
         self.trackers, self.tr = trackers, tr
         self.verifier = use_verifier(cfg, eval_prompts)
@@ -612,8 +596,7 @@ def finish(pipe, tr: Trainable, out: Path, history: list[dict], evaluator: Evalu
         save_lora(pipe, tr.denoiser, lora_dir, tr.cfg.lora_alpha, state_dict=best if best is not None else full)
         if history:  # (empty when a finished run is resumed)
             plot_reward_curve(history, out / "reward_curve.png", evaluations=read_eval_rows(out / EVAL_FILE))
-    if tr.rt.state:
-        tr.rt.state.wait_for_everyone()
+    tr.rt.accelerator.wait_for_everyone()
     return lora_dir
 
 

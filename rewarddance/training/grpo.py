@@ -16,11 +16,15 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
    optionally ``train_subset`` of them drawn per step: the "fast" variants), recompute ``log p`` under the current
    LoRA, ``ratio = exp(log p - log p_old)`` and the clipped objective ``max(-A * ratio, -A * clip(ratio, 1 - c,
    1 + c))``, plus ``kl_weight`` x the KL divergence of the step's Gaussian to the base model's (the LoRA off; both
-   share ``std_k``, so it is ``|mean - mean_base|^2 / (2 std_k^2)``, averaged like ``log p``).
+   share ``std_k``, so it is ``|mean - mean_base|^2 / (2 std_k^2)``, averaged like ``log p``). With
+   ``gradient_accumulation_steps`` the groups are split into that many micro-batches for this loss
+   (``accelerator.accumulate``; the rollouts are sampled together in 1.), their gradients summed to the whole batch's
+   before each optimiser step.
 
 Every draw of step ``s`` (prompts, initial noise, the sampler's noise, the subset of steps) comes from generators
 keyed on ``(seed, s)``, so a resumed run equals an uninterrupted one. Loading, LoRA, checkpoints, evaluation,
-trackers and export are the shared phases of :mod:`.diffusion_loop`. One process only for now.
+trackers and export are the shared phases of :mod:`.diffusion_loop`, and the engine is its ``accelerate.Accelerator``
+(mixed precision, accumulation, backward, clipping). One process only for now.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from ..pipelines import (
 )
 from .checkpoint import StopFlag
 from .diffusion_loop import (
-    autocast_for,
     finish,
     finished,
     judge_visits,
@@ -161,20 +164,25 @@ def sample_rollouts(
     return Rollouts(sampler, latents, stds, logp, images)
 
 
-def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig):
-    """Step 4 for sampled step ``k``: ``(clipped objective + kl_weight * KL, stats)`` with gradients to the LoRA."""
+def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig, rows: list[int] | None = None):
+    """Step 4 for sampled step ``k``: ``(clipped objective + kl_weight * KL, stats)`` with gradients to the LoRA,
+    over the rollouts' ``rows`` (a micro-batch; default all of them), each term a mean over those rows."""
     sampler, std, lv = ro.sampler, ro.stds[k], ro.sampler.levels[k + 1]
-    x0, e = sampler.predict(ro.latents[k], k)
+    x, x_next, logp_old = ro.latents[k], ro.latents[k + 1], ro.logp[k]
+    if rows is not None:
+        index = torch.tensor(rows, device=x.device)
+        x, x_next, logp_old, adv = x[index], x_next[index], logp_old[index.to(logp_old.device)], adv[torch.tensor(rows)]
+    x0, e = sampler.predict(x, k, rows=rows)
     mean = stochastic_mean(x0, e, lv, std)
-    logp = gaussian_logp(ro.latents[k + 1], mean, std)
-    ratio = torch.exp(logp - ro.logp[k].to(logp.device))
+    logp = gaussian_logp(x_next, mean, std)
+    ratio = torch.exp(logp - logp_old.to(logp.device))
     a = adv.to(logp.device)
     clipped = ratio.clamp(1.0 - cfg.clip_range, 1.0 + cfg.clip_range)
     policy = torch.maximum(-a * ratio, -a * clipped).mean()
     kl = torch.zeros((), device=logp.device)
     if cfg.kl_weight > 0:
         with torch.no_grad(), base_model(denoiser):
-            x0_base, e_base = sampler.predict(ro.latents[k], k)
+            x0_base, e_base = sampler.predict(x, k, rows=rows)
             mean_base = stochastic_mean(x0_base, e_base, lv, std)
         kl = ((mean.float() - mean_base.float()) ** 2).flatten(1).mean(1).mean() / (2 * std * std)
     stats = {
@@ -221,10 +229,17 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     if cfg.reward == "win_rate" and context.task == "vqascore":
         raise ValueError("reward win_rate compares images, but task 'vqascore' is pointwise only; choose another task")
 
-    # --- 1. one process, device, dtype; 2. the pipeline (with a stochastic sampler) and the frozen judge
+    # --- 1. the accelerator (one process), device, dtype; 2. the pipeline (with a stochastic sampler), the judge
     rt = runtime(cfg)
-    if rt.state is not None and getattr(rt.state, "num_processes", 1) > 1:
+    accelerator = rt.accelerator
+    if accelerator.num_processes > 1:
         raise ValueError("train-grpo runs in one process for now; launch it without several processes")
+    micro_batches = accelerator.gradient_accumulation_steps  # (a launcher's --gradient_accumulation_steps wins)
+    if cfg.prompts_per_step % micro_batches:
+        raise ValueError(
+            f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the {micro_batches} gradient accumulation "
+            "steps (each micro-batch takes whole groups)"
+        )
     pipe, rm, family = load_models(cfg, rt, pipe, rm, scheduler_check=check_stochastic)
     trained_for = getattr(rm, "trained_for", None)
     if cfg.reward == "win_rate" and trained_for is not None and trained_for.objective != "pairwise":
@@ -236,12 +251,12 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     sampler_cfg = sampler_config(cfg, pipe, family)
     window = training_window(cfg, step_stds(Sampler(pipe, prompts[0], sampler_cfg).levels, cfg.eta))
 
-    # --- 3. the trainable part: LoRA, optimiser, resume
+    # --- 3. the trainable part: LoRA, optimiser, resume, both prepared by the accelerator
     tr = setup_trainable(cfg, pipe, rt, out)
     step = tr.step
+    sampler_cfg = sampler_config(cfg, pipe, family, tr)  # (the denoiser called as the accelerator prepared it)
 
     # --- 4. trackers, the reward before training
-    autocast = autocast_for(cfg, rt.device)
     trackers = open_trackers(cfg, out, name="grpo") if rt.main else []
     evaluate = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, visits, trackers, tr)
     reward_before = evaluate("", step) if step == 0 else tr.resumed.get("reward_before")
@@ -252,7 +267,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     G = cfg.group_size
 
     # --- 5. the training steps
-    with StopFlag() as flag, finished(trackers):
+    with StopFlag() as flag, finished(trackers, tr):
         while not evaluate.ended(step):  # (early stopping ends it before max_steps)
             started = time.perf_counter()
             gen = step_generator(cfg.seed, step)  # prompts, initial noise, the subset of steps
@@ -267,28 +282,33 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                 pick = torch.randperm(len(window), generator=gen)[: cfg.train_subset]
                 steps = sorted(window[int(i)] for i in pick)
             # 5.1 rollouts and rewards, without gradients
-            with autocast:
+            with accelerator.autocast():
                 ro = sample_rollouts(pipe, sampler_cfg, rows, seeds, cfg.eta, noise, set(steps))
             with visits():
                 rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, context)
             adv = group_advantages(rewards, G, cfg.adv_eps).clamp(-cfg.adv_clip, cfg.adv_clip)
-            # 5.2 the clipped objective and the KL term, inner_epochs optimiser steps
-            total, stats, bad = 0.0, [], False
+            # 5.2 the clipped objective and the KL term: inner_epochs optimiser steps, each over the micro-batches
+            total, stats, bad, grad_norm = 0.0, [], False, float("nan")
+            per_micro = len(rows) // micro_batches  # rows of whole groups
             for _epoch in range(cfg.inner_epochs):
                 tr.optimizer.zero_grad(set_to_none=True)
-                for k in steps:
-                    with autocast:
-                        loss, st = step_loss(ro, k, adv, tr.denoiser, cfg)
-                        loss = loss / len(steps)
-                    if not torch.isfinite(loss):
-                        bad = True
-                        break
-                    loss.backward()  # step by step, so one graph is held at a time
-                    total += float(loss.detach()) / cfg.inner_epochs
-                    stats.append(st)
+                for m in range(micro_batches):
+                    part = list(range(m * per_micro, (m + 1) * per_micro)) if micro_batches > 1 else None
+                    with accelerator.accumulate(tr.model):  # (entered for every micro-batch: it counts them)
+                        for k in [] if bad else steps:
+                            with accelerator.autocast():
+                                loss, st = step_loss(ro, k, adv, tr.denoiser, cfg, rows=part)
+                                loss = loss / len(steps)
+                            if not torch.isfinite(loss):
+                                bad = True
+                                break
+                            # step by step, so one graph is held at a time; accelerate divides by micro_batches
+                            accelerator.backward(loss)
+                            total += float(loss.detach()) / (cfg.inner_epochs * micro_batches)
+                            stats.append(st)
                 if bad:
                     break
-                torch.nn.utils.clip_grad_norm_(tr.params, cfg.max_grad_norm)
+                grad_norm = float(accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm))  # (before clipping)
                 tr.optimizer.step()
                 tr.scheduler.step()
             if bad:
@@ -318,6 +338,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                 "nan_skipped": nan_total,
                 "seconds": time.perf_counter() - started,
                 "lr": tr.scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
             }
             history.append(row)
             if rt.main:

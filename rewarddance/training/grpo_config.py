@@ -15,7 +15,13 @@ class GRPOConfig(DiffusionTrainConfig):
     """Settings of a GRPO run; ``from_yaml`` reads them; every field has help text."""
 
     group_size: int = field(default=4, metadata={"help": "samples per prompt (G); advantages compare them"})
-    prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (each sampled group_size times)"})
+    prompts_per_step: int = field(
+        default=2,
+        metadata={
+            "help": "prompts per step (each sampled group_size times); gradient_accumulation_steps splits their "
+            "groups into that many micro-batches for the loss"
+        },
+    )
     eta: float = field(
         default=1.0, metadata={"help": "noise of the stochastic sampler in (0, 1]: 1 is DDPM-like, 0 would be DDIM"}
     )
@@ -45,6 +51,11 @@ class GRPOConfig(DiffusionTrainConfig):
                 f"group_size must be 2 or more (advantages compare the samples of a group), got {self.group_size}",
             ),
             (self.prompts_per_step >= 1, f"prompts_per_step must be 1 or more, got {self.prompts_per_step}"),
+            (
+                self.prompts_per_step % self.gradient_accumulation_steps == 0,
+                f"prompts_per_step {self.prompts_per_step} must be a multiple of gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps} (each micro-batch takes whole groups)",
+            ),
             (
                 0 < self.eta <= 1,
                 f"eta must be in (0, 1]: GRPO needs a stochastic sampler (eta 0 is deterministic), got {self.eta}",

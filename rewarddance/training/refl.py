@@ -22,6 +22,12 @@ at most ``stop_range`` wide), and each call still has one timestep, as every pip
 
 Everything that makes a run reproducible and resumable is keyed on ``(seed, step)``: the prompts, the noise and
 the stop level of step ``s`` do not depend on what ran before, so a resumed run equals an uninterrupted one.
+
+The engine is ``accelerate``'s (phase 1 of :mod:`.diffusion_loop`): a step is ``gradient_accumulation_steps``
+micro-batches (``accelerator.accumulate``) of ``batch_size`` rows on each process, under ``accelerator.autocast()``;
+over several processes DDP averages the gradients in the backward pass. The rows of all processes are drawn from one
+stream and each process takes its slice, so a step trains on the same global batch however many processes share it
+(two processes of ``batch_size: 1`` equal one of ``batch_size: 2``); only the pretraining items are drawn per process.
 Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux).
 """
 
@@ -36,14 +42,13 @@ import torch
 import torch.nn.functional as F
 
 from ..context import RewardContext
-from ..distributed import any_process, average_gradients
+from ..distributed import any_process
 from ..images import ImageError, load_image, to_tensor
 from ..manifest import read_jsonl
 from ..pipelines import Sampler, compose, decode
 from .checkpoint import StopFlag
 from .diffusion_loop import (
     add_lora,
-    autocast_for,
     finish,
     finished,
     judge_visits,
@@ -88,6 +93,22 @@ def read_pretrain_folder(folder) -> list[tuple[torch.Tensor, str]]:
 
 # ---------------------------------------------------------------------------------------------------- one step
 _step_generator = step_generator  # (the name the tests and benchmarks know)
+
+
+def draw_rows(n: int, prompts, stop_range, reference_images: dict, gen, ref_gen) -> list[tuple]:
+    """``n`` rollout rows ``(prompt, stop level, noise seed, reference or None)``, drawn row by row from ``gen``
+    (and, for a prompt with cached references, which one from ``ref_gen``)."""
+    rows = []
+    for _ in range(n):
+        prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
+        stop = int(torch.randint(stop_range[0], stop_range[1] + 1, (1,), generator=gen))
+        noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+        reference = None
+        if prompt in reference_images:
+            choices = reference_images[prompt]
+            reference = choices[int(torch.randint(0, len(choices), (1,), generator=ref_gen))]
+        rows.append((prompt, stop, noise_seed, reference))
+    return rows
 
 
 def rollout_rewards(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context) -> torch.Tensor:
@@ -170,25 +191,24 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     pretrain = read_pretrain_folder(cfg.pretrain_data) if cfg.pretrain_data and cfg.pretrain_weight > 0 else None
     refuse_remote(rm, "train-refl: rm (ReFL back-propagates the reward into the generator)")
 
-    # --- 1. processes, device, dtype; 2. the pipeline and the frozen judge
+    # --- 1. the accelerator (processes, device, mixed precision, accumulation), the dtype; 2. the pipeline, the judge
     rt = runtime(cfg)
-    state, rank, main, device, fsdp = rt.state, rt.rank, rt.main, rt.device, rt.fsdp
+    accelerator, state, rank, main, device, fsdp = rt.accelerator, rt.state, rt.rank, rt.main, rt.device, rt.fsdp
     pipe, rm, family = load_models(cfg, rt, pipe, rm)
     rm_on_device = judge_visits(rm, cfg, device)
     context = RewardContext(task=cfg.task, cot=cfg.cot)
     # every cached reference of a prompt (build_references keeps top_k); one is drawn per rollout
     reference_images = {p: [to_tensor(load_image(f)) for f in v] for p, v in refs.items()} if refs else {}
 
-    # --- 3. the trainable part: LoRA, optimiser, resume
+    # --- 3. the trainable part: LoRA, optimiser, resume, both prepared by the accelerator
     tr = setup_trainable(cfg, pipe, rt, out)
     params, optimizer, scheduler, step = tr.params, tr.optimizer, tr.scheduler, tr.step
 
     def checkpoint() -> None:  # a resumed run reports the reward and evaluations its first part measured
         tr.checkpoint(step, {"reward_before": reward_before, **evaluator.state()}, evaluator.tensors())
 
-    # --- 4. sampling settings, trackers, the reward before training
-    sampler_cfg = sampler_config(cfg, pipe, family)
-    autocast = autocast_for(cfg, device)
+    # --- 4. sampling settings (the denoiser called through the prepared model), trackers, the reward before training
+    sampler_cfg = sampler_config(cfg, pipe, family, tr)
     trackers = open_trackers(cfg, out) if main else []
     evaluator = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, rm_on_device, trackers, tr)
 
@@ -200,55 +220,48 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     history, nan_run, nan_total = [], 0, 0
     metrics = out / "metrics.csv"
     bar = tqdm(total=cfg.max_steps, initial=step, desc="refl", disable=not progress)
-    # --- 5. the training steps
-    with StopFlag() as flag, finished(trackers):
+    B, world, micro_batches = cfg.batch_size, accelerator.num_processes, accelerator.gradient_accumulation_steps
+    lo, hi = cfg.stop_range
+    # --- 5. the training steps: micro-batches of B rows per process, gradients accumulated, then one optimiser step
+    with StopFlag() as flag, finished(trackers, tr):
         while not evaluator.ended(step):  # (early stopping ends it before max_steps)
             started = time.perf_counter()
-            gen = _step_generator(cfg.seed, step, salt=2 * rank)  # each process draws its own prompts and noise
-            pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # its own stream: the reward path is unchanged
-            shared = _step_generator(cfg.seed, step, salt=-1)
-            ref_gen = _step_generator(cfg.seed, step, salt=-2 - rank)  # which cached reference: its own stream
+            gen = _step_generator(cfg.seed, step)  # the rows of all processes: prompts, stop levels, noise seeds
+            ref_gen = _step_generator(cfg.seed, step, salt=-2)  # which cached reference of each row
+            shared = _step_generator(cfg.seed, step, salt=-1)  # FSDP's stop levels
+            pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # this process's pretraining items
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
-            share = 1.0 / (cfg.batch_size * cfg.grad_accum)  # each row's part of the step's loss
             with rm_on_device():
-                for _micro in range(cfg.grad_accum):
-                    # the rows' draws, row by row in the order (and from the generators) of one rollout per prompt
-                    batch, stops, noise_seeds, references = [], [], [], []
-                    for _b in range(cfg.batch_size):
-                        prompt = prompts[int(torch.randint(0, len(prompts), (1,), generator=gen))]
-                        stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=gen))
-                        if fsdp:  # sharded, all processes must call the denoiser equally often: one stop level
-                            # (drawn besides the one above, so prompts and noise stay those of a DDP run)
-                            stop = int(torch.randint(cfg.stop_range[0], cfg.stop_range[1] + 1, (1,), generator=shared))
-                        noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-                        reference = None
-                        if prompt in reference_images:
-                            choices = reference_images[prompt]
-                            reference = choices[int(torch.randint(0, len(choices), (1,), generator=ref_gen))]
-                        batch.append(prompt)
-                        stops.append(stop)
-                        noise_seeds.append(noise_seed)
-                        references.append(reference)
+                for _micro in range(micro_batches):
+                    # the micro-batch of every process, drawn row by row as one rollout per prompt drew them, so a
+                    # step is the same global batch on any number of processes; this process rolls out its slice
+                    rows = draw_rows(world * B, prompts, cfg.stop_range, reference_images, gen, ref_gen)
+                    batch, stops, noise_seeds, references = (list(c) for c in zip(*rows[rank * B : (rank + 1) * B]))
+                    if fsdp:  # sharded, all processes must call the denoiser equally often: the same stop levels
+                        # (drawn besides the ones above, so prompts and noise stay those of a DDP run)
+                        stops = [int(torch.randint(lo, hi + 1, (1,), generator=shared)) for _ in range(B)]
                     refs_or_none = references if reference_images else None
-                    with autocast:
-                        r = rollout_rewards(pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, context)
-                        if cfg.loss == "hinge":
-                            per_row = F.relu(cfg.hinge_margin - r)
-                        else:
-                            per_row = -torch.log(r.clamp_min(1e-12))
-                        loss = cfg.reward_scale * per_row.sum() * share
-                    if torch.isfinite(loss):
-                        loss.backward()
-                    total += float(loss.detach())
-                    rewards.extend(float(v) for v in r.detach().float())
-                    for _b in range(cfg.batch_size if pretrain is not None else 0):  # one image-caption item a row
-                        item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
-                        with autocast:
-                            extra = cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen) * share
-                        if torch.isfinite(extra):
-                            extra.backward()  # each on its own, so no two graphs are held at once
-                        total += float(extra.detach())
+                    with accelerator.accumulate(tr.model):  # (the last micro-batch's backward averages over DDP)
+                        with accelerator.autocast():
+                            r = rollout_rewards(pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, context)
+                            if cfg.loss == "hinge":
+                                per_row = F.relu(cfg.hinge_margin - r)
+                            else:
+                                per_row = -torch.log(r.clamp_min(1e-12))
+                            loss = cfg.reward_scale * per_row.mean()
+                        # every process runs every backward (DDP reduces inside them), a NaN one too: its step is
+                        # skipped below; accelerate divides each by the number of micro-batches
+                        accelerator.backward(loss)
+                        total += float(loss.detach()) / micro_batches
+                        rewards.extend(float(v) for v in r.detach().float())
+                        for _b in range(B if pretrain is not None else 0):  # one image-caption item a row
+                            item = pretrain[int(torch.randint(0, len(pretrain), (1,), generator=pre_gen))]
+                            with accelerator.autocast():
+                                extra = cfg.pretrain_weight * pretrain_loss(pipe, item, sampler_cfg, pre_gen) / B
+                            accelerator.backward(extra)  # each on its own, so no two graphs are held at once
+                            total += float(extra.detach()) / micro_batches
+            grad_norm = float("nan")
             if any_process(not math.isfinite(total), state):
                 nan_run += 1
                 nan_total += 1
@@ -261,9 +274,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                     )
             else:
                 nan_run = 0
-                if not fsdp:  # (FSDP averages the gradients itself)
-                    average_gradients(params, state)
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))  # (before clipping)
                 optimizer.step()
                 scheduler.step()
             step += 1
@@ -278,6 +289,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 "nan_skipped": nan_total,
                 "seconds": time.perf_counter() - started,
                 "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
             }
             history.append(row)
             if main:
@@ -291,8 +303,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             stopping = any_process(flag.stop or (stop_at is not None and step >= stop_at), state)
             if stopping or evaluator.ended(step) or (cfg.save_every and step % cfg.save_every == 0):
                 checkpoint()
-                if state:
-                    state.wait_for_everyone()
+                accelerator.wait_for_everyone()
             if stopping and not evaluator.ended(step):
                 bar.close()
                 return {"stopped_at": step, "history": history}
@@ -301,7 +312,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     # --- 6. the LoRA (the last, or keep_best's) for diffusers and ComfyUI, the reward curve
     lora_dir = finish(pipe, tr, out, history, evaluator)
     return {
-        "processes": state.num_processes if state else 1,
+        "processes": world,
         "lora_checksum": lora_checksum(params),
         "step": step,
         "reward_before": reward_before,

@@ -57,7 +57,20 @@ class DiffusionTrainConfig:
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
     max_steps: int = field(default=100, metadata={"help": "optimiser steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
-    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 autocast"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "accelerate's autocast: no, bf16 or fp16 (fp16 on a GPU only); None: what accelerate launch / "
+            "accelerate config chose, else no"
+        },
+    )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "micro-batches per optimiser step, their gradients accumulated (accelerator.accumulate); "
+            "accelerate launch --gradient_accumulation_steps overrides it"
+        },
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the denoiser and VAE decoder"})
     offload_reward_model: bool = field(default=False, metadata={"help": "keep the RM on the CPU between steps"})
     seed: int = field(default=0, metadata={"help": "seed of prompts, noise and every draw of a step"})
@@ -114,7 +127,14 @@ class DiffusionTrainConfig:
                 not (self.distributed == "fsdp" and self.optimizer == "adamw8bit"),
                 "optimizer adamw8bit does not take FSDP's sharded parameters; use adamw with distributed fsdp",
             ),
-            (self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16"),
+            (
+                self.mixed_precision in (None, "no", "bf16", "fp16"),
+                f"mixed_precision must be no, bf16 or fp16 (or None), got {self.mixed_precision!r}",
+            ),
+            (
+                self.gradient_accumulation_steps >= 1,
+                f"gradient_accumulation_steps must be 1 or more, got {self.gradient_accumulation_steps}",
+            ),
             (
                 self.verifier in ("auto", "shapes", "none"),
                 f"verifier must be auto, shapes or none, got {self.verifier!r}",
@@ -146,8 +166,10 @@ class ReFLConfig(DiffusionTrainConfig):
     stop_range: list[int] = field(
         default_factory=lambda: [20, 29], metadata={"help": "[lo, hi] stop levels, inclusive"}
     )
-    batch_size: int = field(default=2, metadata={"help": "prompts per step"})
-    grad_accum: int = field(default=1, metadata={"help": "steps of gradient accumulation per optimiser step"})
+    batch_size: int = field(
+        default=2, metadata={"help": "prompts per micro-batch and process (a step: x gradient_accumulation_steps)"}
+    )
+    grad_accum: int | None = field(default=None, metadata={"help": "the former name of gradient_accumulation_steps"})
     pretrain_data: str | None = field(default=None, metadata={"help": "image-caption folder (manifest.jsonl)"})
     pretrain_weight: float = field(default=0.0, metadata={"help": "weight of the pretraining diffusion loss"})
 
@@ -155,6 +177,13 @@ class ReFLConfig(DiffusionTrainConfig):
         from ..remote import refuse_remote
 
         super().__post_init__()
+        if self.grad_accum is not None:  # the former name: one value, kept under the shared field's name
+            if self.gradient_accumulation_steps not in (1, self.grad_accum):
+                raise ValueError(
+                    f"ReFLConfig: grad_accum {self.grad_accum} and gradient_accumulation_steps "
+                    f"{self.gradient_accumulation_steps} disagree; give gradient_accumulation_steps only"
+                )
+            self.gradient_accumulation_steps, self.grad_accum = self.grad_accum, None
         refuse_remote(
             self.reward_model, "ReFLConfig: reward_model (ReFL back-propagates the reward into the generator)"
         )
@@ -165,7 +194,10 @@ class ReFLConfig(DiffusionTrainConfig):
                 self.cot in ("none", "judgment_first"),
                 f"cot must be none or judgment_first (a reward read before any decoding), got {self.cot!r}",
             ),
-            (self.batch_size >= 1 and self.grad_accum >= 1 and self.max_steps >= 1, "batch sizes and steps >= 1"),
+            (
+                self.batch_size >= 1 and self.gradient_accumulation_steps >= 1 and self.max_steps >= 1,
+                "batch sizes and steps >= 1",
+            ),
             (len(self.stop_range) == 2, f"stop_range must be [lo, hi], got {self.stop_range}"),
         ]
         for ok, msg in checks:

@@ -1,0 +1,266 @@
+"""Inference-time scaling on tiny video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; Wan and LTX image-to-video)
+with a tiny Qwen2-VL judge that takes clips natively: best-of-N returns the best clip with the judge's own score,
+the level-by-level sampler reproduces each text-to-video pipeline, search over paths and tournaments judge clips,
+and the guidance callback steers a video pipeline's own loop (rewarddance.search, .guidance, .video_pipelines)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from rewarddance import RewardContext
+from rewarddance.guidance import RewardGuidanceCallback, check_pipeline, run_guided
+from rewarddance.pipelines import (
+    PipelineError,
+    Sampler,
+    SamplerConfig,
+    decompose,
+    levels,
+    pipeline_family,
+    renoise,
+)
+from rewarddance.search import best_of_n, search_cost, search_over_paths, tournament
+from rewarddance.testing.tiny_video import DEFAULT_CALL, build_tiny_video_pipeline
+
+PROMPT = "a red circle moves left"
+FRAMES = DEFAULT_CALL["num_frames"]  # 9 frames of 32 x 32
+JUDGE = 4  # frames the judge sees
+T2V = ["wan", "wan22", "cogvideox", "ltx"]
+I2V = ["wan_i2v", "ltx_i2v"]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    built = {}
+
+    def get(kind):
+        if kind == "wan_i2v":  # diffusers 0.42's Wan image-to-video cleans prompts with ftfy unconditionally
+            pytest.importorskip("ftfy")
+        if kind not in built:
+            built[kind] = build_tiny_video_pipeline(kind)
+        return built[kind]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def rm(rm_cache):
+    return rm_cache("qwen2_vl")  # Qwen2-VL takes a clip as one video (temporal patches, M-RoPE)
+
+
+@pytest.fixture(scope="module")
+def image():
+    g = torch.Generator().manual_seed(0)
+    return Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
+
+
+def _kw(kind, image=None, steps=2):
+    kw = dict(DEFAULT_CALL, num_inference_steps=steps, guidance_scale=3.0)
+    if kind in I2V:
+        kw["image"] = image
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------- best-of-N
+@pytest.mark.parametrize("kind", T2V + I2V)
+def test_best_of_n_returns_the_best_clip_with_the_judges_score(pipes, rm, image, kind):
+    pipe = pipes(kind)
+    kw = _kw(kind, image)
+    res = best_of_n(pipe, rm, PROMPT, n=3, seed=4, batch_size=3, judge_frames=JUDGE, **kw)
+    assert len(res.images) == 3 and all(c.shape == (FRAMES, 3, 32, 32) for c in res.images)
+    assert res.order[0] == int(torch.argmax(res.scores)) and res.rm_calls == 1
+    assert len(set(res.scores.tolist())) == 3, "the clips should score differently"
+    # the judge's own score of the winning clip, on the same frames (image-to-video: shown the image first)
+    context = RewardContext(task="video_alignment", first_frame=image) if kind in I2V else None
+    direct = rm.score(videos=[res.best], prompts=PROMPT, context=context, num_frames=JUDGE)
+    assert abs(float(direct.p_yes[0]) - float(res.scores[res.order[0]])) < 1e-5
+    assert direct.videos[0].indices == (0, 3, 5, 8)  # 4 of 9 frames, first and last included
+    # the seed regenerates the winner
+    regen = pipe(
+        prompt=PROMPT, generator=[torch.Generator().manual_seed(res.best_seed)], output_type="pt", **kw
+    ).frames[0]
+    assert (regen - res.best).abs().max() < 1e-5
+
+
+def test_best_of_n_with_a_callable_that_returns_clips(rm):
+    """A generator callable's ``[B, T, 3, H, W]`` tensor (or channels-last arrays) is scored as clips."""
+
+    def generate(prompt, seeds):  # 5 flat frames per clip, getting brighter; the level depends on the seed
+        ramp = torch.linspace(0, 0.5, 5).view(5, 1, 1, 1)
+        return torch.stack([(ramp + (s % 4) / 8).expand(5, 3, 32, 32) for s in seeds])
+
+    res = best_of_n(generate, rm, PROMPT, n=4, batch_size=2, judge_frames=3)
+    assert res.images[0].shape == (5, 3, 32, 32) and res.rm_calls == 2
+    direct = rm.score(videos=res.images, prompts=PROMPT, num_frames=3).p_yes
+    assert torch.allclose(direct, res.scores, atol=1e-5) and res.order[0] == int(torch.argmax(res.scores))
+    channels_last = best_of_n(lambda p, seeds: generate(p, seeds).permute(0, 1, 3, 4, 2).numpy(), rm, PROMPT, n=4)
+    assert torch.allclose(
+        channels_last.scores, rm.score(videos=res.images, prompts=PROMPT, num_frames=5).p_yes, atol=1e-5
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the sampler
+@pytest.mark.parametrize("kind", T2V)
+def test_the_sampler_reproduces_each_text_to_video_pipeline(pipes, kind):
+    """Level by level, the sampler gives the pipeline's own latents and clip for a seed (Wan 2.2: both experts, the
+    boundary falls between steps 2 and 3; CogVideoX: v-prediction DDIM with zero terminal SNR; LTX: packed tokens)."""
+    pipe = pipes(kind)
+    kw = _kw(kind, steps=4)
+    ref = pipe(PROMPT, generator=[torch.Generator().manual_seed(7)], output_type="latent", **kw).frames
+    sampler = Sampler(pipe, PROMPT, SamplerConfig(**kw))
+    x = sampler.initial_latents([7])
+    for k in range(4):
+        x, _ = sampler.step(x, k)
+    assert (x - ref).abs().max() < 1e-4 * (1 + ref.abs().max())
+    clip = pipe(PROMPT, generator=[torch.Generator().manual_seed(7)], output_type="pt", **kw).frames
+    decoded = sampler.decode(x)
+    assert decoded.shape == (1, FRAMES, 3, 32, 32) and (decoded - clip).abs().max() < 1e-4
+    assert sampler.evaluations == 4
+    if kind == "cogvideox":  # zero terminal SNR: level 0 is pure noise, and re-noising to it keeps the latents
+        assert sampler.levels[0] == (0.0, 1.0)
+        assert torch.equal(renoise(x, sampler.levels[0], sampler.levels[0], torch.Generator().manual_seed(0)), x)
+    if kind == "wan22":  # the timesteps straddle the experts' boundary (0.875 * 1000): both experts ran
+        ts = [float(t) for t in sampler.timesteps]
+        assert ts[0] >= 875 > ts[-1]
+
+
+@pytest.mark.parametrize("kind", ["wan", "cogvideox", "ltx"])
+def test_callback_x0_equals_the_denoiser_prediction(pipes, kind):
+    pipe = pipes(kind)
+    seen = {}
+
+    def grab(p, i, t, kw):
+        seen[i] = kw["latents"].clone()
+        return {}
+
+    kw = _kw(kind, steps=4)
+    pipe(PROMPT, generator=[torch.Generator().manual_seed(3)], output_type="latent", callback_on_step_end=grab, **kw)
+    lv = levels(pipe.scheduler)
+    sampler = Sampler(pipe, PROMPT, SamplerConfig(**kw))
+    for i in (1, 2):
+        x0, _ = decompose(seen[i - 1], seen[i], lv[i], lv[i + 1])
+        want, _ = sampler.predict(seen[i - 1], i)
+        assert (x0 - want).abs().max() < 1e-4 * (1 + want.abs().max())
+
+
+# ------------------------------------------------------------------------------------- search and tournament
+@pytest.mark.parametrize("kind", ["wan", "cogvideox", "ltx"])
+def test_search_over_paths_on_a_video_pipeline(pipes, rm, kind):
+    pipe = pipes(kind)
+    kw = _kw(kind, steps=4)
+    config = SamplerConfig(**kw)
+    settings = dict(n=2, m=2, num_inference_steps=4, start=1, forward=1, backward=2, seed=3, judge_frames=JUDGE)
+    res = search_over_paths(pipe, rm, PROMPT, config=config, **settings)
+    assert res.images.shape == (2, FRAMES, 3, 32, 32)
+    rounds = [(1, 0, 2), (2, 1, 3), (3, 2, 4)]
+    assert res.evaluations == search_cost(4, 2, 2, 1, rounds) and len(res.history) == 3
+    assert res.rm_calls == 4 and res.rm_images == 3 * 4 + 2
+    direct = rm.score(videos=list(res.images), prompts=PROMPT, num_frames=JUDGE).p_yes
+    assert torch.allclose(direct, res.scores, atol=1e-5) and res.scores[0] >= res.scores[1]
+    for h in res.history:
+        assert [h["scores"][i] for i in h["kept"]] == sorted(h["scores"], reverse=True)[:2]
+    again = search_over_paths(pipe, rm, PROMPT, config=config, **settings)
+    assert torch.equal(again.images, res.images)
+
+
+def test_tournament_compares_clips_in_both_orders(pipes, rm):
+    clips = pipes("wan")([PROMPT] * 3, generator=[torch.Generator().manual_seed(s) for s in range(3)], output_type="pt",
+                         **_kw("wan")).frames  # fmt: skip
+    res = tournament(clips, rm, PROMPT, top_k=1, judge_frames=JUDGE)  # a [B, T, 3, H, W] tensor
+    assert sorted(res.ranking) == [0, 1, 2] and res.rm_calls == 1 and len(res.matches) == 3
+    for i, j, p_j in res.matches:  # P(j beats i) from the judge directly, both orders averaged
+        one = rm.compare(videos=[clips[j]], references=[clips[i]], prompts=PROMPT, num_frames=JUDGE).p_yes
+        two = rm.compare(videos=[clips[i]], references=[clips[j]], prompts=PROMPT, num_frames=JUDGE).p_yes
+        assert abs(p_j - (float(one[0]) + 1 - float(two[0])) / 2) < 1e-5
+    assert tournament(list(clips), rm, PROMPT, judge_frames=JUDGE).matches == res.matches  # a list of clips
+
+
+# ------------------------------------------------------------------------------------------- guidance callback
+@pytest.mark.parametrize("kind", ["wan", "cogvideox", "ltx"])
+def test_guidance_prunes_a_video_batch_to_its_best_clip(pipes, rm, kind):
+    """Pruning at the last step to the best of 3 paths: every clip becomes the best one (flow matching and
+    CogVideoX's DDIM both end at x0 exactly), which the judge scores as the callback did, and differs from the
+    unguided batch."""
+    pipe = pipes(kind)
+    steps = 3
+    kw = _kw(kind, steps=steps)
+    prompts = [PROMPT] * 3  # CogVideoX makes one clip per prompt; the callback groups rows by prompt
+    cb = RewardGuidanceCallback(rm, prompts, steps=[steps - 1], mode="prune", keep=1, refresh=0.0, judge_frames=JUDGE)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    out = run_guided(pipe, prompts, cb, generator=gens, output_type="pt", **kw).frames
+    plain = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in range(3)], output_type="pt", **kw).frames
+    assert cb.rm_calls == 1 and cb.images_scored == 3
+    scores = cb.history[0]["scores"]
+    best = max(range(3), key=scores.__getitem__)
+    assert cb.history[0]["ancestors"] == [best] * 3
+    assert torch.allclose(out, plain[best].expand_as(out), atol=1e-4)  # the best clip, three times
+    assert (out - plain).abs().amax(dim=(1, 2, 3, 4)).max() > 1e-3  # the others were replaced
+    final = rm.score(videos=list(out), prompts=PROMPT, num_frames=JUDGE).p_yes
+    assert torch.allclose(final, torch.full((3,), scores[best]), atol=1e-4)
+
+
+def test_guidance_keeps_the_conditioning_frame_of_image_to_video(pipes, rm, image):
+    """LTX-Video image-to-video pins its first latent frame to the image's latents: copies that get fresh noise keep
+    it."""
+    pipe = pipes("ltx_i2v")
+    kw = _kw("ltx_i2v", image, steps=3)
+    kw["image"] = [image] * 3  # the pipeline encodes one image per generator
+    cb = RewardGuidanceCallback(rm, [PROMPT] * 3, steps=[1], mode="prune", keep=1, refresh=1.0, judge_frames=JUDGE)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    out = run_guided(pipe, [PROMPT] * 3, cb, generator=gens, output_type="latent", **kw).frames  # [B, S, C]
+    plain = pipe(prompt=[PROMPT] * 3, generator=[torch.Generator().manual_seed(s) for s in range(3)], output_type="latent",
+                 **kw).frames  # fmt: skip
+    best = max(range(3), key=cb.history[0]["scores"].__getitem__)
+    assert cb.history[0]["ancestors"] == [best] * 3
+    first = 8 * 8  # the tokens of the first latent frame (32 x 32 pixels, 4x spatial compression)
+    # each row drew its own VAE sample of the image; the copies carry the best path's, untouched by the fresh noise
+    assert torch.equal(out[:, :first], plain[best, :first].expand(3, -1, -1))
+    assert (out[1:, first:] - out[:1, first:]).abs().max() > 1e-3  # the rest of each copy got fresh noise
+
+
+def test_guidance_shows_the_image_to_an_image_to_video_judge(pipes, image):
+    """run_guided gives an image-to-video call without a context the image as the judge's first frame."""
+    seen = []
+
+    class Judge:
+        def score(self, images=None, prompts=None, context=None, videos=None, num_frames=None):
+            seen.append((context, len(videos), num_frames))
+            from rewarddance.model import RewardOutput
+
+            return RewardOutput(p_yes=torch.linspace(0.1, 0.9, len(videos)), margin=torch.zeros(len(videos)))
+
+    pipe = pipes("ltx_i2v")
+    kw = _kw("ltx_i2v", image, steps=3)
+    kw["image"] = [image] * 2
+    cb = RewardGuidanceCallback(Judge(), [PROMPT] * 2, steps=[1], mode="prune", keep=1, judge_frames=JUDGE)
+    gens = [torch.Generator().manual_seed(s) for s in range(2)]
+    run_guided(pipe, [PROMPT] * 2, cb, generator=gens, output_type="latent", **kw)
+    context, n, frames = seen[0]
+    assert context.task == "video_alignment" and context.first_frame is kw["image"] and (n, frames) == (2, JUDGE)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+def test_bad_input_is_named(pipes, rm, image):
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    wan = pipes("wan")
+    unipc = WanPipeline(**{**wan.components, "scheduler": UniPCMultistepScheduler()})
+    with pytest.raises(PipelineError, match="UniPCMultistepScheduler"):
+        check_pipeline(unipc)
+    odd = WanPipeline(**{**wan.components, "transformer": torch.nn.Linear(2, 2)})
+    with pytest.raises(PipelineError, match="WanPipeline is not supported.*its denoiser is a Linear"):
+        pipeline_family(odd)
+    with pytest.raises(PipelineError, match="WanPipeline is not supported"):
+        RewardGuidanceCallback(rm, PROMPT)(odd, 0, 999, {"latents": torch.zeros(1, 16, 3, 4, 4)})
+    with pytest.raises(PipelineError, match="LTXImageToVideoPipeline: the level-by-level sampler"):
+        search_over_paths(pipes("ltx_i2v"), rm, PROMPT, n=1, m=1, num_inference_steps=2, config=SamplerConfig())
+    ltx = pipes("ltx")
+    cb = RewardGuidanceCallback(rm, PROMPT, steps=[1])
+    kw = _kw("ltx", steps=2)
+    with pytest.raises(PipelineError, match="needs height, width and num_frames"):  # called directly, no sizes
+        ltx(PROMPT, callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["latents"], **kw)
+    with pytest.raises(ValueError, match=r"generated video 0: expected a \[T, 3, H, W\] tensor"):
+        best_of_n(lambda p, seeds: [torch.rand(5, 32, 32, 3) for _ in seeds], rm, PROMPT, n=1)
+    with pytest.raises(ValueError, match="judge_frames must be a positive integer or None, got 0"):
+        best_of_n(wan, rm, PROMPT, n=1, judge_frames=0, **_kw("wan"))
