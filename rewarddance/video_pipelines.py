@@ -114,6 +114,11 @@ def decode_video(pipe, x0: torch.Tensor, height=None, width=None, num_frames=Non
     """Latents of clean clips -> ``[B, T, 3, H, W]`` float32 in [0, 1], decoded whole, one clip at a time (see the
     module's note on causal VAEs). ``height``, ``width`` and ``num_frames`` (the pipeline call's) unpack LTX-Video's
     tokens and are required there; CogVideoX 1.5 uses ``num_frames`` to drop the frames its pipeline padded in front."""
+    return decode_clips(pipe, x0, height, width, num_frames)
+
+
+def decode_clips(pipe, x0: torch.Tensor, height=None, width=None, num_frames=None) -> torch.Tensor:
+    """:func:`decode_video` with gradients to ``x0`` (ReFL on a video pipeline back-propagates through the VAE)."""
     family = pipeline_family(pipe)
     if family not in VIDEO_FAMILIES:
         raise PipelineError(f"decode_video: {type(pipe).__name__} is not a video pipeline")
@@ -335,6 +340,7 @@ class VideoSampler(Sampler):
 __all__ = [
     "VIDEO_FAMILIES",
     "VideoSampler",
+    "decode_clips",
     "decode_video",
     "generated_clips",
     "i2v_context",

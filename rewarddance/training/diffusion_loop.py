@@ -6,7 +6,7 @@ Each trainer reads top to bottom in numbered phases and calls these for the phas
    ``accelerate launch`` / ``accelerate config`` set them up; mixed precision; gradient accumulation), the device
    and the dtype;
 2. :func:`load_models`: the pipeline (diffusers folder, hub id or single file) and the frozen judge, and
-   :func:`judge_visits`, the context in which an offloaded judge comes to the device to score;
+   :func:`judge_visits`, the context in which an offloaded judge comes to the device to score (video: :mod:`.video_checks`);
 3. :func:`setup_trainable`: the LoRA on the denoiser, the optimiser, resume from the newest checkpoint, both
    through ``accelerator.prepare`` (DistributedDataParallel averages the gradients over the processes), and the
    :class:`Trainable` whose ``checkpoint`` saves the run atomically;
@@ -37,7 +37,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from ..distributed import any_process
 from ..manifest import ManifestError, read_jsonl
-from ..pipelines import Sampler, SamplerConfig, check_scheduler, pipeline_family
+from ..pipelines import VIDEO_FAMILIES, Sampler, SamplerConfig, check_scheduler, pipeline_family
 from ..remote import is_remote, load_judge
 from .checkpoint import gather_full_state, list_checkpoints, load_checkpoint, load_trainable, save_checkpoint
 from .engine import Runtime, full_tensor, own_forward, shard_denoiser, torch_optimizer
@@ -46,6 +46,7 @@ from .export import save_lora
 from .metrics import drop_rows_after, say
 from .plots import plot_reward_curve, save_sample_grid
 from .refl_config import DiffusionTrainConfig
+from .video_checks import check_pipeline_media, judge_frames, video_text_length
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -209,6 +210,7 @@ def load_models(cfg: DiffusionTrainConfig, rt: Runtime, pipe=None, rm=None, sche
                 module.to(rt.device)
     family = pipeline_family(pipe)
     scheduler_check(pipe.scheduler)
+    check_pipeline_media(cfg, pipe, family)
     pipe.set_progress_bar_config(disable=True)
     if rm is None and is_remote(cfg.reward_model):  # a served judge (http://..., openai:...): scores only
         rm = load_judge(cfg.reward_model)
@@ -342,7 +344,12 @@ def sampler_config(cfg: DiffusionTrainConfig, pipe, family: str, tr: Trainable |
         height=size,
         width=size,
         denoiser=tr.model if tr is not None else None,
+        num_frames=cfg.num_frames,
     )
+    if cfg.max_sequence_length is not None:
+        sampler_cfg.max_sequence_length = cfg.max_sequence_length
+    elif family in VIDEO_FAMILIES:
+        sampler_cfg.max_sequence_length = video_text_length(pipe, family)
     if family == "flux":
         sampler_cfg.max_sequence_length = min(sampler_cfg.max_sequence_length, pipe.tokenizer_2.model_max_length)
     return sampler_cfg
@@ -410,7 +417,8 @@ class Evaluator:
         self.sampler_cfg = replace(sampler_cfg, denoiser=None)
         self.eval_prompts, self.out, self.rt, self.visits = eval_prompts, Path(out), rt, visits
         self.trackers, self.tr = trackers, tr
-        self.verifier = use_verifier(cfg, eval_prompts)
+        # (the ShapesWorld verifier checks images; clips of a video pipeline are judged only)
+        self.verifier = pipeline_family(pipe) not in VIDEO_FAMILIES and use_verifier(cfg, eval_prompts)
         self.first: dict | None = None
         self.last: dict | None = None
         self.best: dict | None = None  # the row keep_best exports
@@ -436,6 +444,9 @@ class Evaluator:
                 for k in range(cfg.num_inference_steps):
                     x, _ = sampler.step(x, k)
                 images = sampler.decode(x)
+                if images.ndim == 5:  # clips [n, T, 3, H, W]
+                    scores.append(self.score_clips(images, prompt, tag, i))
+                    continue
                 scores.append(self.rm.score(images, prompt, context=self.context).p_yes.float().cpu())
                 if self.verifier:
                     for img in images.detach().float().cpu().nan_to_num(0.0).clamp(0, 1):
@@ -456,6 +467,16 @@ class Evaluator:
             share = sum(passed) / len(passed)
             row.update(alignment=share, alignment_se=proportion_se(share, len(passed)))
         return row
+
+    def score_clips(self, clips: torch.Tensor, prompt: str, tag: str, i: int) -> torch.Tensor:
+        """The judge's P(yes) of clips ``[n, T, 3, H, W]`` on :func:`judge_frames` frames of each, sampled uniformly
+        (first and last included); with a ``tag`` and ``sample_every`` those frames are saved, clip after clip."""
+        frames = judge_frames(self.cfg, clips.shape[1])
+        out = self.rm.score(videos=clips, prompts=prompt, context=self.context, num_frames=frames)
+        if tag and self.cfg.sample_every:
+            seen = torch.cat([clip[list(s.indices)] for clip, s in zip(clips, out.videos)])
+            save_sample_grid(seen, self.out / "samples" / f"{tag}-{i:03d}.png")
+        return out.p_yes.float().cpu()
 
     def __call__(self, tag: str, step: int) -> float | None:
         row = None

@@ -21,6 +21,11 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
    (``accelerator.accumulate``; the rollouts are sampled together in 1.), their gradients summed to the whole batch's
    before each optimiser step.
 
+On a video pipeline (the text-to-video ones with one denoiser: Wan 2.1, CogVideoX, LTX-Video) the same steps run on
+the clips' latents (5-D, or LTX-Video's tokens; ``log p`` is averaged over all their elements), and step 2 scores
+whole decoded clips, the judge shown ``reward_frames`` frames of each sampled uniformly (``score(videos=...,
+num_frames=...)``).
+
 Every draw of step ``s`` (prompts, initial noise, the sampler's noise, the subset of steps) comes from generators
 keyed on ``(seed, s)``, so a resumed run equals an uninterrupted one. Loading, LoRA, checkpoints, evaluation,
 trackers and export are the shared phases of :mod:`.diffusion_loop`, and the engine is its ``accelerate.Accelerator``
@@ -40,9 +45,9 @@ import torch
 from ..context import RewardContext
 from ..pipelines import (
     SCHEDULERS,
+    VIDEO_FAMILIES,
     PipelineError,
     Sampler,
-    decode,
     gaussian_logp,
     stochastic_mean,
     stochastic_std,
@@ -65,6 +70,7 @@ from .diffusion_loop import (
 )
 from .grpo_config import GRPOConfig
 from .metrics import append_csv
+from .video_checks import check_judge_media, judge_frames
 
 STOCHASTIC = SCHEDULERS  # each has the generalised-DDIM stochastic form of stochastic_std
 
@@ -87,9 +93,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float) -> torc
     return adv.reshape(-1)
 
 
-def win_rates(rm, images: torch.Tensor, prompts: list[str], group_size: int, context) -> torch.Tensor:
+def win_rates(
+    rm, images: torch.Tensor, prompts: list[str], group_size: int, context, num_frames: int | None = None
+) -> torch.Tensor:
     """Each image's mean probability of beating the other images of its group (groups of ``group_size``
-    consecutive rows sharing a prompt): ``compare`` asked for every ordered pair, the two orders averaged."""
+    consecutive rows sharing a prompt): ``compare`` asked for every ordered pair, the two orders averaged. Clips
+    ``[N, T, 3, H, W]`` are compared on ``num_frames`` frames of each."""
     n = images.shape[0]
     cand, ref = [], []
     for start in range(0, n, group_size):
@@ -98,7 +107,14 @@ def win_rates(rm, images: torch.Tensor, prompts: list[str], group_size: int, con
                 if i != j:
                     cand.append(i)
                     ref.append(j)
-    p = rm.compare(images[cand], images[ref], [prompts[i] for i in cand], context=context).p_yes.float().cpu()
+    asked = [prompts[i] for i in cand]
+    if images.ndim == 5:  # clips
+        out = rm.compare(
+            references=images[ref], prompts=asked, context=context, videos=images[cand], num_frames=num_frames
+        )
+    else:
+        out = rm.compare(images[cand], images[ref], asked, context=context)
+    p = out.p_yes.float().cpu()
     beats = torch.zeros(n, n)
     beats[cand, ref] = p  # P(cand better than ref), asked with ref as image 1
     prefer = (beats + 1.0 - beats.T) / 2  # both orders: [i, j] = P(i better than j)
@@ -108,12 +124,18 @@ def win_rates(rm, images: torch.Tensor, prompts: list[str], group_size: int, con
     return wins / (group_size - 1)
 
 
-def judge_rewards(rm, images: torch.Tensor, prompts: list[str], kind: str, group_size: int, context) -> torch.Tensor:
-    """The rewards ``[N]`` (float32, CPU) of ``kind`` (see :class:`GRPOConfig`'s ``reward``), without gradients."""
+def judge_rewards(
+    rm, images: torch.Tensor, prompts: list[str], kind: str, group_size: int, context, num_frames: int | None = None
+) -> torch.Tensor:
+    """The rewards ``[N]`` (float32, CPU) of ``kind`` (see :class:`GRPOConfig`'s ``reward``), without gradients.
+    ``images`` may be clips ``[N, T, 3, H, W]``, judged whole on ``num_frames`` frames sampled uniformly."""
     with torch.no_grad():
         if kind == "win_rate":
-            return win_rates(rm, images, prompts, group_size, context)
-        out = rm.score(images, prompts, context=context)
+            return win_rates(rm, images, prompts, group_size, context, num_frames)
+        if images.ndim == 5:
+            out = rm.score(videos=images, prompts=prompts, context=context, num_frames=num_frames)
+        else:
+            out = rm.score(images, prompts, context=context)
         return (out.p_yes if kind == "p_yes" else out.margin).float().cpu()
 
 
@@ -130,7 +152,8 @@ def base_model(denoiser):
 @dataclass
 class Rollouts:
     """The sampled trajectories of one step: ``latents[k]`` at level ``k`` (``k = 0 .. n``), the sampler's noise
-    scale ``stds[k]`` of each step, ``logp[k]`` (``[N]``) for the steps to be trained on, the decoded images."""
+    scale ``stds[k]`` of each step, ``logp[k]`` (``[N]``) for the steps to be trained on, the decoded images (clips
+    ``[N, T, 3, H, W]`` of a video pipeline)."""
 
     sampler: Sampler
     latents: list[torch.Tensor]
@@ -160,7 +183,7 @@ def sample_rollouts(
         if k in logp_steps:
             logp[k] = gaussian_logp(x, mean, stds[k])
         latents.append(x)
-    images = decode(pipe, x, sampler.height, sampler.width)
+    images = sampler.decode(x)  # images, or whole clips of a video pipeline
     return Rollouts(sampler, latents, stds, logp, images)
 
 
@@ -249,7 +272,13 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
         )
     visits = judge_visits(rm, cfg, rt.device)
     sampler_cfg = sampler_config(cfg, pipe, family)
-    window = training_window(cfg, step_stds(Sampler(pipe, prompts[0], sampler_cfg).levels, cfg.eta))
+    probe = Sampler(pipe, prompts[0], sampler_cfg)
+    window = training_window(cfg, step_stds(probe.levels, cfg.eta))
+    clip_frames = probe.num_frames if family in VIDEO_FAMILIES else None  # (video) of which the judge sees some
+    check_judge_media(cfg, pipe, rm, context, clip_frames)
+    seen_frames = judge_frames(cfg, clip_frames) if clip_frames is not None else None
+    if clip_frames is not None:
+        reward_on = reward_on.removesuffix("; ShapesWorld verifier on")
 
     # --- 3. the trainable part: LoRA, optimiser, resume, both prepared by the accelerator
     tr = setup_trainable(cfg, pipe, rt, out)
@@ -285,7 +314,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
             with accelerator.autocast():
                 ro = sample_rollouts(pipe, sampler_cfg, rows, seeds, cfg.eta, noise, set(steps))
             with visits():
-                rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, context)
+                rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, context, seen_frames)
             adv = group_advantages(rewards, G, cfg.adv_eps).clamp(-cfg.adv_clip, cfg.adv_clip)
             # 5.2 the clipped objective and the KL term: inner_epochs optimiser steps, each over the micro-batches
             total, stats, bad, grad_norm = 0.0, [], False, float("nan")

@@ -28,7 +28,12 @@ micro-batches (``accelerator.accumulate``) of ``batch_size`` rows on each proces
 over several processes DDP averages the gradients in the backward pass. The rows of all processes are drawn from one
 stream and each process takes its slice, so a step trains on the same global batch however many processes share it
 (two processes of ``batch_size: 1`` equal one of ``batch_size: 2``); only the pretraining items are drawn per process.
-Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux).
+Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux) and the
+text-to-video pipelines with one denoiser (Wan 2.1, CogVideoX, LTX-Video). On a video pipeline step 4 decodes the
+whole clip (the VAEs are causal in time, see :mod:`rewarddance.video_pipelines`) and step 5 shows the judge
+``reward_frames`` of its frames, a random subset drawn per rollout from a generator keyed on ``(seed, step)``
+(:func:`draw_frames`): the judge's activations, kept for the backward pass, grow with the frames it sees, and over
+the steps every frame is judged. The reward is pointwise there (the cached references are images).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from ..context import RewardContext
 from ..distributed import any_process
 from ..images import ImageError, load_image, to_tensor
 from ..manifest import read_jsonl
-from ..pipelines import Sampler, compose, decode
+from ..pipelines import VIDEO_FAMILIES, Sampler, compose, decode
+from ..video_pipelines import VideoSampler, decode_clips
 from .checkpoint import StopFlag
 from .diffusion_loop import (
     add_lora,
@@ -67,6 +73,7 @@ from .diffusion_loop import (
 )
 from .metrics import append_csv
 from .refl_config import ReFLConfig
+from .video_checks import check_judge_media, judge_frames
 
 __all__ = ["ReFLConfig", "add_lora", "load_pipeline", "pipe_denoiser", "read_prompts", "rollout_rewards", "train_refl"]
 
@@ -111,10 +118,19 @@ def draw_rows(n: int, prompts, stop_range, reference_images: dict, gen, ref_gen)
     return rows
 
 
-def rollout_rewards(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context) -> torch.Tensor:
+def draw_frames(n: int, clip_frames: int, k: int, gen: torch.Generator) -> list[list[int]]:
+    """For each of ``n`` rollout rows, ``k`` distinct frame indices of a ``clip_frames``-frame clip, at random
+    from ``gen``, in increasing order (the frames the judge sees, in time order)."""
+    return [sorted(int(i) for i in torch.randperm(clip_frames, generator=gen)[:k]) for _ in range(n)]
+
+
+def rollout_rewards(
+    pipe, rm, prompts, sampler_cfg, stops, noise_seeds, references, context, frames=None
+) -> torch.Tensor:
     """Steps 2-5 of the module docstring for a micro-batch, all rows together: the rewards ``[B]`` with gradients
     to the LoRA. Row ``i`` is ``prompts[i]`` from the noise of ``noise_seeds[i]`` stopped at level ``stops[i]``;
-    ``references`` is None (pointwise) or one reference image per row (pairwise)."""
+    ``references`` is None (pointwise) or one reference image per row (pairwise). On a video pipeline the judge
+    sees frames ``frames[i]`` of row ``i``'s clip (None: all of them)."""
     B = len(prompts)
     if not (len(stops) == len(noise_seeds) == B and (references is None or len(references) == B)):
         n_refs = "no" if references is None else len(references)
@@ -139,6 +155,13 @@ def rollout_rewards(pipe, rm, prompts, sampler_cfg, stops, noise_seeds, referenc
     x0 = torch.cat(parts)
     if order != list(range(B)):
         x0 = x0[torch.argsort(torch.tensor(order)).to(x0.device)]  # back into row order
+    if isinstance(sampler, VideoSampler):  # clips [B, T, 3, H, W], judged pointwise
+        if references is not None:
+            raise ValueError("references: ReFL on a video pipeline is pointwise (the cached references are images)")
+        clips = decode_clips(pipe, x0, sampler.height, sampler.width, sampler.num_frames)
+        if frames is not None:
+            clips = torch.stack([clips[i, list(f)] for i, f in enumerate(frames)])
+        return rm.reward(videos=clips, prompts=list(prompts), context=context)
     pixels = decode(pipe, x0, sampler.height, sampler.width)
     refs = None if references is None else list(references)
     return rm.reward(pixels, list(prompts), references=refs, context=context)
@@ -197,6 +220,15 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     pipe, rm, family = load_models(cfg, rt, pipe, rm)
     rm_on_device = judge_visits(rm, cfg, device)
     context = RewardContext(task=cfg.task, cot=cfg.cot)
+    clip_frames = None  # a video pipeline's frames per clip, of which the judge sees a random reward_frames
+    if family in VIDEO_FAMILIES:
+        clip_frames = Sampler(pipe, prompts[0], sampler_config(cfg, pipe, family)).num_frames
+        if cfg.mode == "pairwise":
+            raise ValueError(f"mode pairwise: the cached references are images; ReFL on {family} clips is pointwise")
+        if pretrain is not None:
+            raise ValueError(f"pretrain_data: the pretraining loss takes images; {family} makes clips")
+        reward_on = reward_on.removesuffix("; ShapesWorld verifier on")
+    check_judge_media(cfg, pipe, rm, context, clip_frames)
     # every cached reference of a prompt (build_references keeps top_k); one is drawn per rollout
     reference_images = {p: [to_tensor(load_image(f)) for f in v] for p, v in refs.items()} if refs else {}
 
@@ -230,6 +262,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
             ref_gen = _step_generator(cfg.seed, step, salt=-2)  # which cached reference of each row
             shared = _step_generator(cfg.seed, step, salt=-1)  # FSDP's stop levels
             pre_gen = _step_generator(cfg.seed, step, salt=2 * rank + 1)  # this process's pretraining items
+            frame_gen = _step_generator(cfg.seed, step, salt=-3)  # the frames the judge sees of each clip (video)
             optimizer.zero_grad(set_to_none=True)
             rewards, total = [], 0.0
             with rm_on_device():
@@ -242,9 +275,14 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                         # (drawn besides the ones above, so prompts and noise stay those of a DDP run)
                         stops = [int(torch.randint(lo, hi + 1, (1,), generator=shared)) for _ in range(B)]
                     refs_or_none = references if reference_images else None
+                    seen = None  # (video) the frames of each row's clip the judge sees, drawn for every process
+                    if clip_frames is not None:
+                        k = judge_frames(cfg, clip_frames)
+                        seen = draw_frames(world * B, clip_frames, k, frame_gen)[rank * B : (rank + 1) * B]
                     with accelerator.accumulate(tr.model):  # (the last micro-batch's backward averages over DDP)
                         with accelerator.autocast():
-                            r = rollout_rewards(pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, context)
+                            args = (pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, context)
+                            r = rollout_rewards(*args) if seen is None else rollout_rewards(*args, frames=seen)
                             if cfg.loss == "hinge":
                                 per_row = F.relu(cfg.hinge_margin - r)
                             else:

@@ -50,6 +50,23 @@ class DiffusionTrainConfig:
     num_inference_steps: int = field(default=30, metadata={"help": "length of the sampling schedule"})
     guidance_scale: float | None = field(default=None, metadata={"help": "CFG scale; None: the pipeline default"})
     resolution: int | None = field(default=None, metadata={"help": "image side in px; None: the pipeline default"})
+    num_frames: int | None = field(
+        default=None, metadata={"help": "video pipelines: frames per clip; None: the pipeline's default"}
+    )
+    reward_frames: int | None = field(
+        default=None,
+        metadata={
+            "help": "video pipelines: frames of each clip the judge sees; ReFL draws them at random per rollout, GRPO "
+            "and the evaluations sample them uniformly (first and last included); None: 8, or the whole clip if shorter"
+        },
+    )
+    max_sequence_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "text tokens of the T5 encoders (SD3, Flux, video); None: 256 for images, the pipeline's own "
+            "default for video (within its tokenizer's length)"
+        },
+    )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha"})
     lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
@@ -121,6 +138,15 @@ class DiffusionTrainConfig:
             (self.lora_rank > 0, f"lora_rank must be positive, got {self.lora_rank}"),
             (self.max_steps >= 1, f"max_steps must be 1 or more, got {self.max_steps}"),
             (self.eval_train_prompts >= 0, f"eval_train_prompts must be 0 or more, got {self.eval_train_prompts}"),
+            (self.num_frames is None or self.num_frames >= 1, f"num_frames must be 1 or more, got {self.num_frames}"),
+            (
+                self.reward_frames is None or self.reward_frames >= 1,
+                f"reward_frames must be 1 or more (or None), got {self.reward_frames}",
+            ),
+            (
+                self.max_sequence_length is None or self.max_sequence_length >= 1,
+                f"max_sequence_length must be 1 or more (or None), got {self.max_sequence_length}",
+            ),
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
             (self.distributed in ("ddp", "fsdp"), f"distributed must be ddp or fsdp, got {self.distributed!r}"),
             (

@@ -1,0 +1,270 @@
+"""ReFL and GRPO on tiny video pipelines (Wan 2.1, CogVideoX) with a tiny Qwen2-VL judge that takes clips natively:
+the LoRA on the video transformer trains, exact resume, the frames the ReFL judge sees (a random subset per rollout,
+fixed by seed and step), whole clips scored in GRPO, the exported LoRA, and every bad input failing before
+training (rewarddance.training.refl, .grpo, .diffusion_loop)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rewarddance import RewardContext
+from rewarddance.pipelines import PipelineError, SamplerConfig
+from rewarddance.remote import RemoteRewardModel
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny_video import build_tiny_video_pipeline
+from rewarddance.training import refl
+from rewarddance.training.diffusion_loop import add_lora, step_generator
+from rewarddance.training.grpo import train_grpo
+from rewarddance.training.grpo_config import GRPOConfig
+from rewarddance.training.refl import draw_frames, rollout_rewards, train_refl
+from rewarddance.training.refl_config import ReFLConfig
+
+PROMPTS = ["a red circle moves left", "a blue square jumps", "two green triangles turn"]
+FRAMES = 9  # frames of a tiny clip (32 x 32)
+SEEN = 3  # frames of each clip the judge sees
+
+
+@pytest.fixture(scope="module")
+def rm(rm_cache):
+    return rm_cache("qwen2_vl")  # Qwen2-VL takes a clip as one video (temporal patches, M-RoPE)
+
+
+class RecordingJudge:
+    """The given judge, unchanged, that also keeps the clips of every reward call and the clips and frame counts
+    of every score call."""
+
+    def __init__(self, rm):
+        self.rm, self.rewarded, self.scored = rm, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.rm, name)
+
+    def reward(self, *args, **kw):
+        self.rewarded.append(kw["videos"].detach().clone())
+        return self.rm.reward(*args, **kw)
+
+    def score(self, *args, **kw):
+        self.scored.append((tuple(kw["videos"].shape), kw.get("num_frames")))
+        return self.rm.score(*args, **kw)
+
+
+def _settings(out, **kw) -> dict:
+    base = dict(
+        pretrained="in-process",
+        reward_model="in-process",
+        prompts=PROMPTS,
+        output_dir=str(out),
+        task="video_alignment",
+        num_inference_steps=3,
+        resolution=32,
+        num_frames=FRAMES,
+        reward_frames=SEEN,
+        max_sequence_length=16,
+        lora_rank=4,
+        lora_alpha=4,
+        lr=3e-2,
+        max_steps=2,
+        save_every=0,
+        eval_prompts=[],
+        eval_train_prompts=0,
+        seed=0,
+    )
+    base.update(kw)
+    return base
+
+
+def _refl(out, **kw) -> ReFLConfig:
+    return ReFLConfig(**_settings(out, **{"stop_range": [1, 2], "batch_size": 2, "loss": "log", **kw}))
+
+
+def _grpo(out, **kw) -> GRPOConfig:
+    return GRPOConfig(**_settings(out, **{"group_size": 2, "prompts_per_step": 2, "clip_range": 0.2, **kw}))
+
+
+def _lora(res) -> dict:
+    return load_file(f"{res['lora']}/pytorch_lora_weights.safetensors")
+
+
+def _assert_same_lora(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def _moved(lora: dict) -> float:
+    """The largest entry of the LoRA's B matrices (they start at zero)."""
+    return max(float(v.abs().max()) for k, v in lora.items() if "lora_B" in k or "lora.up" in k)
+
+
+def _steps_logged(out) -> list[int]:
+    return [int(row.split(",")[0]) for row in (out / "metrics.csv").read_text().splitlines()[1:]]
+
+
+# ------------------------------------------------------------------------------------------------------ ReFL
+def test_refl_on_wan_trains_the_lora_resumes_exactly_and_draws_the_frames_by_seed_and_step(rm, tmp_path, monkeypatch):
+    real, seen = refl.rollout_rewards, []
+
+    def recording(*args, frames=None):
+        seen.append(frames)
+        return real(*args, frames=frames)
+
+    monkeypatch.setattr(refl, "rollout_rewards", recording)
+    straight = train_refl(_refl(tmp_path / "a"), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm)
+    first_seen, seen[:] = list(seen), []
+    stopped = train_refl(_refl(tmp_path / "b"), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm, stop_at=1)
+    assert stopped["stopped_at"] == 1
+    resumed = train_refl(_refl(tmp_path / "b"), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm)
+    assert resumed["step"] == 2 and len(resumed["history"]) == 1
+    _assert_same_lora(_lora(straight), _lora(resumed))
+    assert _moved(_lora(straight)) > 0
+    assert _steps_logged(tmp_path / "a") == [1, 2] and _steps_logged(tmp_path / "b") == [1, 2]
+    # the frames of step s: SEEN of each row's clip, drawn from the generator of (seed, s) only (so a resumed run
+    # draws the same), different from step to step
+    assert seen == first_seen
+    expected = [draw_frames(2, FRAMES, SEEN, step_generator(0, s, salt=-3)) for s in range(2)]
+    assert first_seen == expected
+    assert first_seen[0] != first_seen[1]
+    assert all(f == sorted(set(f)) and len(f) == SEEN and 0 <= f[0] and f[-1] < FRAMES for s in seen for f in s)
+    assert [h["reward_mean"] for h in resumed["history"]] == pytest.approx(
+        [h["reward_mean"] for h in straight["history"][1:]], abs=1e-6
+    )
+
+
+def test_refl_on_cogvideox_judges_the_drawn_frames_and_evaluates_clips(rm, tmp_path):
+    pipe = build_tiny_video_pipeline("cogvideox")
+    judge = RecordingJudge(rm)
+    context = RewardContext(task="video_alignment")
+    sampler_cfg = SamplerConfig(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16)
+    args = (pipe, judge, PROMPTS[:2], sampler_cfg, [1, 2], [5, 6], None, context)
+    with torch.no_grad():
+        whole = rollout_rewards(*args)
+        some = rollout_rewards(*args, frames=[[0, 4, 8], [1, 2, 7]])
+    clips, picked = judge.rewarded
+    assert clips.shape == (2, FRAMES, 3, 32, 32) and picked.shape == (2, SEEN, 3, 32, 32)
+    assert torch.equal(picked[0], clips[0, [0, 4, 8]]) and torch.equal(picked[1], clips[1, [1, 2, 7]])
+    assert whole.shape == some.shape == (2,) and not torch.allclose(whole, some)
+    # two steps with the held-out reward before and after on clips (a grid of the frames the judge saw)
+    out = tmp_path / "run"
+    cfg = _refl(out, eval_train_prompts=1, eval_images=2, sample_every=1)
+    res = train_refl(cfg, progress=False, pipe=pipe, rm=rm)
+    assert res["verifier"] == "none" and 0 < res["reward_before"] < 1 and 0 < res["reward_after"] < 1
+    assert res["reward_before"] != res["reward_after"]
+    assert len((out / "eval.csv").read_text().splitlines()) == 3 and _steps_logged(out) == [1, 2]
+    from PIL import Image
+
+    with Image.open(out / "samples" / "final-000.png") as grid:
+        assert grid.size == (32 * 2 * SEEN, 32)  # two clips, SEEN frames each
+    assert _moved(_lora(res)) > 0
+
+
+# ------------------------------------------------------------------------------------------------------ GRPO
+def test_grpo_on_wan_scores_whole_clips_resumes_exactly_and_exports_a_lora_diffusers_loads(rm, tmp_path):
+    judge = RecordingJudge(rm)
+    straight = train_grpo(_grpo(tmp_path / "a"), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=judge)
+    # every step scores its 2 x 2 whole clips, the judge shown SEEN frames of each sampled uniformly
+    assert judge.scored == [((4, FRAMES, 3, 32, 32), SEEN)] * 2
+    assert straight["window"] == [0, 1]  # (the step to sigma 0 has no noise, hence no density)
+    stopped = train_grpo(_grpo(tmp_path / "b"), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm, stop_at=1)
+    assert stopped["stopped_at"] == 1
+    pipe = build_tiny_video_pipeline("wan")
+    resumed = train_grpo(_grpo(tmp_path / "b"), progress=False, pipe=pipe, rm=rm)
+    assert resumed["step"] == 2 and _steps_logged(tmp_path / "b") == [1, 2]
+    _assert_same_lora(_lora(straight), _lora(resumed))
+    keys = ("step", "loss", "reward_mean", "reward_std", "kl")
+    assert [[h[k] for k in keys] for h in resumed["history"]] == [[h[k] for k in keys] for h in straight["history"][1:]]
+    assert _moved(_lora(resumed)) > 0
+    # the exported LoRA, loaded into a fresh WanPipeline, makes the trained pipeline's clips
+    kw = dict(num_inference_steps=2, height=32, width=32, num_frames=FRAMES, max_sequence_length=16, output_type="pt")
+    trained = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
+    fresh = build_tiny_video_pipeline("wan")
+    base = fresh(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
+    fresh.load_lora_weights(resumed["lora"])
+    loaded = fresh(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
+    assert (loaded - trained).abs().max() < 1e-5 and (base - trained).abs().max() > 1e-5
+    # win rates: the clips of a group compared with each other on the same frames (a group of 2 sums to 1)
+    cfg = _grpo(tmp_path / "w", max_steps=1, reward="win_rate")
+    res = train_grpo(cfg, progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm)
+    assert res["history"][0]["reward_mean"] == pytest.approx(0.5, abs=1e-6) and res["history"][0]["reward_std"] > 0
+
+
+def test_both_trainers_run_on_ltx_video_tokens(rm, tmp_path):
+    """LTX-Video packs its latents into tokens [B, S, C]: ReFL unpacks them to decode the clip, GRPO's log-probs
+    average over them."""
+    for train, make in ((train_refl, _refl), (train_grpo, _grpo)):
+        res = train(
+            make(tmp_path / train.__name__, max_steps=1), progress=False, pipe=build_tiny_video_pipeline("ltx"), rm=rm
+        )
+        assert res["step"] == 1 and 0 < res["history"][0]["reward_mean"] < 1 and _moved(_lora(res)) > 0
+
+
+def test_lora_targets_match_the_attention_of_each_video_transformer(tmp_path):
+    for kind, blocks in (("wan", 1), ("cogvideox", 1), ("ltx", 1)):
+        denoiser = build_tiny_video_pipeline(kind).transformer
+        params = add_lora(denoiser, _refl(tmp_path))
+        # q, k, v and out of every attention: A and B each (Wan and LTX-Video have self- and cross-attention)
+        per_block = 16 if kind in ("wan", "ltx") else 8
+        assert len(params) == per_block * blocks and all(p.dtype == torch.float32 for p in params), kind
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(reward_frames=0), "reward_frames must be 1 or more"),
+        (dict(num_frames=0), "num_frames must be 1 or more"),
+        (dict(max_sequence_length=0), "max_sequence_length must be 1 or more"),
+    ],
+)
+def test_bad_video_settings_fail_when_the_config_is_built(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _refl(tmp_path, **kw)
+    with pytest.raises(ValueError, match=message):
+        _grpo(tmp_path, **kw)
+
+
+def test_bad_video_inputs_fail_before_training(rm, tmp_path):
+    wan = build_tiny_video_pipeline("wan")
+    out = tmp_path / "out"
+
+    def fails(train, cfg, pipe, message, judge=rm, error=ValueError):
+        with pytest.raises(error, match=message):
+            train(cfg, progress=False, pipe=pipe, rm=judge)
+
+    for train, make in ((train_refl, _refl), (train_grpo, _grpo)):
+        fails(train, make(out, reward_frames=10), wan, "reward_frames 10 is more than the 9 frames of a clip")
+        fails(train, make(out, task="alignment"), wan, "task 'alignment' judges images; the clips of WanPipeline")
+        fails(train, make(out, verifier="shapes"), wan, "verifier shapes checks images")
+        fails(train, make(out), build_tiny_video_pipeline("wan22"), "WanPipeline has two experts")
+        fails(
+            train,
+            make(out),
+            build_tiny_video_pipeline("ltx_i2v"),
+            "LTXImageToVideoPipeline is not a text-to-video pipeline",
+            error=PipelineError,
+        )
+        image = build_tiny_pipeline("sd", "ddim")
+        fails(
+            train, make(out, num_frames=None, reward_frames=None), image, "'video_alignment' judges videos, but Stable"
+        )
+        fails(
+            train, make(out, task="alignment", reward_frames=None), image, "num_frames: StableDiffusionPipeline makes"
+        )
+    fails(train_grpo, _grpo(out, cot="reasoning_first"), wan, "cot 'reasoning_first': the judge decodes reasons")
+    remote = RemoteRewardModel("http://127.0.0.1:9")
+    fails(train_grpo, _grpo(out), wan, "reward_model http://127.0.0.1:9: this judge takes no videos", judge=remote)
+    from rewarddance.shapes import write_dataset
+
+    write_dataset(tmp_path / "captions", n=2, size=32, seed=1)
+    data = str(tmp_path / "captions")
+    fails(train_refl, _refl(out, pretrain_data=data, pretrain_weight=0.5), wan, "pretrain_data: the pretraining loss")
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    (refs / "manifest.jsonl").write_text(
+        "".join(json.dumps({"prompt": p, "images": ["r.png"]}) + "\n" for p in PROMPTS)
+    )
+    fails(train_refl, _refl(out, mode="pairwise", references=str(refs)), wan, "mode pairwise: the cached references")
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
