@@ -20,6 +20,7 @@ from rewarddance.training.grpo import (
     sample_rollouts,
     step_loss,
     train_grpo,
+    verifier_rewards,
     win_rates,
 )
 from rewarddance.training.grpo_config import GRPOConfig
@@ -287,3 +288,26 @@ def test_pairwise_win_rate_runs_with_a_general_judge(judge, tmp_path):
     rewards_mean = res["history"][0]["reward_mean"]
     assert rewards_mean == pytest.approx(0.5, abs=1e-6)  # win rates of a group of 2 always sum to 1
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_verifier_reward_is_the_strict_verifiers_verdict(judge, tmp_path):
+    """reward verifier: 1 for a rendered scene that satisfies its prompt, 0 for the same scene under another prompt
+    and for noise; a prompt outside ShapesWorld fails before training; a run on noise-making weights gets 0."""
+    import numpy as np
+
+    from rewarddance.shapes import parse_prompt, render
+    from rewarddance.shapes.sample import example_rng, scene_for
+
+    spec = parse_prompt("a photo of a red circle")
+    scene = scene_for(spec, example_rng(3, "id", 0), "id")
+    clean = torch.from_numpy(np.asarray(render(scene, 64)).copy()).permute(2, 0, 1).float() / 255
+    noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images = torch.stack([clean, clean, noise])
+    prompts = ["a photo of a red circle", "a photo of a blue square", "a photo of a red circle"]
+    assert verifier_rewards(images, prompts).tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"reward verifier: prompts\[1\] 'a photo of a cat' is not a ShapesWorld"):
+        train_grpo(
+            _cfg(tmp_path, reward="verifier", prompts=["a red circle", "a photo of a cat"]), pipe=_pipe(), rm=judge
+        )
+    res = train_grpo(_cfg(tmp_path / "run", reward="verifier", max_steps=1), progress=False, pipe=_pipe(), rm=judge)
+    assert res["history"][0]["reward_mean"] == 0.0  # a random tiny pipeline draws no ShapesWorld scene

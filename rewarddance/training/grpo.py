@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from ..context import RewardContext
+from ..images import load_image
 from ..pipelines import (
     SCHEDULERS,
     VIDEO_FAMILIES,
@@ -130,6 +131,8 @@ def judge_rewards(
     """The rewards ``[N]`` (float32, CPU) of ``kind`` (see :class:`GRPOConfig`'s ``reward``), without gradients.
     ``images`` may be clips ``[N, T, 3, H, W]``, judged whole on ``num_frames`` frames sampled uniformly."""
     with torch.no_grad():
+        if kind == "verifier":
+            return verifier_rewards(images, prompts)
         if kind == "win_rate":
             return win_rates(rm, images, prompts, group_size, context, num_frames)
         if images.ndim == 5:
@@ -137,6 +140,27 @@ def judge_rewards(
         else:
             out = rm.score(images, prompts, context=context)
         return (out.p_yes if kind == "p_yes" else out.margin).float().cpu()
+
+
+def verifier_rewards(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """1 for each image ``[N, 3, H, W]`` in [0, 1] that the strict ShapesWorld verifier passes for its prompt (a clean
+    scene that satisfies it), else 0."""
+    from ..shapes import verify
+
+    imgs = images.detach().float().cpu().nan_to_num(0.0).clamp(0, 1)
+    return torch.tensor([float(verify(load_image(img), prompt).passed) for img, prompt in zip(imgs, prompts)])
+
+
+def check_verifier_prompts(prompts: list[str]) -> None:
+    """``reward: verifier`` needs ShapesWorld prompts: the first that does not parse is named."""
+    from ..shapes import parse_prompt
+    from ..shapes.scene import ShapesError
+
+    for i, prompt in enumerate(prompts):
+        try:
+            parse_prompt(prompt)
+        except ShapesError as err:
+            raise ValueError(f"reward verifier: prompts[{i}] {prompt!r} is not a ShapesWorld prompt ({err})") from err
 
 
 @contextlib.contextmanager
@@ -249,6 +273,8 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     prompts = read_prompts(cfg.prompts)
     eval_prompts, reward_on = reward_prompts(cfg, prompts)
     context = RewardContext(task=cfg.task, cot=cfg.cot)
+    if cfg.reward == "verifier":
+        check_verifier_prompts(prompts)
     if cfg.reward == "win_rate" and context.task == "vqascore":
         raise ValueError("reward win_rate compares images, but task 'vqascore' is pointwise only; choose another task")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .refl_config import DiffusionTrainConfig
 
-REWARDS = ("p_yes", "margin", "win_rate")
+REWARDS = ("p_yes", "margin", "win_rate", "verifier")
 
 
 @dataclass
@@ -27,7 +27,11 @@ class GRPOConfig(DiffusionTrainConfig):
     )
     reward: str = field(
         default="p_yes",
-        metadata={"help": "p_yes or margin (pointwise judge), or win_rate (each sample against its group, pairwise)"},
+        metadata={
+            "help": "p_yes or margin (pointwise judge), win_rate (each sample against its group, pairwise), or "
+            "verifier (ShapesWorld prompts only: 1 when the strict verifier passes the image, else 0; a programmatic "
+            "reward like GenEval's in Flow-GRPO; the judge then only measures)"
+        },
     )
     train_steps: list[int] = field(
         default_factory=list,
