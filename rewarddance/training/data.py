@@ -9,6 +9,11 @@ Two on-disk formats:
   of Pick-a-Pic (``caption``, ``jpg_0``, ``jpg_1`` as image bytes, ``label_0``: 1 if image 0 is preferred, 0 if
   image 1, 0.5 a tie, skipped), of HPDv2 (``prompt``, ``image``: two paths or byte strings, ``human_preference``:
   which one people chose), or plain ``prompt``, ``chosen``, ``rejected``. Paths are relative to the file's folder.
+
+A JSONL pair is a pair of videos when its row says ``"media": "video"`` or its ``chosen`` is a folder (of frame
+images) or a video file (``.mp4``, ``.webm``, ``.mkv``, ``.mov``, ``.avi``, ``.m4v``); a GIF is a video only with
+``media``. Videos are read by :func:`rewarddance.video.load_video` (ShapesWorld clips:
+:func:`rewarddance.shapes.clips.write_clip_dataset`). One file holds pairs of one kind.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from ..images import MAX_IMAGE_PIXELS, ImageError, load_image
 from ..manifest import read_jsonl
 
 PAIRS = "pairs.jsonl"
+MEDIA = ("image", "video")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 
 
 class DataError(ValueError):
@@ -42,6 +49,7 @@ class PreferencePair:
     rejected: str | bytes
     reason: str | None = None
     split: str | None = None
+    media: str = "image"  # "video": chosen and rejected are video files or folders of frames
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -144,6 +152,68 @@ def check_image_file(path: Path, where: str, key: str = "image") -> None:
         raise DataError(f"{where}: {key} image {path} is unreadable ({err})") from err
 
 
+def _media_of(path: Path) -> str:
+    """The media a path holds: a folder or a video file is a video; an image suffix is decided without the disk."""
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"):
+        return "image"
+    return "video" if path.is_dir() else "image"
+
+
+def _row_media(row: dict, chosen: Path, rejected: Path, where: str) -> str:
+    """The media of one JSONL row: its ``media`` field, else what its paths are; both paths must agree."""
+    given = row.get("media")
+    if given is not None and given not in MEDIA:
+        raise DataError(f"{where}: media must be one of {', '.join(MEDIA)}, got {given!r}")
+    if given is not None:
+        return given
+    media = _media_of(chosen)
+    if media != _media_of(rejected):
+        raise DataError(f"{where}: chosen is {'a video' if media == 'video' else 'an image'} but rejected is not")
+    return media
+
+
+def check_video_source(path: Path, where: str, key: str = "video") -> None:
+    """:class:`DataError` naming ``where`` unless ``path`` is a video file or a folder holding frame images (the
+    frames are decoded when the pair is used)."""
+    if not path.exists():
+        raise DataError(f"{where}: {key} video not found: {path}")
+    if path.is_dir():
+        from ..video import FRAME_SUFFIXES
+
+        if not any(p.suffix.lower() in FRAME_SUFFIXES for p in path.iterdir()):
+            raise DataError(f"{where}: {key} video folder {path} holds no frame images")
+
+
+def load_pair_videos(pair: PreferencePair, num_frames: int | None = None):
+    """``(chosen, rejected)`` as :class:`rewarddance.video.Clip` (frames ``[T, 3, H, W]`` in [0, 1]); a
+    :class:`DataError` naming the pair if one cannot be read."""
+    from ..video import VideoError, load_video
+
+    try:
+        chosen = load_video(pair.chosen, name=f"pair {pair.id} chosen", num_frames=num_frames)
+        return chosen, load_video(pair.rejected, name=f"pair {pair.id} rejected", num_frames=num_frames)
+    except (VideoError, ImportError) as err:
+        raise DataError(f"pair {pair.id}: {err}") from err
+
+
+def pairs_media(pairs: list[PreferencePair], what: str) -> str:
+    """The media of ``pairs`` ("image" or "video"); :class:`DataError` naming ``what`` and the first pair of the
+    other kind when they are mixed (an empty list is "image")."""
+    if not pairs:
+        return "image"
+    media = pairs[0].media
+    for pair in pairs:
+        if pair.media != media:
+            raise DataError(
+                f"{what}: pair {pair.id} holds {pair.media}s but pair {pairs[0].id} holds {media}s; "
+                "train and evaluate images and videos from separate files"
+            )
+    return media
+
+
 def _jsonl_rows(file: Path, check_images: bool) -> Iterator[PreferencePair | DataError]:
     root = file.parent
     for where, row in jsonl_lines(file):
@@ -160,10 +230,12 @@ def _jsonl_rows(file: Path, check_images: bool) -> Iterator[PreferencePair | Dat
                 rejected=str(root / row["rejected"]),
                 reason=row.get("reason"),
                 split=row.get("split"),
+                media=_row_media(row, root / row["chosen"], root / row["rejected"], where),
             )
             if check_images:
-                check_image_file(Path(pair.chosen), where, "chosen")
-                check_image_file(Path(pair.rejected), where, "rejected")
+                check = check_video_source if pair.media == "video" else check_image_file
+                check(Path(pair.chosen), where, "chosen")
+                check(Path(pair.rejected), where, "rejected")
         except DataError as err:
             yield err  # the caller raises it or, skipping bad rows, reports it
             continue

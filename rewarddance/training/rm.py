@@ -18,6 +18,11 @@ vision-language connector only), ``lm`` (the whole language model) or ``all``. T
 4-bit for QLoRA-style training. Checkpoints are atomic and resumable (``training.checkpoint``); SIGINT/SIGTERM save
 one before exiting. The final model is saved so that ``RewardModel.from_pretrained(output_dir)`` loads it: a LoRA
 adapter beside the processor (``merge=False``), or merged full weights.
+
+Video pairs (``media: video`` in the pairs file; ShapesWorld clips from :mod:`rewarddance.shapes.clips`) train the
+same objectives with the questions and model inputs of ``score(videos=)`` / ``compare(videos=)``: native video for
+the Qwen-VL families, the frames as consecutive images for the others (:mod:`rewarddance.video`). They need a video
+task (``video_alignment`` ...) and ``cot: none``.
 """
 
 from __future__ import annotations
@@ -30,12 +35,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..context import RewardContext
+from ..context import VIDEO_TASK_NAMES, RewardContext
+from ..images import load_image
 from ..judge_info import TrainedFor
 from ..model import RewardModel
+from ..video import Clip, native
+from ..video import encode as encode_video
+from ..video import messages as video_messages
 from . import loop
 from .config import coerce_settings, config_from_yaml
-from .data import PreferencePair, iter_pairs, load_pair_images, read_pairs, stream_pairs
+from .data import (
+    DataError,
+    PreferencePair,
+    iter_pairs,
+    load_pair_images,
+    load_pair_videos,
+    pairs_media,
+    read_pairs,
+    stream_pairs,
+)
 from .loop import LM_TARGETS
 from .metrics import drop_rows_after
 
@@ -113,7 +131,8 @@ class RMTrainConfig:
 # ---------------------------------------------------------------------------------------------------- batches
 @dataclass
 class Item:
-    """One question to the judge: images (reference first when pairwise), the expected verdict, the answer text."""
+    """One question to the judge: images (reference first when pairwise; video pairs: :class:`~rewarddance.video.Clip`
+    objects), the expected verdict, the answer text."""
 
     prompt: str
     images: list
@@ -123,8 +142,9 @@ class Item:
 
 def _items(pairs: list[PreferencePair], objective: str, cot: str) -> list[Item]:
     items = []
+    video = pairs_media(pairs, "batch") == "video"
     for pair in pairs:
-        chosen, rejected = load_pair_images(pair)
+        chosen, rejected = load_pair_videos(pair) if video else load_pair_images(pair)
         why = pair.reason or "It does not match the prompt."
         if objective == "pointwise":
             items.append(Item(pair.prompt, [chosen], True, CHOSEN_REASON))
@@ -209,12 +229,42 @@ def verdict_log_probs(rm: RewardModel, hidden_rows: torch.Tensor, context: Rewar
     return log_yes, log_yes - margin, margin, p
 
 
+def video_verdict_rows(rm: RewardModel, items: list[Item], context: RewardContext) -> torch.Tensor:
+    """Hidden states ``[B, H]`` where each video item's verdict is read (its prompt's last position), in item order,
+    from the prompt text and model inputs that ``score(videos=)`` / ``compare(videos=)`` build. Items whose clips
+    differ in shape run in separate forward passes (the stock processors stack the frames of a batch)."""
+    if context.cot != "none":
+        raise ValueError(f"video pairs train with cot='none', not {context.cot!r}")
+    use_native = native(rm)
+    pairwise = len(items[0].images) == 2
+    examples = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(tuple(tuple(c.frames.shape) for c in it.images), []).append(i)
+    rows: list = [None] * len(items)
+    for idx in groups.values():
+        texts = []
+        for i in idx:
+            counts = None if use_native else [c.frames.shape[0] for c in items[i].images]
+            msgs = video_messages(context, items[i].prompt, pairwise, counts)
+            texts.append(rm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+        refs = [items[i].images[0] for i in idx] if pairwise else None
+        inputs = encode_video(rm, texts, [examples] * len(idx), refs, [items[i].images[-1] for i in idx], use_native)
+        last = rm.hidden_states(inputs)[:, -1]  # [b, H]: left padding puts every prompt's end last
+        for j, i in enumerate(idx):
+            rows[i] = last[j]
+    return torch.stack(rows)
+
+
 def compute_loss(rm: RewardModel, items: list[Item], cfg: RMTrainConfig, context: RewardContext) -> dict:
     """The loss of one batch of items (see the module docstring) and its parts, as floats for logging."""
-    inputs, verdict_pos, targets = encode_items(rm, items, context)
-    hidden = rm.hidden_states(inputs)  # [B, T, H]
-    B = hidden.shape[0]
-    rows = hidden[torch.arange(B, device=hidden.device), verdict_pos.to(hidden.device)]
+    if isinstance(items[0].images[-1], Clip):  # video pairs: no reason tokens (cot none), one row per item
+        rows, hidden, targets = video_verdict_rows(rm, items, context), None, None
+    else:
+        inputs, verdict_pos, targets = encode_items(rm, items, context)
+        hidden = rm.hidden_states(inputs)  # [B, T, H]
+        B = hidden.shape[0]
+        rows = hidden[torch.arange(B, device=hidden.device), verdict_pos.to(hidden.device)]
     log_yes, log_no, margin, p = verdict_log_probs(rm, rows, context)
     labels = torch.tensor([it.yes for it in items], device=log_yes.device)
     ce = -torch.where(labels, log_yes, log_no).mean()
@@ -252,13 +302,31 @@ def evaluate_pairs(
     """
     context = context or RewardContext()
     limit = {"max_pixels": max_pixels} if max_pixels else {}
+    video = pairs_media(pairs, "evaluation pairs") == "video"  # videos: paths to score(videos=) / compare(videos=)
     probs, labels, right, biased = [], [], 0, 0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        imgs = [load_pair_images(p, **limit) for p in chunk]
-        chosen, rejected = [c for c, _ in imgs], [r for _, r in imgs]
+        if video:
+            chosen, rejected = [p.chosen for p in chunk], [p.rejected for p in chunk]
+        else:
+            imgs = [load_pair_images(p, **limit) for p in chunk]
+            chosen, rejected = [c for c, _ in imgs], [r for _, r in imgs]
         prompts = [p.prompt for p in chunk]
-        if objective == "pointwise":
+        if objective == "pointwise" and video:
+            oc = rm.score(videos=chosen, prompts=prompts, context=context)
+            orj = rm.score(videos=rejected, prompts=prompts, context=context)
+            right += int((oc.p_yes > orj.p_yes).sum())
+            pr = torch.sigmoid(oc.margin - orj.margin)
+            probs += pr.tolist() + (1 - pr).tolist()
+            labels += [1] * len(chunk) + [0] * len(chunk)
+        elif video:
+            fwd = rm.compare(videos=chosen, references=rejected, prompts=prompts, context=context).p_yes
+            bwd = rm.compare(videos=rejected, references=chosen, prompts=prompts, context=context).p_yes
+            right += int(((fwd + 1 - bwd) / 2 > 0.5).sum())
+            biased += int(((fwd > 0.5) == (bwd > 0.5)).sum())
+            probs += fwd.tolist() + bwd.tolist()
+            labels += [1] * len(chunk) + [0] * len(chunk)
+        elif objective == "pointwise":
             oc = rm.score(chosen, prompts, context=context)
             orj = rm.score(rejected, prompts, context=context)
             right += int((oc.p_yes > orj.p_yes).sum())
@@ -305,6 +373,26 @@ def save_reward_model(
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def check_media(cfg: RMTrainConfig, pairs: list[PreferencePair] | None, evals: dict[str, list]) -> str:
+    """The media the run trains on ("image" or "video"); before any training, a clear error for a file that mixes
+    images and videos, an evaluation set of the other media, or settings videos do not support."""
+    first = pairs[0] if pairs else next(iter_pairs(cfg.data, cfg.skip_bad, check_images=False))
+    media = pairs_media(pairs, str(cfg.data)) if pairs else first.media
+    for name, ps in evals.items():
+        if pairs_media(ps, f"eval_data {name}") != media:
+            raise DataError(f"eval_data {name}: {ps[0].media} pairs, but the training pairs are {media} pairs")
+    if media == "video":
+        context = RewardContext(task=cfg.task, cot=cfg.cot)
+        if not context.for_video:
+            raise ValueError(
+                f"RMTrainConfig: the pairs are videos but task {cfg.task!r} asks about images; use a video task "
+                f"({', '.join(VIDEO_TASK_NAMES)})"
+            )
+        if cfg.cot != "none":
+            raise ValueError(f"RMTrainConfig: video pairs train with cot 'none', not {cfg.cot!r}")
+    return media
+
+
 def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     """Run (or resume) a training run; returns the final evaluation per eval set and the last logged losses."""
     out = Path(cfg.output_dir)
@@ -316,6 +404,7 @@ def train_rm(cfg: RMTrainConfig, progress: bool = True) -> dict:
     else:
         pairs, skipped = read_pairs(cfg.data, skip_bad=cfg.skip_bad)
     evals = {name: read_pairs(path, skip_bad=cfg.skip_bad)[0] for name, path in cfg.eval_data.items()}
+    check_media(cfg, pairs, evals)
     run = loop.start(cfg, out)
     if run.rank == 0:  # evaluations after the checkpoint run again
         drop_rows_after(out / "eval.jsonl", run.step)
