@@ -10,6 +10,7 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from ..rewarddance import comfy as rd
+from ..rewarddance import comfy_video as rv
 from ..rewarddance.context import COT_MODES, TASK_NAMES
 
 RewardModelType = io.Custom("REWARDDANCE_MODEL")
@@ -34,6 +35,48 @@ def _rm_input():
 
 def _ctx_input():
     return ContextType.Input("context", optional=True, tooltip="task, criteria, chain of thought, reference image")
+
+
+def _video_input(name: str, tooltip: str):
+    """One socket taking an IMAGE batch of frames or a VIDEO (ComfyUI versions without VIDEO: frames only)."""
+    video, multi = getattr(io, "Video", None), getattr(io, "MultiType", None)
+    if video is None or multi is None:
+        return io.Image.Input(name, tooltip=tooltip)
+    return multi.Input(name, types=[io.Image, video], tooltip=tooltip)
+
+
+def _frames_per_video_input(optional=False, zero="the whole batch is one video"):
+    return io.Int.Input(
+        "frames_per_video",
+        default=0,
+        min=0,
+        max=1_000_000,
+        optional=optional,
+        tooltip=f"0: {zero}; N: the batch holds videos of N frames each, one after another",
+    )
+
+
+def _num_frames_input(optional=False):
+    return io.Int.Input(
+        "num_frames",
+        default=rd.JUDGE_FRAMES,
+        min=0,
+        max=4096,
+        optional=optional,
+        tooltip="frames of each video the judge sees, spaced evenly with the first and the last (0: every frame)",
+    )
+
+
+def _fps_input():
+    return io.Float.Input(
+        "fps",
+        default=0.0,
+        min=0.0,
+        max=240.0,
+        step=0.5,
+        tooltip="or sample this many frames per second of video instead (a VIDEO input carries its frame rate); "
+        "0: use num_frames",
+    )
 
 
 class LoadRewardModel(io.ComfyNode):
@@ -160,6 +203,75 @@ class CompareImages(io.ComfyNode):
         return io.NodeOutput(p, winners, details)
 
 
+class ScoreVideos(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceScoreVideos",
+            display_name="Score Videos",
+            category=CATEGORY,
+            description="P(yes) of each video for the prompt, judged on evenly spaced frames; the videos sorted best "
+            "first. A video is an IMAGE batch of its frames or a VIDEO.",
+            inputs=[
+                _rm_input(),
+                _video_input("video", "the frames of one or more videos (IMAGE), or a VIDEO"),
+                _prompt_input("the text prompt the videos were generated from"),
+                _frames_per_video_input(),
+                _num_frames_input(),
+                _fps_input(),
+                _ctx_input(),
+            ],
+            outputs=[
+                io.Float.Output(display_name="scores", is_output_list=True),
+                io.Image.Output(display_name="sorted"),
+                io.String.Output(display_name="table"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, reward_model, video, prompt, frames_per_video, num_frames, fps, context=None) -> io.NodeOutput:
+        scores, ordered, table = rv.score_videos(
+            reward_model, video, prompt, context, frames_per_video, num_frames, fps
+        )
+        return io.NodeOutput(scores, ordered, table)
+
+
+class CompareVideos(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RewardDanceCompareVideos",
+            display_name="Compare Videos",
+            category=CATEGORY,
+            description="P(video b is better than video a) for the prompt (Bradley-Terry on the two scores for a "
+            "judge trained pointwise), the winner of each pair, and a table naming how the judge was asked.",
+            inputs=[
+                _rm_input(),
+                _video_input("video_a", "video 1 (the reference): frames (IMAGE) or a VIDEO"),
+                _video_input("video_b", "video 2 (the candidate): frames (IMAGE) or a VIDEO"),
+                _prompt_input("the text prompt the videos were generated from"),
+                _frames_per_video_input(zero="each input is one video"),
+                _num_frames_input(),
+                _fps_input(),
+                _ctx_input(),
+            ],
+            outputs=[
+                io.Float.Output(display_name="p_b_better", is_output_list=True),
+                io.Image.Output(display_name="winner"),
+                io.String.Output(display_name="details"),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, reward_model, video_a, video_b, prompt, frames_per_video, num_frames, fps, context=None
+    ) -> io.NodeOutput:
+        p, winners, details = rv.compare_videos(
+            reward_model, video_a, video_b, prompt, context, frames_per_video, num_frames, fps
+        )
+        return io.NodeOutput(p, winners, details)
+
+
 class BestOfNSelect(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -167,7 +279,8 @@ class BestOfNSelect(io.ComfyNode):
             node_id="RewardDanceBestOfN",
             display_name="Best-of-N Select",
             category=CATEGORY,
-            description="Keep the top-k images of a batch by reward; latent and mask rows follow the images.",
+            description="Keep the top-k images of a batch by reward; latent and mask rows follow the images. With "
+            "frames_per_video the candidates are videos (their frames one after another) and the best come back whole.",
             inputs=[
                 _rm_input(),
                 io.Image.Input("image", tooltip="the candidates"),
@@ -190,6 +303,8 @@ class BestOfNSelect(io.ComfyNode):
                 io.Latent.Input("latent", optional=True, tooltip="latents of the batch, passed through for the kept"),
                 io.Mask.Input("mask", optional=True, tooltip="masks of the batch, passed through for the kept"),
                 _ctx_input(),
+                _frames_per_video_input(optional=True, zero="the candidates are images"),
+                _num_frames_input(optional=True),
             ],
             outputs=[
                 io.Image.Output(display_name="best"),
@@ -200,15 +315,29 @@ class BestOfNSelect(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, reward_model, image, prompt, top_k, threshold, mode, latent=None, mask=None, context=None):
-        sel = rd.select_best(reward_model, image, prompt, top_k, threshold, mode, context)
+    def execute(
+        cls,
+        reward_model,
+        image,
+        prompt,
+        top_k,
+        threshold,
+        mode,
+        latent=None,
+        mask=None,
+        context=None,
+        frames_per_video=0,
+        num_frames=rd.JUDGE_FRAMES,
+    ):
+        sel = rd.select_best(reward_model, image, prompt, top_k, threshold, mode, context, frames_per_video, num_frames)
         if not sel.passed:
             best = max(sel.scores[i] for i in sel.indices)
-            return io.NodeOutput(block_execution=f"no image reached the threshold {threshold} (best {best:.4f})")
-        B = image.shape[0]
-        lat = rd.slice_latent(latent, sel.indices, B)
-        msk = rd.slice_mask(mask, sel.indices, B)
-        empty_latent, empty_mask = rd.placeholder_outputs(len(sel.indices), image.shape[1], image.shape[2])
+            noun = "video" if frames_per_video else "image"
+            return io.NodeOutput(block_execution=f"no {noun} reached the threshold {threshold} (best {best:.4f})")
+        B = len(sel.scores)  # candidates: images, or videos
+        lat = rd.slice_latent(latent, sel.indices, B, frames_per_video)
+        msk = rd.slice_mask(mask, sel.indices, B, frames_per_video)
+        empty_latent, empty_mask = rd.placeholder_outputs(sel.images.shape[0], image.shape[1], image.shape[2])
         lat = empty_latent if lat is None else lat
         msk = empty_mask if msk is None else msk
         return io.NodeOutput(sel.images, lat, msk, sel.scores)
@@ -224,12 +353,12 @@ class RewardGuidedSampler(io.ComfyNode):
             display_name="Reward-Guided Sampler",
             category=CATEGORY,
             description="Sample with ComfyUI's samplers and let the reward model choose: best-of-N over seeds, or "
-            "search over paths.",
+            "search over paths. A video model's latents (Wan: [B, C, T, H, W]) are decoded and judged as videos.",
             inputs=[
                 io.Model.Input("model", tooltip="the diffusion model"),
                 io.Conditioning.Input("positive", tooltip="positive conditioning"),
                 io.Conditioning.Input("negative", tooltip="negative conditioning"),
-                io.Latent.Input("latent_image", tooltip="the starting latent (one image)"),
+                io.Latent.Input("latent_image", tooltip="the starting latent (one image, or one video)"),
                 io.Vae.Input("vae", tooltip="decodes candidates for the reward model"),
                 io.Int.Input(
                     "seed",
@@ -349,7 +478,16 @@ class RewardGuidedSampler(io.ComfyNode):
 class RewardDanceExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadRewardModel, RewardContextNode, ScoreImages, CompareImages, BestOfNSelect, RewardGuidedSampler]
+        return [
+            LoadRewardModel,
+            RewardContextNode,
+            ScoreImages,
+            CompareImages,
+            ScoreVideos,
+            CompareVideos,
+            BestOfNSelect,
+            RewardGuidedSampler,
+        ]
 
 
 async def comfy_entrypoint() -> RewardDanceExtension:

@@ -2,7 +2,8 @@
 comparison, selection and the reward-guided sampler's loop. ``nodes/`` only declares schemas and calls these.
 
 ComfyUI's IMAGE is ``[B, H, W, C]`` float in [0, 1]; the library takes ``[B, 3, H, W]``. :func:`to_bchw` and
-:func:`to_bhwc` are the one place the two meet.
+:func:`to_bhwc` are the one place the two meet. Videos (IMAGE batches of frames, VIDEO objects, 5-D latents) are
+:mod:`rewarddance.comfy_video`'s; Best-of-N and the guided sampler hand their videos to it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from .context import RewardContext
 from .judge_info import mismatches
 from .search import plan_within_budget, run_best_of_n, run_path_search, tournament
+from .video_pipelines import JUDGE_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -203,26 +205,36 @@ def compare_images(rm, a: torch.Tensor, b: torch.Tensor, prompt: str, context: d
         for line in mismatches(info, _judge_name(rm), cot=ctx.cot):
             log.warning("Compare Images: %s", line)
     pref = rm.prefer(list(pa), list(pb), prompt, context=ctx)  # the objective the judge was trained for
-    p, n = pref.p_b_better.tolist(), len(pa)
+    p = pref.p_b_better.tolist()
+    winners = torch.stack([pb[i] if p[i] > 0.5 else pa[i] for i in range(len(p))])
+    if winners.shape[0] and len({tuple(x.shape) for x in winners}) > 1:
+        raise NodeInputError("the winners have different sizes; ComfyUI batches need one size")
+    return p, to_bhwc(winners), _preference_table(pref, "image")
+
+
+def _preference_table(pref, noun: str, notes: list[str] | None = None) -> str:
+    """The details text of a comparison: how the judge was asked, then one row per pair (``notes[i]`` appended)."""
+    p, n = pref.p_b_better.tolist(), len(pref.p_b_better)
+    notes = notes or [""] * n
     if pref.objective == "pointwise":
         how = "pointwise judge: p_b_better = sigmoid(margin_b - margin_a) (Bradley-Terry)"
         rows = [f"{i:>4}  {p[i]:.4f}  {float(pref.p_yes_a[i]):.4f}  {float(pref.p_yes_b[i]):.4f}" for i in range(n)]
         header = "pair  p_b_better  p_yes_a  p_yes_b"
     else:
-        how = "pairwise: p_b_better = P(yes) to 'is image 2 (b) better than image 1 (a)?'"
+        how = f"pairwise: p_b_better = P(yes) to 'is {noun} 2 (b) better than {noun} 1 (a)?'"
         rows = [f"{i:>4}  {p[i]:.4f}  {float(pref.margin[i]):+.3f}" for i in range(n)]
         header = "pair  p_b_better  margin"
-    winners = torch.stack([pb[i] if p[i] > 0.5 else pa[i] for i in range(len(p))])
-    if winners.shape[0] and len({tuple(x.shape) for x in winners}) > 1:
-        raise NodeInputError("the winners have different sizes; ComfyUI batches need one size")
-    return p, to_bhwc(winners), "\n".join([how, header, *rows])
+    if any(notes):
+        header += "  frames (a | b)"
+        rows = [f"{row}  {note}" for row, note in zip(rows, notes)]
+    return "\n".join([how, header, *rows])
 
 
 @dataclass
 class Selection:
-    images: torch.Tensor  # IMAGE [k, H, W, C]
-    indices: list[int]
-    scores: list[float]  # scores of the whole batch, in input order
+    images: torch.Tensor  # IMAGE [k, H, W, C]; videos: the kept videos' frames, one video after another
+    indices: list[int]  # the kept candidates (images, or videos), best first
+    scores: list[float]  # scores of every candidate, in input order
     passed: bool
 
 
@@ -234,61 +246,93 @@ def select_best(
     threshold: float = 0.0,
     mode: str = "pointwise",
     context: dict | None = None,
+    frames_per_video: int = 0,
+    num_frames: int = JUDGE_FRAMES,
 ) -> Selection:
     """The ``top_k`` images of a batch by reward (``pointwise`` scores or a pairwise ``tournament``); ``passed`` is
-    False when none reaches ``threshold`` (pointwise P(yes)), so the node can stop its branch."""
-    pixels = to_bchw(image)
-    B = len(pixels)
+    False when none reaches ``threshold`` (pointwise P(yes)), so the node can stop its branch.
+
+    ``frames_per_video`` > 0: the batch holds videos of that many frames each, judged on ``num_frames`` frames each
+    (:mod:`rewarddance.comfy_video`); the candidates are the videos, and the kept ones come back whole."""
+    if frames_per_video:
+        from .comfy_video import VideoBatch, sample_videos, split_videos, video_context
+
+        videos = split_videos(image, frames_per_video)
+        ctx = video_context(context, "Best-of-N Select")
+        clips, _ = sample_videos(VideoBatch(videos), num_frames, 0.0, "video")
+        noun = "videos"
+    else:
+        clips = to_bchw(image)
+        ctx, ref = _ctx(context)
+        noun = "images"
+    B = len(clips)
     if not 1 <= top_k <= B:
-        raise NodeInputError(f"top_k = {top_k} but the batch holds {B} images")
-    ctx, ref = _ctx(context)
+        raise NodeInputError(f"top_k = {top_k} but the batch holds {B} {noun}")
     if mode == "pointwise":
-        scores = rm.score(pixels, prompt, context=ctx, references=_refs(ref, B)).p_yes.tolist()
+        if frames_per_video:
+            scores = rm.score(videos=clips, prompts=prompt, context=ctx).p_yes.tolist()
+        else:
+            scores = rm.score(clips, prompt, context=ctx, references=_refs(ref, B)).p_yes.tolist()
         order = sorted(range(B), key=lambda i: (-scores[i], i))
     elif mode == "tournament":
         if B < 2:
             scores, order = [1.0], [0]
         else:
-            result = tournament(list(pixels), rm, prompt, top_k=top_k, context=ctx)
+            result = tournament(list(clips), rm, prompt, top_k=top_k, context=ctx, judge_frames=None)
             scores = (result.wins / max(1, B - 1)).tolist()  # win rate
             order = result.ranking
     else:
         raise NodeInputError(f"mode must be 'pointwise' or 'tournament', got {mode!r}")
     keep = order[:top_k]
     passed = any(scores[i] >= threshold for i in keep)
-    return Selection(images=image[keep], indices=keep, scores=scores, passed=passed)
+    kept = torch.cat([videos[i] for i in keep]) if frames_per_video else image[keep]
+    return Selection(images=kept, indices=keep, scores=scores, passed=passed)
 
 
-def slice_latent(latent: dict | None, indices: list[int], batch: int):
-    """The LATENT rows matching selected images (when its batch matches the image batch); else unchanged."""
+def _rows(n: int, indices: list[int], batch: int, frames_per_video: int, what: str) -> list[int]:
+    """Rows of a ``n``-row batch that go with the kept candidates: one row per candidate, or (videos whose frames
+    are the rows, as an image model's latents of a video) one per frame."""
+    if n == batch:
+        return indices
+    if frames_per_video and n == batch * frames_per_video:
+        return [i * frames_per_video + t for i in indices for t in range(frames_per_video)]
+    if frames_per_video:
+        raise NodeInputError(
+            f"{what} batch {n} matches neither the {batch} videos nor their {batch * frames_per_video} frames"
+        )
+    raise NodeInputError(f"{what} batch {n} does not match the image batch {batch}")
+
+
+def slice_latent(latent: dict | None, indices: list[int], batch: int, frames_per_video: int = 0):
+    """The LATENT rows of the selected candidates: its batch is the candidates' (a video model's 5-D latents: one
+    row per video), or with ``frames_per_video`` their frames'."""
     if latent is None:
         return None
     samples = latent["samples"]
-    if samples.shape[0] != batch:
-        raise NodeInputError(f"latent batch {samples.shape[0]} does not match the image batch {batch}")
+    rows = _rows(samples.shape[0], indices, batch, frames_per_video, "latent")
     out = dict(latent)
-    out["samples"] = samples[indices]
-    if isinstance(latent.get("noise_mask"), torch.Tensor) and latent["noise_mask"].shape[0] == batch:
-        out["noise_mask"] = latent["noise_mask"][indices]
+    out["samples"] = samples[rows]
+    mask = latent.get("noise_mask")
+    if isinstance(mask, torch.Tensor) and mask.shape[0] == samples.shape[0]:
+        out["noise_mask"] = mask[rows]
     out.pop("batch_index", None)
     return out
 
 
-def slice_mask(mask: torch.Tensor | None, indices: list[int], batch: int):
+def slice_mask(mask: torch.Tensor | None, indices: list[int], batch: int, frames_per_video: int = 0):
+    """The MASK rows of the selected candidates (one mask for all is kept as it is); see :func:`slice_latent`."""
     if mask is None:
         return None
     if mask.ndim == 2 or mask.shape[0] == 1:
         return mask
-    if mask.shape[0] != batch:
-        raise NodeInputError(f"mask batch {mask.shape[0]} does not match the image batch {batch}")
-    return mask[indices]
+    return mask[_rows(mask.shape[0], indices, batch, frames_per_video, "mask")]
 
 
 # ---------------------------------------------------------------------------------------------------- guided sampling
 @dataclass
 class GuidedResult:
     latent: torch.Tensor  # the chosen latents [1, ...]
-    image: torch.Tensor  # IMAGE [1, H, W, C]
+    image: torch.Tensor  # IMAGE [1, H, W, C]; a video model's: the frames [T, H, W, C]
     scores: list[float]  # every candidate scored, in order
     seeds: list[int]
     evaluations: int  # sampler steps run (per sample)
@@ -306,24 +350,53 @@ def best_of_n_seeds(
     progress: Callable[[int, int], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
 ) -> GuidedResult:
-    """Run ``sample(seed)`` (a full sampling, latents out) for ``n`` seeds (``seed + i``), decode each to an IMAGE,
-    score it and keep the best: :func:`rewarddance.search.run_best_of_n` one candidate at a time.
-    ``progress(done, total)`` and ``check_interrupt()`` come from ComfyUI in the node."""
+    """Run ``sample(seed)`` (a full sampling, latents out) for ``n`` seeds (``seed + i``), decode each (an IMAGE,
+    or a video model's ``[1, T, H, W, C]``), score it (:func:`score_decoded`) and keep the best:
+    :func:`rewarddance.search.run_best_of_n` one candidate at a time. ``progress(done, total)`` and
+    ``check_interrupt()`` come from ComfyUI in the node."""
     if n < 1:
         raise NodeInputError(f"budget must allow at least one sample, got {n}")
-    ctx, ref = _ctx(context)
 
     def make(seeds):
         latent = sample(seeds[0])
         return [(latent[:1], decode(latent)[:1])]
 
     def rate(candidates):
-        pixels = torch.cat([to_bchw(image)[:1] for _, image in candidates])
-        return rm.score(pixels, prompt, context=ctx, references=_refs(ref, len(pixels))).p_yes.tolist()
+        return score_decoded(rm, [decoded for _, decoded in candidates], prompt, context)
 
     run = run_best_of_n(make, rate, seed, n, 1, progress=progress, check_interrupt=check_interrupt)
-    latent, image = run.items[run.order[0]]
+    latent, decoded = run.items[run.order[0]]
+    image = frames_of(decoded)
     return GuidedResult(latent=latent, image=image, scores=run.scores, seeds=run.seeds, evaluations=n * steps)
+
+
+def is_video(decoded: torch.Tensor) -> bool:
+    """Whether a VAE's output is videos: ``[B, T, H, W, C]`` with more than one frame (a video VAE decodes an image
+    model's latents to ``T = 1``)."""
+    return decoded.ndim == 5 and decoded.shape[1] > 1
+
+
+def frames_of(decoded: torch.Tensor) -> torch.Tensor:
+    """The first candidate of a VAE's output as an IMAGE: an image's ``[1, H, W, C]``, a video's frames
+    ``[T, H, W, C]``."""
+    return decoded[0] if decoded.ndim == 5 else decoded[:1]
+
+
+def score_decoded(
+    rm, decoded: list[torch.Tensor], prompt: str, context: dict | None = None, reference: bool = True
+) -> list[float]:
+    """P(yes) of decoded candidates, the first item of each VAE output: images, pairwise against the context's
+    reference image when it has one and ``reference``; or (:func:`is_video`) videos, judged on ``JUDGE_FRAMES``
+    frames each, uniformly spaced."""
+    if any(is_video(d) for d in decoded):
+        from .comfy_video import score_decoded_videos
+
+        return score_decoded_videos(rm, decoded, prompt, context)
+    ctx, ref = _ctx(context)
+    pixels = torch.cat([to_bchw(frames_of(d), "decoded image") for d in decoded])
+    if not reference:
+        return rm.score(pixels, prompt, context=ctx).p_yes.tolist()
+    return rm.score(pixels, prompt, context=ctx, references=_refs(ref, len(pixels))).p_yes.tolist()
 
 
 def search_paths(
@@ -351,13 +424,12 @@ def search_paths(
     ``init(seed)`` latents at step 0; ``denoise(x, lo, hi, seed)`` runs steps ``lo..hi``; ``renoise(x, lo, hi, seed)``
     moves latents at step ``lo`` up to the noisier step ``hi < lo``; ``x0_of(x, k)`` is the clean estimate of
     latents at step ``k`` (the latents themselves at the last step, else one model evaluation); ``decode`` makes an
-    IMAGE. The loop and the seeds are :func:`rewarddance.search.run_path_search`'s, one path at a time. The plan and
-    the budget rule are :func:`rewarddance.search.plan_within_budget`'s, counting that extra evaluation per child,
-    so ``budget`` caps every evaluation (``evaluations`` in the result; per sample). ``scores``: every child of
-    every round, then the final paths.
+    IMAGE (or a video, :func:`score_decoded`). The loop and the seeds are :func:`rewarddance.search.run_path_search`'s,
+    one path at a time. The plan and the budget rule are :func:`rewarddance.search.plan_within_budget`'s, counting
+    that extra evaluation per child, so ``budget`` caps every evaluation (``evaluations`` in the result; per sample).
+    ``scores``: every child of every round, then the final paths.
     """
     start, rounds = plan_within_budget(steps, n, m, start, forward, backward, budget, x0_evals=1)
-    ctx, _ = _ctx(context)
 
     def each(fn):  # a per-latent host call over a list of paths, interruptible between calls
         def run(xs, *args):
@@ -375,7 +447,7 @@ def search_paths(
         return xs, [x0_of(x, hi) for x in xs]
 
     def rate(images):
-        return rm.score(torch.cat([to_bchw(im) for im in images]), prompt, context=ctx).p_yes.tolist()
+        return score_decoded(rm, images, prompt, context, reference=False)
 
     run = run_path_search(
         init=lambda seeds: [init(s) for s in seeds],
@@ -398,7 +470,7 @@ def search_paths(
     best = run.order[0]
     return GuidedResult(
         latent=run.paths[best],
-        image=run.images[best][:1],
+        image=frames_of(run.images[best]),
         scores=scores,
         seeds=[seed],
         evaluations=run.evaluations,
@@ -464,7 +536,8 @@ def guided_sample(
     """The Reward-Guided Sampler node's logic on host callbacks (ComfyUI's in the node):
 
     ``run(x, noise_seed, lo, hi, add_noise)`` samples steps ``lo..hi`` (adding noise from ``noise_seed`` first when
-    asked); ``euler_step(x, sigmas)`` runs one Euler step over a two-sigma schedule; ``decode`` makes an IMAGE;
+    asked); ``euler_step(x, sigmas)`` runs one Euler step over a two-sigma schedule; ``decode`` makes an IMAGE, or
+    for a video model's latents (``[1, C, T, H, W]``, Wan) a video ``[1, T, H, W, C]``, judged as one;
     ``sigmas`` (``steps + 1`` values) and ``const`` (a flow model) describe the schedule, needed by the search.
     ``best_of_n``: ``budget`` full samplings from ``latent`` (:func:`best_of_n_seeds`). ``search_over_paths``:
     :func:`search_paths` with ``budget * steps`` evaluations, fresh noise added only when a path starts at step 0,

@@ -153,7 +153,8 @@ class RewardGuidanceCallback(PipelineCallback):
     def _score(self, pipeline, x0: torch.Tensor, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Decode the ``x0`` predictions and judge them: images, or clips ``[B, T, 3, H, W]`` for a video pipeline
         (``judge_frames`` of each); ``p_yes`` float32 ``[B]``."""
-        if pipeline_family(pipeline) not in VIDEO_FAMILIES:
+        family = getattr(self, "_family", None) or check_pipeline(pipeline)
+        if family not in VIDEO_FAMILIES:
             height, width = self._size(pipeline, latents)
             pixels = decode(pipeline, x0, height, width)
             return self.rm.score(pixels, prompts, context=self.context).p_yes.float().cpu()
@@ -210,7 +211,7 @@ class RewardGuidanceCallback(PipelineCallback):
         i = int(step_index)
         if i == 0:
             self.reset()
-            check_pipeline(pipeline)
+            self._family = check_pipeline(pipeline)
         if self._levels is None:
             self._levels = levels(pipeline.scheduler)
         num_steps = len(self._levels) - 1

@@ -27,6 +27,8 @@ NODES = [
     "RewardDanceContext",
     "RewardDanceScoreImages",
     "RewardDanceCompareImages",
+    "RewardDanceScoreVideos",
+    "RewardDanceCompareVideos",
     "RewardDanceBestOfN",
     "RewardDanceGuidedSampler",
 ]
@@ -95,6 +97,7 @@ def server(tmp_path_factory, tiny_vlm, sd15):
     (packs / "rewarddance-pack").symlink_to(REPO, target_is_directory=True)
     models = root / "rd-models"
     shutil.copytree(tiny_vlm("llava"), models / "tiny-llava")
+    shutil.copytree(REPO / "rewarddance" / "bundled" / "shapes-s", models / "shapes-s")  # the video workflows' judge
     paths = {
         "custom_nodes": str(packs),
         "rewarddance": str(models),
@@ -192,8 +195,10 @@ def test_pack_loads_and_lists_every_node(server):
     failed = [x for x in server["log"].read_text().splitlines() if "IMPORT FAILED" in x or "Cannot import" in x]
     assert not [x for x in failed if "rewarddance" in x], failed  # (built-in audio nodes fail without torchaudio)
     model_input = info["RewardDanceLoadRewardModel"]["input"]["required"]["model"]
-    assert model_input[0] == "COMBO" and model_input[1]["options"] == ["tiny-llava"]
+    assert model_input[0] == "COMBO" and model_input[1]["options"] == ["shapes-s", "tiny-llava"]
     assert info["RewardDanceScoreImages"]["output_name"][:3] == ["scores", "sorted", "table"]
+    video = info["RewardDanceScoreVideos"]["input"]["required"]["video"]
+    assert video[0] == "IMAGE,VIDEO", video  # one socket for frames or a VIDEO
 
 
 def test_workflows_with_each_node(server):
@@ -357,11 +362,94 @@ def test_served_judge_scores_in_a_workflow_as_locally(server, served_judge):
     assert server["proc"].poll() is None  # the server is still up
 
 
+def _colour(rgb: int, frames: int, size: int = 48) -> torch.Tensor:
+    """The IMAGE ComfyUI's EmptyImage makes: ``frames`` frames of one colour."""
+    channels = [((rgb >> shift) & 0xFF) / 0xFF for shift in (16, 8, 0)]
+    return torch.tensor(channels).view(1, 1, 1, 3).expand(frames, size, size, 3)
+
+
+def test_videos_scored_in_a_workflow_as_locally(server):
+    """Two videos as one IMAGE batch of 8 frames (EmptyImage and ImageBatch), judged by the bundled shapes-s through
+    Score Videos (frames_per_video 4, 3 frames each), again as a VIDEO (Create Video at 8 fps, sampled at 4 fps),
+    Compare Videos and Best-of-N over the videos; every score equals the same judge's score(videos=...) here."""
+    from rewarddance import RewardModel
+
+    prompt = "a red square"
+    loader = {**_loader(), "inputs": {**_loader()["inputs"], "model": "shapes-s"}}
+    frames = {"red": (0xFF0000, 2), "blue": (0x0000FF, 2), "green": (0x00FF00, 4)}
+    wf = {"rm": loader}
+    for name, (rgb, n) in frames.items():
+        wf[name] = {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 48, "batch_size": n, "color": rgb}}
+    wf["first"] = {"class_type": "ImageBatch", "inputs": {"image1": ["red", 0], "image2": ["blue", 0]}}
+    wf["both"] = {"class_type": "ImageBatch", "inputs": {"image1": ["first", 0], "image2": ["green", 0]}}
+    sampling = {"frames_per_video": 4, "num_frames": 3, "fps": 0.0}
+    wf["score"] = {
+        "class_type": "RewardDanceScoreVideos",
+        "inputs": {"reward_model": ["rm", 0], "video": ["both", 0], "prompt": prompt, **sampling},
+    }
+    wf["clip"] = {"class_type": "CreateVideo", "inputs": {"images": ["both", 0], "fps": 8.0}}
+    wf["score_clip"] = {
+        "class_type": "RewardDanceScoreVideos",
+        "inputs": {"reward_model": ["rm", 0], "video": ["clip", 0], "prompt": prompt, **sampling, "fps": 4.0},
+    }
+    wf["cmp"] = {
+        "class_type": "RewardDanceCompareVideos",
+        "inputs": {
+            "reward_model": ["rm", 0],
+            "video_a": ["first", 0],
+            "video_b": ["green", 0],
+            "prompt": prompt,
+            **sampling,
+            "frames_per_video": 0,
+        },
+    }
+    wf["best"] = {
+        "class_type": "RewardDanceBestOfN",
+        "inputs": {
+            "reward_model": ["rm", 0],
+            "image": ["both", 0],
+            "prompt": prompt,
+            "top_k": 1,
+            "threshold": 0.0,
+            "mode": "pointwise",
+            "frames_per_video": 4,
+            "num_frames": 3,
+        },
+    }
+    for key, src in [("scores", ["score", 0]), ("table", ["score", 2]), ("clip_scores", ["score_clip", 0])]:
+        wf[f"show_{key}"] = {"class_type": "PreviewAny", "inputs": {"source": src}}
+    wf["show_p"] = {"class_type": "PreviewAny", "inputs": {"source": ["cmp", 0]}}
+    wf["show_best"] = {"class_type": "PreviewImage", "inputs": {"images": ["best", 0]}}
+    wf["show_best_scores"] = {"class_type": "PreviewAny", "inputs": {"source": ["best", 3]}}
+    res = _run(server, wf)
+    assert res.get("status", {}).get("status_str") == "success", json.dumps(res)[-3000:]
+    out = res["outputs"]
+
+    def floats(key):
+        return [float(x) for x in out[key]["text"]]
+
+    rm = RewardModel.from_pretrained("shapes-s", device="cpu")
+    first = torch.cat([_colour(0xFF0000, 2), _colour(0x0000FF, 2)]).permute(0, 3, 1, 2)
+    green = _colour(0x00FF00, 4).permute(0, 3, 1, 2)
+    local = rm.score(videos=[first, green], prompts=prompt, num_frames=3)
+    want = local.p_yes.tolist()
+    assert abs(want[0] - want[1]) > 1e-4, want  # the two videos score apart: the ranking is meaningful
+    for key in ("show_scores", "show_best_scores"):
+        assert max(abs(a - b) for a, b in zip(floats(key), want, strict=True)) < 1e-4, (key, floats(key), want)
+    at_4fps = rm.score(videos=[first[[0, 3]], green[[0, 3]]], prompts=prompt).p_yes.tolist()  # 0.5 s at 8 fps: 2
+    assert max(abs(a - b) for a, b in zip(floats("show_clip_scores"), at_4fps, strict=True)) < 1e-4
+    table = out["show_table"]["text"][0].splitlines()
+    assert table[1].split()[1] == str(int(want[1] > want[0])) and table[1].endswith("3 of 4 (0-3)")
+    p = torch.sigmoid(local.margin[1] - local.margin[0]).item()  # shapes-s is pointwise: Bradley-Terry
+    assert floats("show_p") == pytest.approx([p], abs=1e-4)
+    assert len(out["show_best"]["images"]) == 4  # the best video, every frame
+
+
 def test_example_workflows_run(server):
     """The committed API-format examples run to success: the tiny judge stands in for the 2B one, and the two that
     sample use the SD 1.5-layout checkpoint at 64 px with a few steps."""
     folder = REPO / "examples" / "workflows"
-    for name in ("score_images", "compare_images", "best_of_n_select", "reward_guided_sampler"):
+    for name in ("score_images", "compare_images", "score_video", "best_of_n_select", "reward_guided_sampler"):
         wf = json.loads((folder / f"{name}.api.json").read_text())
         for node in wf.values():
             kind, inputs = node["class_type"], node["inputs"]
@@ -495,6 +583,49 @@ print("RESULT", len(expected), worst(), before, len(unmatched), unmatched[:3])
     print(f"{count} attention tensors; largest difference before patching {before:.2e}, after {worst:.2e}")
     assert count > 0 and unmatched == 0, line
     assert worst < 2e-3 < before, line  # ComfyUI patches in the checkpoint's fp16; diffusers fused in fp32
+
+
+def test_guided_sampler_logic_judges_what_comfyuis_wan_vae_decodes():
+    """No Wan model runs here, but its VAE does: ComfyUI's own Wan 2.1 VAE (random weights, built by comfy.sd.VAE as
+    from a checkpoint) decodes 5-D latents [1, 16, 3, 4, 4] to [1, 9, 32, 32, 3], and the guided sampler's logic, on
+    a stand-in host sampler, judges them as videos with the bundled shapes-s (best-of-N and the search) and returns
+    the chosen video's 9 frames; its scores are score(videos=...) of the same decoded frames."""
+    script = """
+import sys, json, torch
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.sd, comfy.ldm.wan.vae
+from rewarddance import RewardModel
+from rewarddance import comfy as rd
+g = torch.Generator().manual_seed(0)
+cfg = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+           temperal_downsample=[False, True, True], dropout=0.0)  # ComfyUI's Wan 2.1 VAE
+sd = comfy.ldm.wan.vae.WanVAE(**cfg).state_dict()  # ComfyUI's layers skip initialisation: fill them here
+sd = {k: torch.randn(v.shape, generator=g) / v[0].numel() ** 0.5 if v.ndim > 1 else
+      torch.ones(v.shape) if k.endswith("gamma") else torch.zeros(v.shape) for k, v in sd.items()}
+vae = comfy.sd.VAE(sd=sd)
+rm = RewardModel.from_pretrained("shapes-s", device="cpu")
+def run(x, seed, lo, hi, add_noise):
+    return x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) if add_noise else x * 0.9
+latent = torch.zeros(1, 16, 3, 4, 4)
+best = rd.guided_sample("best_of_n", run, None, vae.decode, latent, rm, "a red circle", 5, 4, 3)
+frames = [rd.to_bchw(vae.decode(run(latent, s, 0, 4, True))[0]) for s in (5, 6, 7)]
+local = rm.score(videos=frames, prompts="a red circle", num_frames=8).p_yes.tolist()
+sigmas = torch.tensor([4.0, 2.0, 1.0, 0.5, 0.0])
+search = rd.guided_sample("search_over_paths", run, lambda x, s: x * 0.5, vae.decode, latent, rm, "a red circle",
+                          0, 4, 6, sigmas=sigmas)
+print("RESULT", json.dumps(dict(decoded=list(vae.decode(latent).shape), image=list(best.image.shape),
+    latent=list(best.latent.shape), scores=best.scores, local=local, search=list(search.image.shape))))
+"""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    env = {**os.environ, "PYTHONPATH": COMFYUI_DIR, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=COMFYUI_DIR, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT")][0].split(maxsplit=1)[1])
+    assert got["decoded"] == [1, 9, 32, 32, 3], got  # ComfyUI's video VAEs decode to [B, T, H, W, C]
+    assert got["image"] == got["search"] == [9, 32, 32, 3] and got["latent"] == [1, 16, 3, 4, 4], got
+    assert got["scores"] == pytest.approx(got["local"], abs=1e-5), got
 
 
 def test_guided_sampler_reports_progress_over_the_websocket(server):

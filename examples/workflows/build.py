@@ -79,6 +79,36 @@ WORKFLOWS = {
         "p": {"class_type": "PreviewAny", "inputs": {"source": ["cmp", 0]}},
         "winner": {"class_type": "PreviewImage", "inputs": {"images": ["cmp", 1]}},
     },
+    "score_video": {  # two 4-frame "videos" as one IMAGE batch; a VIDEO (Load Video, Create Video) plugs in too
+        "rm": {"class_type": "RewardDanceLoadRewardModel", "inputs": RM},
+        "red": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 256, "height": 256, "batch_size": 4, "color": 0xFF0000},
+        },
+        "blue": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 256, "height": 256, "batch_size": 4, "color": 0x0000FF},
+        },
+        "frames": {"class_type": "ImageBatch", "inputs": {"image1": ["red", 0], "image2": ["blue", 0]}},
+        "ctx": {
+            "class_type": "RewardDanceContext",
+            "inputs": {"task": "video_alignment", "criteria": "", "cot": "none"},
+        },
+        "score": {
+            "class_type": "RewardDanceScoreVideos",
+            "inputs": {
+                "reward_model": ["rm", 0],
+                "video": ["frames", 0],
+                "prompt": "a red square",
+                "frames_per_video": 4,
+                "num_frames": 4,
+                "fps": 0.0,
+                "context": ["ctx", 0],
+            },
+        },
+        "table": {"class_type": "PreviewAny", "inputs": {"source": ["score", 2]}},
+        "sorted": {"class_type": "PreviewImage", "inputs": {"images": ["score", 1]}},
+    },
     "best_of_n_select": {
         **_sd(4),
         "sample": {
@@ -183,7 +213,8 @@ def ui_format(wf: dict, info: dict) -> dict:
             if isinstance(v, list):
                 link = len(links) + 1
                 src = (ids[v[0]], v[1])
-                links.append([link, src[0], src[1], ids[name], len(inputs), kind])
+                out_type = info[wf[v[0]]["class_type"]]["output"][v[1]]  # a link carries its source's type
+                links.append([link, src[0], src[1], ids[name], len(inputs), out_type])
                 out_links.setdefault(src, []).append(link)
             if v is not None or k in spec["input"].get("required", {}):
                 inputs.append({"name": k, "type": kind, "link": link})
