@@ -12,7 +12,7 @@ falls on all of them alike:
 Reported: the median seconds of ``--repeats`` timed calls after one warm-up, videos per second, the speed-up of
 ``shared`` over ``per_video`` and ``batch``, and the largest |P(yes)| difference between the methods (they must
 agree within 1e-4). The model is random and built offline: ``--size tiny`` (hidden 64, 2 layers) or ``small``
-(hidden 256, 4 layers, 112 px). A Qwen2-VL-2B-sized run on a GPU is still to be added (issue 22).
+(hidden 256, 4 layers, 16 heads of 16: the tiny builder's M-RoPE sections fit head size 16; 112 px). A Qwen2-VL-2B-sized run on a GPU is still to be added (issue 22).
 
     python benchmarks/bench_video_score.py                           # N = 8 clips of 16 frames, tiny, CPU
     python benchmarks/bench_video_score.py --size small
@@ -34,7 +34,7 @@ import torch
 
 SIZES = {
     "tiny": dict(hidden=64, layers=2, heads=4, vision_hidden=32, vision_layers=2, image_size=56),
-    "small": dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_layers=4, image_size=112),
+    "small": dict(hidden=256, layers=4, heads=16, vision_hidden=128, vision_layers=4, image_size=112),
 }
 PROMPT = "a red circle moves left while a blue square grows"
 
