@@ -259,17 +259,12 @@ def test_limits_and_bad_requests_name_the_item(server, http, rm):
         still_serving(message)
 
 
-def test_concurrent_requests_merge_and_a_bad_one_fails_alone(server, http, rm):
-    imgs = _images(8, 7)
-    long_prompt = "red circle " * 3000  # more tokens than the judge's context of 4096: fails inside the model
-    bodies = [{"images": [_b64(x)], "prompts": PROMPT} for x in imgs]
-    bodies[2]["images"] = ["bm90IGFuIGltYWdl"]  # "not an image"
-    bodies[5]["prompts"] = long_prompt
-    before = http.get("/health").json()
+def _send_together(url: str, bodies: list[dict]) -> list:
+    """POST each body to /v1/score from its own thread, all released at once; the responses in order."""
     barrier, results = threading.Barrier(len(bodies)), [None] * len(bodies)
 
     def ask(i):
-        with httpx.Client(base_url=server["url"], headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
             barrier.wait()
             results[i] = c.post("/v1/score", json=bodies[i])
 
@@ -278,6 +273,17 @@ def test_concurrent_requests_merge_and_a_bad_one_fails_alone(server, http, rm):
         t.start()
     for t in threads:
         t.join(60)
+    return results
+
+
+def test_concurrent_requests_merge_and_a_bad_one_fails_alone(server, http, rm):
+    imgs = _images(8, 7)
+    long_prompt = "red circle " * 3000  # more tokens than the judge's context of 4096: fails inside the model
+    bodies = [{"images": [_b64(x)], "prompts": PROMPT} for x in imgs]
+    bodies[2]["images"] = ["bm90IGFuIGltYWdl"]  # "not an image"
+    bodies[5]["prompts"] = long_prompt
+    before = http.get("/health").json()
+    results = _send_together(server["url"], bodies)
     after = http.get("/health").json()
     assert results[2].status_code == 422 and _error(results[2]).startswith("images[0]: not a readable")
     assert results[5].status_code == 422 and "longer than the model's context" in _error(results[5])
@@ -298,18 +304,7 @@ def test_requests_merged_into_one_call_share_the_prompt_prefix(server, http, rm)
     imgs, ref = _images(6, 21), _images(1, 22)[0]
     bodies = [{"images": [_b64(x)], "prompts": PROMPT, "references": [_b64(ref)]} for x in imgs]
     before = http.get("/health").json()
-    barrier, results = threading.Barrier(len(bodies)), [None] * len(bodies)
-
-    def ask(i):
-        with httpx.Client(base_url=server["url"], headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
-            barrier.wait()
-            results[i] = c.post("/v1/score", json=bodies[i])
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = _send_together(server["url"], bodies)
     after = http.get("/health").json()
     local = rm.compare(imgs, [ref] * len(imgs), PROMPT)
     for i, r in enumerate(results):
