@@ -21,9 +21,11 @@ agree within 1e-4). The model is random and built offline: ``--size tiny`` (hidd
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from rewarddance.testing.tiny import build_tiny_vlm
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-video-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the random model is rebuilt on every run
     folder = build_tiny_vlm("qwen2_vl", tmp / f"qwen2-vl-{args.size}", init_std=0.2, **SIZES[args.size])
     px = args.px or SIZES[args.size]["image_size"]
     rm = RewardModel.from_pretrained(folder, device=args.device, dtype=args.dtype)

@@ -122,6 +122,7 @@ class RewardGuidanceCallback(PipelineCallback):
         self.images_scored = 0
         self._prev = None
         self._levels = None
+        self._family: str | None = None  # the pipeline's, read when a run starts
         self._last = None  # per particle: reward at the last scored step
         self._best = None  # per particle: best reward so far
         self._gen = torch.Generator().manual_seed(self.seed)
@@ -153,7 +154,7 @@ class RewardGuidanceCallback(PipelineCallback):
     def _score(self, pipeline, x0: torch.Tensor, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Decode the ``x0`` predictions and judge them: images, or clips ``[B, T, 3, H, W]`` for a video pipeline
         (``judge_frames`` of each); ``p_yes`` float32 ``[B]``."""
-        family = getattr(self, "_family", None) or check_pipeline(pipeline)
+        family = self._family or check_pipeline(pipeline)
         if family not in VIDEO_FAMILIES:
             height, width = self._size(pipeline, latents)
             pixels = decode(pipeline, x0, height, width)

@@ -10,6 +10,9 @@ import csv
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_grpo import _cfg as grpo_cfg  # (the tests folder is on sys.path under pytest)
+from test_grpo import _pipe
+from test_refl import _settings as refl_settings
 
 from rewarddance import RewardModel
 from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
@@ -19,7 +22,6 @@ from rewarddance.training.grpo_config import GRPOConfig
 from rewarddance.training.refl import train_refl
 from rewarddance.training.refl_config import ReFLConfig
 
-PROMPTS = ["a red circle", "a blue square", "two green triangles"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -28,58 +30,14 @@ def judge(tiny_vlm):
     return RewardModel.from_pretrained(tiny_vlm("llava", init_std=0.02), device="cpu")
 
 
-def _pipe(kind="sd"):
-    pipe = build_tiny_pipeline(kind, "ddim" if kind in ("sd", "sdxl") else None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _refl_settings(out, **kw) -> dict:
-    base = dict(
-        pretrained="in-process",
-        reward_model="in-process",
-        prompts=PROMPTS,
-        output_dir=str(out),
-        num_inference_steps=6,
-        stop_range=[4, 5],
-        resolution=32,
-        lora_rank=4,
-        lora_alpha=4,
-        lr=3e-2,
-        batch_size=2,
-        max_steps=2,
-        save_every=0,
-        eval_prompts=[],
-        eval_train_prompts=0,
-        loss="log",
-        seed=0,
-    )
-    base.update(kw)
-    return base
+    """test_refl's small ReFL settings: no evaluations, two steps."""
+    return refl_settings(out, **{"eval_prompts": [], "eval_train_prompts": 0, "max_steps": 2, **kw})
 
 
 def _grpo_cfg(out, **kw) -> GRPOConfig:
-    base = dict(
-        pretrained="in-process",
-        reward_model="in-process",
-        prompts=PROMPTS,
-        output_dir=str(out),
-        num_inference_steps=4,
-        resolution=32,
-        lora_rank=4,
-        lora_alpha=4,
-        lr=3e-2,
-        group_size=2,
-        prompts_per_step=2,
-        max_steps=2,
-        save_every=0,
-        eval_prompts=[],
-        eval_train_prompts=0,
-        clip_range=0.2,
-        seed=0,
-    )
-    base.update(kw)
-    return GRPOConfig(**base)
+    """test_grpo's small GRPO config, two steps."""
+    return grpo_cfg(out, **{"max_steps": 2, **kw})
 
 
 def _same_lora(a_dir, b_dir, atol=1e-5) -> float:
