@@ -311,3 +311,20 @@ def test_verifier_reward_is_the_strict_verifiers_verdict(judge, tmp_path):
         )
     res = train_grpo(_cfg(tmp_path / "run", reward="verifier", max_steps=1), progress=False, pipe=_pipe(), rm=judge)
     assert res["history"][0]["reward_mean"] == 0.0  # a random tiny pipeline draws no ShapesWorld scene
+
+
+def test_reasoning_first_reward_is_the_verdict_read_after_the_decoded_reason(judge, tmp_path):
+    """cot reasoning_first: each reward is P(yes) read after the judge has decoded its reasoning (the rollouts need
+    no gradient through the judge, so the decoding costs only time); a run with it trains."""
+    from rewarddance.context import RewardContext
+    from rewarddance.training.grpo import judge_rewards
+
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    prompts = [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
+    ctx = RewardContext(cot="reasoning_first", max_reason_tokens=4)
+    got = judge_rewards(judge, images, prompts, "p_yes", 2, ctx)
+    assert torch.allclose(got, judge.score(images, prompts, context=ctx).p_yes.float(), atol=1e-6)
+    plain = judge_rewards(judge, images, prompts, "p_yes", 2, RewardContext())
+    assert (got - plain).abs().max() > 1e-5  # the verdict moved: it was read after the decoded tokens
+    res = train_grpo(_cfg(tmp_path, cot="reasoning_first", max_steps=1), progress=False, pipe=_pipe(), rm=judge)
+    assert math.isfinite(res["history"][0]["reward_mean"]) and (tmp_path / "lora").is_dir()
