@@ -74,8 +74,21 @@ def _fps_input():
         min=0.0,
         max=240.0,
         step=0.5,
-        tooltip="or sample this many frames per second of video instead (a VIDEO input carries its frame rate); "
-        "0: use num_frames",
+        tooltip="or sample this many frames per second of video instead (a VIDEO input carries its frame rate; "
+        "an IMAGE batch needs frame_rate); 0: use num_frames",
+    )
+
+
+def _frame_rate_input():
+    return io.Float.Input(
+        "frame_rate",
+        default=0.0,
+        min=0.0,
+        max=1000.0,
+        step=0.5,
+        optional=True,
+        tooltip="frames per second of an IMAGE batch of frames, for fps sampling and frame times (0: unknown); "
+        "a VIDEO's own frame rate wins",
     )
 
 
@@ -219,6 +232,7 @@ class ScoreVideos(io.ComfyNode):
                 _frames_per_video_input(),
                 _num_frames_input(),
                 _fps_input(),
+                _frame_rate_input(),
                 _ctx_input(),
             ],
             outputs=[
@@ -229,9 +243,11 @@ class ScoreVideos(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, reward_model, video, prompt, frames_per_video, num_frames, fps, context=None) -> io.NodeOutput:
+    def execute(
+        cls, reward_model, video, prompt, frames_per_video, num_frames, fps, context=None, frame_rate=0.0
+    ) -> io.NodeOutput:
         scores, ordered, table = rv.score_videos(
-            reward_model, video, prompt, context, frames_per_video, num_frames, fps
+            reward_model, video, prompt, context, frames_per_video, num_frames, fps, frame_rate
         )
         return io.NodeOutput(scores, ordered, table)
 
@@ -253,6 +269,7 @@ class CompareVideos(io.ComfyNode):
                 _frames_per_video_input(zero="each input is one video"),
                 _num_frames_input(),
                 _fps_input(),
+                _frame_rate_input(),
                 _ctx_input(),
             ],
             outputs=[
@@ -264,10 +281,10 @@ class CompareVideos(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, reward_model, video_a, video_b, prompt, frames_per_video, num_frames, fps, context=None
+        cls, reward_model, video_a, video_b, prompt, frames_per_video, num_frames, fps, context=None, frame_rate=0.0
     ) -> io.NodeOutput:
         p, winners, details = rv.compare_videos(
-            reward_model, video_a, video_b, prompt, context, frames_per_video, num_frames, fps
+            reward_model, video_a, video_b, prompt, context, frames_per_video, num_frames, fps, frame_rate
         )
         return io.NodeOutput(p, winners, details)
 
@@ -388,6 +405,15 @@ class RewardGuidedSampler(io.ComfyNode):
                     tooltip="best_of_n: samples; search_over_paths: compute in full samplings (budget x steps)",
                 ),
                 _ctx_input(),
+                io.Int.Input(
+                    "judge_frames",
+                    default=rd.JUDGE_FRAMES,
+                    min=1,
+                    max=4096,
+                    optional=True,
+                    tooltip="video models: frames of each candidate video the judge sees, spaced evenly (all when "
+                    "the video is shorter); images ignore it",
+                ),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent"),
@@ -414,6 +440,7 @@ class RewardGuidedSampler(io.ComfyNode):
         strategy,
         budget,
         context=None,
+        judge_frames=rd.JUDGE_FRAMES,
     ) -> io.NodeOutput:
         import comfy.model_management
         import comfy.model_sampling
@@ -471,6 +498,7 @@ class RewardGuidedSampler(io.ComfyNode):
             context=context,
             progress=lambda d, t: pbar.update_absolute(d, t),
             check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            judge_frames=judge_frames,
         )
         return io.NodeOutput({"samples": res.latent}, res.image, res.scores)
 

@@ -349,6 +349,7 @@ def best_of_n_seeds(
     context: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    judge_frames: int = JUDGE_FRAMES,
 ) -> GuidedResult:
     """Run ``sample(seed)`` (a full sampling, latents out) for ``n`` seeds (``seed + i``), decode each (an IMAGE,
     or a video model's ``[1, T, H, W, C]``), score it (:func:`score_decoded`) and keep the best:
@@ -362,7 +363,7 @@ def best_of_n_seeds(
         return [(latent[:1], decode(latent)[:1])]
 
     def rate(candidates):
-        return score_decoded(rm, [decoded for _, decoded in candidates], prompt, context)
+        return score_decoded(rm, [decoded for _, decoded in candidates], prompt, context, judge_frames=judge_frames)
 
     run = run_best_of_n(make, rate, seed, n, 1, progress=progress, check_interrupt=check_interrupt)
     latent, decoded = run.items[run.order[0]]
@@ -383,15 +384,20 @@ def frames_of(decoded: torch.Tensor) -> torch.Tensor:
 
 
 def score_decoded(
-    rm, decoded: list[torch.Tensor], prompt: str, context: dict | None = None, reference: bool = True
+    rm,
+    decoded: list[torch.Tensor],
+    prompt: str,
+    context: dict | None = None,
+    reference: bool = True,
+    judge_frames: int = JUDGE_FRAMES,
 ) -> list[float]:
     """P(yes) of decoded candidates, the first item of each VAE output: images, pairwise against the context's
-    reference image when it has one and ``reference``; or (:func:`is_video`) videos, judged on ``JUDGE_FRAMES``
-    frames each, uniformly spaced."""
+    reference image when it has one and ``reference``; or (:func:`is_video`) videos, judged on ``judge_frames``
+    frames each, uniformly spaced (images ignore it)."""
     if any(is_video(d) for d in decoded):
         from .comfy_video import score_decoded_videos
 
-        return score_decoded_videos(rm, decoded, prompt, context)
+        return score_decoded_videos(rm, decoded, prompt, context, judge_frames)
     ctx, ref = _ctx(context)
     pixels = torch.cat([to_bchw(frames_of(d), "decoded image") for d in decoded])
     if not reference:
@@ -418,6 +424,7 @@ def search_paths(
     context: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    judge_frames: int = JUDGE_FRAMES,
 ) -> GuidedResult:
     """Search over paths driven by a host sampler (ComfyUI's) through callbacks:
 
@@ -447,7 +454,7 @@ def search_paths(
         return xs, [x0_of(x, hi) for x in xs]
 
     def rate(images):
-        return score_decoded(rm, images, prompt, context, reference=False)
+        return score_decoded(rm, images, prompt, context, reference=False, judge_frames=judge_frames)
 
     run = run_path_search(
         init=lambda seeds: [init(s) for s in seeds],
@@ -532,6 +539,7 @@ def guided_sample(
     context: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    judge_frames: int = JUDGE_FRAMES,
 ) -> GuidedResult:
     """The Reward-Guided Sampler node's logic on host callbacks (ComfyUI's in the node):
 
@@ -541,7 +549,10 @@ def guided_sample(
     ``sigmas`` (``steps + 1`` values) and ``const`` (a flow model) describe the schedule, needed by the search.
     ``best_of_n``: ``budget`` full samplings from ``latent`` (:func:`best_of_n_seeds`). ``search_over_paths``:
     :func:`search_paths` with ``budget * steps`` evaluations, fresh noise added only when a path starts at step 0,
-    re-noising by :func:`renoise_latent` and ``x0`` by one Euler step to sigma 0."""
+    re-noising by :func:`renoise_latent` and ``x0`` by one Euler step to sigma 0. ``judge_frames``: frames of
+    each decoded video the judge sees (capped at the video's length; images ignore it)."""
+    if isinstance(judge_frames, bool) or not isinstance(judge_frames, int) or judge_frames < 1:
+        raise NodeInputError(f"judge_frames must be a positive number of frames, got {judge_frames!r}")
     if strategy == "best_of_n":
         return best_of_n_seeds(
             lambda s: run(latent, s, 0, steps, True),
@@ -554,6 +565,7 @@ def guided_sample(
             context,
             progress=progress,
             check_interrupt=check_interrupt,
+            judge_frames=judge_frames,
         )
     if strategy != "search_over_paths":
         raise NodeInputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -580,4 +592,5 @@ def guided_sample(
         context=context,
         progress=progress,
         check_interrupt=check_interrupt,
+        judge_frames=judge_frames,
     )

@@ -3,7 +3,8 @@ videos), testable without ComfyUI; :mod:`rewarddance.comfy` holds the rest of th
 
 ComfyUI has no batch-of-videos type. A video travels as an IMAGE batch of its frames ``[T, H, W, C]`` (several
 videos: their frames one after another, ``frames_per_video`` each), or as a VIDEO object (Load Video, Create Video)
-whose ``get_components()`` gives those frames and their frame rate. Video models' latents are 5-D (Wan:
+whose ``get_components()`` gives those frames and their frame rate; the nodes' ``frame_rate`` input gives an
+IMAGE batch one, and a VIDEO's own rate wins over it. Video models' latents are 5-D (Wan:
 ``[B, C, T, H, W]``) and ComfyUI's video VAEs decode them to ``[B, T, H, W, C]``. Whatever the input, the judge gets
 each video as ``[T', 3, H, W]`` frames sampled here (:func:`sample_clip`) and scores it with ``videos=``
 (:mod:`rewarddance.video`).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +30,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VideoBatch:
-    """Videos from one node input: each an IMAGE ``[T, H, W, C]`` of its frames, and their frame rate (frames per
-    second) when the input carries one (a VIDEO)."""
+    """Videos from one node input: each an IMAGE ``[T, H, W, C]`` of its frames, their frame rate (frames per
+    second) when known (a VIDEO's, or the node's ``frame_rate`` for an IMAGE batch), and where that rate came from,
+    for the node's text output ("" when unknown)."""
 
     frames: list[torch.Tensor]
     frame_rate: float | None = None
+    rate_note: str = ""
 
 
 def split_videos(image: torch.Tensor, frames_per_video: int = 0, name: str = "video") -> list[torch.Tensor]:
@@ -52,15 +56,39 @@ def split_videos(image: torch.Tensor, frames_per_video: int = 0, name: str = "vi
     return list(image.split(frames_per_video))
 
 
-def video_input(value, frames_per_video: int = 0, name: str = "video") -> VideoBatch:
-    """A node's video input -> :class:`VideoBatch`: an IMAGE batch of frames (split by :func:`split_videos`), or a
-    ComfyUI VIDEO (anything with ``get_components()``: its ``images`` are the frames, ``frame_rate`` their rate)."""
-    rate = None
+def check_frame_rate(frame_rate) -> float | None:
+    """The node's ``frame_rate`` input (0: unknown) -> frames per second or None; a clear error if it is bad."""
+    if isinstance(frame_rate, bool) or not isinstance(frame_rate, (int, float)) or not frame_rate >= 0:
+        raise NodeInputError(
+            f"frame_rate must be 0 (unknown) or a positive number of frames per second, got {frame_rate!r}"
+        )
+    if not math.isfinite(frame_rate):
+        raise NodeInputError(f"frame_rate must be a finite number of frames per second, got {frame_rate!r}")
+    return float(frame_rate) or None
+
+
+def video_input(value, frames_per_video: int = 0, name: str = "video", frame_rate: float = 0.0) -> VideoBatch:
+    """A node's video input -> :class:`VideoBatch`: an IMAGE batch of frames (split by :func:`split_videos`), whose
+    rate is ``frame_rate`` (0: unknown), or a ComfyUI VIDEO (anything with ``get_components()``: its ``images``
+    are the frames, ``frame_rate`` their rate, which wins over the node's ``frame_rate``)."""
+    given, rate, note = check_frame_rate(frame_rate), None, ""
     if hasattr(value, "get_components"):
         parts = value.get_components()
         value, rate = parts.images, getattr(parts, "frame_rate", None)
         rate = float(rate) if rate else None
-    return VideoBatch(split_videos(value, frames_per_video, name), rate)
+        if rate is not None:
+            note = f"{name}: {rate:g} fps (the VIDEO's own)"
+            if given is not None and abs(given - rate) > 1e-6 * rate:
+                note += f"; frame_rate {given:g} differs and is not used"
+    if rate is None and given is not None:
+        rate, note = given, f"{name}: {given:g} fps (the frame_rate input)"
+    return VideoBatch(split_videos(value, frames_per_video, name), rate, note)
+
+
+def _with_rates(text: str, *batches: VideoBatch) -> str:
+    """A node's text output with a last line naming each input's frame rate and its source, when one is known."""
+    notes = [b.rate_note for b in batches if b.rate_note]
+    return text + ("\nframe rate: " + "; ".join(notes) if notes else "")
 
 
 def sample_clip(
@@ -79,7 +107,7 @@ def sample_clip(
             if not frame_rate:
                 raise NodeInputError(
                     f"fps: sampling {fps:g} frames per second needs the frame rate of {name}, which an IMAGE batch "
-                    "does not carry; give a VIDEO (Create Video makes one of frames and their rate) or use num_frames"
+                    "does not carry; set frame_rate, give a VIDEO (Create Video) or use num_frames"
                 )
             idx = sample_indices(T, fps=float(fps), source_fps=frame_rate, name=name)
         else:
@@ -134,11 +162,12 @@ def score_videos(
     frames_per_video: int = 0,
     num_frames: int = JUDGE_FRAMES,
     fps: float = 0.0,
+    frame_rate: float = 0.0,
 ):
-    """Scores of the videos of one input (an IMAGE batch of frames or a VIDEO, see :func:`video_input`), each judged
-    on the frames :func:`sample_clip` picks: ``(scores list, IMAGE of every video's frames sorted best first,
-    table text)``."""
-    batch = video_input(video, frames_per_video)
+    """Scores of the videos of one input (an IMAGE batch of frames, at ``frame_rate`` when not 0, or a VIDEO, see
+    :func:`video_input`), each judged on the frames :func:`sample_clip` picks: ``(scores list, IMAGE of every
+    video's frames sorted best first, table text)``."""
+    batch = video_input(video, frames_per_video, frame_rate=frame_rate)
     ctx = video_context(context, "Score Videos")
     clips, notes = sample_videos(batch, num_frames, fps, "video")
     out = rm.score(videos=clips, prompts=prompt, context=ctx)
@@ -147,7 +176,7 @@ def score_videos(
     lines = ["rank  video  p_yes    margin  frames"]
     for rank, i in enumerate(order, 1):
         lines.append(f"{rank:>4}  {i:>5}  {scores[i]:.4f}  {float(out.margin[i]):+.3f}  {notes[i]}")
-    return scores, torch.cat([batch.frames[i] for i in order]), "\n".join(lines)
+    return scores, torch.cat([batch.frames[i] for i in order]), _with_rates("\n".join(lines), batch)
 
 
 def compare_videos(
@@ -159,11 +188,13 @@ def compare_videos(
     frames_per_video: int = 0,
     num_frames: int = JUDGE_FRAMES,
     fps: float = 0.0,
+    frame_rate: float = 0.0,
 ):
     """P(video b better than video a) per pair, asked as :func:`rewarddance.comfy.compare_images` asks (a pointwise
     judge: Bradley-Terry on the two scores), one video on a side paired with every video of the other: ``(p list,
-    IMAGE of the winners' frames one video after another, details text)``."""
-    a, b = video_input(video_a, frames_per_video, "video_a"), video_input(video_b, frames_per_video, "video_b")
+    IMAGE of the winners' frames one video after another, details text)``; ``frame_rate``: an IMAGE input's."""
+    a = video_input(video_a, frames_per_video, "video_a", frame_rate)
+    b = video_input(video_b, frames_per_video, "video_b", frame_rate)
     na, nb = len(a.frames), len(b.frames)
     if na != nb and 1 not in (na, nb):
         raise NodeInputError(f"video_a has {na} videos and video_b {nb}: give equal numbers or one video on a side")
@@ -183,14 +214,16 @@ def compare_videos(
     if len({tuple(w.shape[1:]) for w in winners}) > 1:
         raise NodeInputError("the winners have different sizes; ComfyUI batches need one size")
     notes = [f"{x} | {y}" for x, y in zip(notes_a, notes_b)]
-    return p, torch.cat(winners), _preference_table(pref, "video", notes)
+    return p, torch.cat(winners), _with_rates(_preference_table(pref, "video", notes), a, b)
 
 
-def score_decoded_videos(rm, decoded: list[torch.Tensor], prompt: str, context: dict | None = None) -> list[float]:
-    """P(yes) of the first video of each video VAE output ``[B, T, H, W, C]``, judged on ``JUDGE_FRAMES`` frames
+def score_decoded_videos(
+    rm, decoded: list[torch.Tensor], prompt: str, context: dict | None = None, judge_frames: int = JUDGE_FRAMES
+) -> list[float]:
+    """P(yes) of the first video of each video VAE output ``[B, T, H, W, C]``, judged on ``judge_frames`` frames
     spaced evenly (fewer when the videos are shorter), as the Reward-Guided Sampler's candidates."""
     ctx = video_context(context, "Reward-Guided Sampler")
     clips = [to_bchw(frames_of(d), "decoded video") for d in decoded]
     return rm.score(
-        videos=clips, prompts=prompt, context=ctx, num_frames=judge_sampling(clips, JUDGE_FRAMES)
+        videos=clips, prompts=prompt, context=ctx, num_frames=judge_sampling(clips, judge_frames)
     ).p_yes.tolist()

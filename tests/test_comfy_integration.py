@@ -445,6 +445,50 @@ def test_videos_scored_in_a_workflow_as_locally(server):
     assert len(out["show_best"]["images"]) == 4  # the best video, every frame
 
 
+def test_frame_rate_of_an_image_batch_and_judge_frames_in_comfyui(server):
+    """Score Videos on an IMAGE batch with frame_rate 8, sampled at 4 fps, scores and times as the same frames in a
+    VIDEO at 8 fps (Create Video); the table's last line names the rate's source. The optional inputs are declared
+    (frame_rate on both video nodes, judge_frames on the Reward-Guided Sampler) and ComfyUI refuses out-of-range
+    values."""
+    info = _get(server["url"] + "/object_info")
+    for node in ("RewardDanceScoreVideos", "RewardDanceCompareVideos"):
+        kind, opts = info[node]["input"]["optional"]["frame_rate"]
+        assert kind == "FLOAT" and opts["default"] == 0.0 and opts["min"] == 0.0, (node, opts)
+    kind, opts = info["RewardDanceGuidedSampler"]["input"]["optional"]["judge_frames"]
+    assert kind == "INT" and opts["default"] == 8 and opts["min"] == 1, opts
+
+    loader = {**_loader(), "inputs": {**_loader()["inputs"], "model": "shapes-s"}}
+    wf = {"rm": loader}
+    for name, (rgb, n) in {"red": (0xFF0000, 4), "green": (0x00FF00, 4)}.items():
+        wf[name] = {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 48, "batch_size": n, "color": rgb}}
+    wf["both"] = {"class_type": "ImageBatch", "inputs": {"image1": ["red", 0], "image2": ["green", 0]}}
+    wf["clip"] = {"class_type": "CreateVideo", "inputs": {"images": ["both", 0], "fps": 8.0}}
+    sampling = {"prompt": "a red square", "frames_per_video": 4, "num_frames": 8, "fps": 4.0}
+    wf["frames"] = {
+        "class_type": "RewardDanceScoreVideos",
+        "inputs": {"reward_model": ["rm", 0], "video": ["both", 0], **sampling, "frame_rate": 8.0},
+    }
+    wf["video"] = {
+        "class_type": "RewardDanceScoreVideos",
+        "inputs": {"reward_model": ["rm", 0], "video": ["clip", 0], **sampling},
+    }
+    for name in ("frames", "video"):
+        wf[f"show_{name}"] = {"class_type": "PreviewAny", "inputs": {"source": [name, 0]}}
+        wf[f"table_{name}"] = {"class_type": "PreviewAny", "inputs": {"source": [name, 2]}}
+    res = _run(server, wf)
+    assert res.get("status", {}).get("status_str") == "success", json.dumps(res)[-3000:]
+    out = res["outputs"]
+    assert [float(x) for x in out["show_frames"]["text"]] == [float(x) for x in out["show_video"]["text"]]
+    from_frames, from_video = (out[f"table_{k}"]["text"][0].splitlines() for k in ("frames", "video"))
+    assert from_frames[:-1] == from_video[:-1] and from_frames[1].endswith("2 of 4 (0-3) 0.00-0.38 s")
+    assert from_frames[-1] == "frame rate: video: 8 fps (the frame_rate input)"
+    assert from_video[-1] == "frame rate: video: 8 fps (the VIDEO's own)"
+
+    wf["frames"]["inputs"]["frame_rate"] = -1.0  # below the declared min: ComfyUI's check names the input
+    _, body = _post(server["url"] + "/prompt", {"prompt": wf, "client_id": str(uuid.uuid4())})
+    assert "frame_rate" in json.dumps(body.get("node_errors", {}).get("frames", {})), body
+
+
 def test_example_workflows_run(server):
     """The committed API-format examples run to success: the tiny judge stands in for the 2B one, and the two that
     sample use the SD 1.5-layout checkpoint at 64 px with a few steps."""

@@ -264,3 +264,86 @@ def test_guided_sampler_decodes_5d_latents_and_judges_videos(qwen):
     res = rd.guided_sample("best_of_n", run, None, lambda x: decode(x)[:, :1], latent, judge, PROMPT, 0, steps, 2)
     assert res.image.shape == (1, 32, 40, 3) and judge.calls[0]["videos"] is None
     assert judge.calls[0]["images"].shape == (1, 3, 32, 40)
+
+
+def test_guided_sampler_judge_frames_sets_the_frames_the_judge_sees(qwen):
+    """judge_frames: how many frames of each decoded video the judge sees, in best-of-N and in the search (capped at
+    the video's 9 frames); a real judge's scores are score(videos=..., num_frames=judge_frames). Images ignore it;
+    a judge_frames below 1 or not a whole number is refused, naming the input."""
+    steps, sigmas = 4, torch.tensor([4.0, 2.0, 1.0, 0.5, 0.0])
+    latent = torch.zeros(1, 16, 3, 4, 4)
+
+    def run(x, noise_seed, lo, hi, add_noise):
+        return x + (noise_seed % 5) * 0.1 + (hi - lo) * 0.001
+
+    def decode(x):  # 9 frames whose brightness follows the latent
+        ramp = torch.linspace(0, 0.2, 9).view(1, 9, 1, 1, 1)
+        return (x.mean().clamp(0, 1) * 0.7 + ramp).expand(1, 9, 32, 40, 3).clone()
+
+    judge = _VideoJudge()
+    for given, seen in [(3, 3), (20, 9)]:
+        judge.calls.clear()
+        rd.guided_sample("best_of_n", run, None, decode, latent, judge, PROMPT, 0, steps, 2, judge_frames=given)
+        assert [c["num_frames"] for c in judge.calls] == [seen, seen]
+    judge.calls.clear()
+
+    def renoise(x, s):
+        return x * 0.5
+
+    rd.guided_sample(
+        "search_over_paths", run, renoise, decode, latent, judge, PROMPT, 0, steps, 6, sigmas, judge_frames=2
+    )
+    assert judge.calls and {c["num_frames"] for c in judge.calls} == {2}
+
+    real = rd.guided_sample("best_of_n", run, None, decode, latent, qwen, PROMPT, 0, steps, 2, judge_frames=3)
+    clips = [_clip(decode(run(latent, s, 0, steps, True))[0]) for s in (0, 1)]
+    assert real.scores == pytest.approx(qwen.score(videos=clips, prompts=PROMPT, num_frames=3).p_yes.tolist(), abs=1e-6)
+    default = qwen.score(videos=clips, prompts=PROMPT, num_frames=8).p_yes.tolist()
+    assert real.scores != pytest.approx(default, abs=1e-6), "3 and 8 frames should score apart"
+
+    judge.calls.clear()  # an image model: judge_frames changes nothing
+
+    def image(x):  # one frame [1, H, W, 3]
+        return decode(x)[:, 0]
+
+    res = rd.guided_sample("best_of_n", run, None, image, latent, judge, PROMPT, 0, steps, 2, judge_frames=3)
+    assert res.image.shape == (1, 32, 40, 3) and all(c["videos"] is None for c in judge.calls)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(NodeInputError, match=r"^judge_frames must be a positive number of frames, got"):
+            rd.guided_sample("best_of_n", run, None, decode, latent, judge, PROMPT, 0, steps, 2, judge_frames=bad)
+
+
+def test_frame_rate_lets_an_image_batch_sample_by_fps_as_a_video_does(llava):
+    """Two 12-frame videos in one IMAGE batch with frame_rate 6, sampled at 2 frames per second: frames 0, 4, 7, 11
+    of each, and the scores, sorted frames and frame times equal those of the same frames as VIDEOs at 6 fps. The
+    notes line names the rate and its source; a VIDEO's own rate wins over a different frame_rate (said in the
+    notes); a negative, infinite or NaN frame_rate is refused."""
+    frames = torch.cat([_frames(12, seed=20), _frames(12, seed=21)])
+    scores, ordered, table = rv.score_videos(llava, frames, PROMPT, frames_per_video=12, fps=2.0, frame_rate=6.0)
+    want = llava.score(videos=[_clip(frames[:12][[0, 4, 7, 11]]), _clip(frames[12:][[0, 4, 7, 11]])], prompts=PROMPT)
+    assert scores == pytest.approx(want.p_yes.tolist(), abs=1e-6) and abs(scores[0] - scores[1]) > 1e-4
+    rows = table.splitlines()
+    assert [r.split("  ")[-1] for r in rows[1:3]] == ["4 of 12 (0-11) 0.00-1.83 s"] * 2
+    assert rows[-1] == "frame rate: video: 6 fps (the frame_rate input)"
+    as_video = rv.score_videos(llava, _Video(frames, 6), PROMPT, frames_per_video=12, fps=2.0)
+    assert as_video[0] == scores and torch.equal(as_video[1], ordered)
+    assert as_video[2].splitlines()[:-1] == rows[:-1]
+    assert as_video[2].splitlines()[-1] == "frame rate: video: 6 fps (the VIDEO's own)"
+
+    # a VIDEO's rate wins: at 30 fps 2 frames per second would keep 1 frame of 12, at 6 fps 4
+    got = rv.score_videos(llava, _Video(frames, 6), PROMPT, frames_per_video=12, fps=2.0, frame_rate=30.0)
+    assert got[0] == scores and got[2].splitlines()[:-1] == rows[:-1]
+    assert got[2].splitlines()[-1].endswith("6 fps (the VIDEO's own); frame_rate 30 differs and is not used")
+    assert rv.score_videos(llava, frames[:12], PROMPT, num_frames=3)[2].count("frame rate") == 0  # unknown: no line
+
+    # Compare Videos: the IMAGE side takes frame_rate, the VIDEO side keeps its own
+    p, _, details = rv.compare_videos(llava, frames[:12], _Video(frames[12:], 6), PROMPT, fps=2.0, frame_rate=6.0)
+    a, b = _clip(frames[:12][[0, 4, 7, 11]]), _clip(frames[12:][[0, 4, 7, 11]])
+    assert p == pytest.approx(llava.compare(videos=[b], references=[a], prompts=PROMPT).p_yes.tolist(), abs=1e-6)
+    rates = "frame rate: video_a: 6 fps (the frame_rate input); video_b: 6 fps (the VIDEO's own)"
+    assert details.splitlines()[-1] == rates
+    for bad in (-1.0, float("inf"), float("nan"), True):
+        with pytest.raises(NodeInputError, match=r"^frame_rate must be"):
+            rv.score_videos(llava, frames, PROMPT, frames_per_video=12, fps=2.0, frame_rate=bad)
+    with pytest.raises(NodeInputError, match=r"^frame_rate must be"):
+        rv.compare_videos(llava, frames[:12], frames[12:], PROMPT, frame_rate=-6.0)
