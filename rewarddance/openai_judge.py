@@ -5,7 +5,9 @@ Each item is one ``POST {base_url}/chat/completions`` with ``max_tokens=1``, ``l
 ``top_logprobs=k`` (20 by default, the most OpenAI's API allows). The messages are the local judge's own
 (:meth:`rewarddance.context.RewardContext.messages`: task instruction, criteria, few-shot examples, the question),
 each image part an ``image_url`` holding a ``data:image/png;base64,...`` URL, so a served copy of a judge is asked
-exactly what the local one is asked.
+exactly what the local one is asked. Videos (``videos=``) are decoded and sampled here (:mod:`rewarddance.video`) and
+sent as their frames, one ``image_url`` part each, in the one message: what the local judge sees for a family without
+video input (LLaVA, InternVL, Idefics3); a Qwen-VL judge reads its frames as images here, not as one video.
 
 Reading the answer. Of the ``k`` tokens the server lists, those whose text is a spelling of "yes" (by
 :func:`rewarddance.tokens.is_spelling`: ``yes``, `` Yes``, ``YES`` ...) are summed into ``P_yes``, the "no"
@@ -36,6 +38,8 @@ from .model import RewardModel, RewardOutput
 from .remote import HTTPJudge, RemoteRequestError
 from .serving.wire import encode_image
 from .tokens import is_spelling
+from .video import as_video_list, first_frames, load_videos
+from .video import messages as video_messages
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and vLLM's default --max-logprobs
 
@@ -79,6 +83,16 @@ def read_answer(top: list[tuple[str, float]], context: RewardContext, label: str
 
 def _data_url(image, label: str) -> str:
     return "data:image/png;base64," + encode_image(image, label)
+
+
+def _with_urls(msgs: list[dict], image_urls: list[str]) -> list[dict]:
+    """``msgs`` with each ``{"type": "image"}`` part replaced by the next data URL, in order."""
+    urls = iter(image_urls)
+    for m in msgs:
+        m["content"] = [
+            {"type": "image_url", "image_url": {"url": next(urls)}} if p["type"] == "image" else p for p in m["content"]
+        ]
+    return msgs
 
 
 class OpenAIJudge(HTTPJudge):
@@ -142,14 +156,53 @@ class OpenAIJudge(HTTPJudge):
 
     def messages(self, prompt: str, context: RewardContext, image_urls: list[str], pairwise: bool) -> list[dict]:
         """The local judge's messages for one item with its images, in order, as data URLs."""
-        msgs = context.messages(prompt, pairwise)
-        urls = iter(image_urls)
-        for m in msgs:
-            m["content"] = [
-                {"type": "image_url", "image_url": {"url": next(urls)}} if p["type"] == "image" else p
-                for p in m["content"]
-            ]
-        return msgs
+        return _with_urls(context.messages(prompt, pairwise), image_urls)
+
+    # ------------------------------------------------------------------------------------------------- videos
+    def _score_videos(self, images, videos, prompts, references, context, num_frames, fps, pairwise) -> RewardOutput:
+        """Videos as frames (see the module docstring); ``context.average_orders`` as the local judge does."""
+        if images is not None:
+            raise ValueError("images and videos: give one of them, not both")
+        context = context or RewardContext(task="video_alignment")  # the local judge's default for videos
+        pairwise = pairwise or references is not None
+        raw = as_video_list(videos, "videos")
+        if not raw:
+            raise ValueError("videos: the batch is empty")
+        if pairwise and references is None:
+            raise ValueError("references: pairwise comparison of videos needs a reference video per candidate")
+        raw_refs = as_video_list(references, "references") if pairwise else None
+        if pairwise and len(raw_refs) == 1 and len(raw) > 1:
+            raw_refs = raw_refs * len(raw)
+        _, prompts, _ = self._items(list(range(len(raw))), prompts, raw_refs, context)
+        firsts = first_frames(context, len(raw))
+        cands = load_videos(raw, "videos", num_frames, fps)
+        refs = load_videos(raw_refs, "references", num_frames, fps) if pairwise else None
+        urls: dict[int, tuple] = {}  # by clip or image: each encoded once, before the concurrent requests
+        for clip in cands + (refs or []):
+            if id(clip) not in urls:
+                frames = clip.frames.detach().cpu()
+                urls[id(clip)] = (clip, [_data_url(f, f"{clip.sample.name} frame {k}") for k, f in enumerate(frames)])
+        for img in firsts or []:
+            urls.setdefault(id(img), (img, [_data_url(img, "first_frame")]))
+        examples = [_data_url(x, f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
+
+        def ask_all(cands, refs) -> tuple[torch.Tensor, torch.Tensor]:
+            def one(i: int) -> tuple[float, float]:
+                shown = ([refs[i]] if pairwise else []) + [cands[i]]
+                parts = examples + (urls[id(firsts[i])][1] if firsts else [])
+                parts += [u for c in shown for u in urls[id(c)][1]]
+                msgs = video_messages(context, prompts[i], pairwise, [c.frames.shape[0] for c in shown])
+                top = self.ask(_with_urls(msgs, parts))
+                return read_answer(top, context, f"{cands[i].sample.name} (prompt {prompts[i]!r})")
+
+            got = self._map(one, [(i,) for i in range(len(cands))])
+            return torch.tensor([p for p, _ in got]), torch.tensor([m for _, m in got])
+
+        p, m = ask_all(cands, refs)
+        if pairwise and context.average_orders:
+            p_swapped, m_swapped = ask_all(refs, cands)
+            p, m = (p + 1.0 - p_swapped) / 2, (m - m_swapped) / 2
+        return RewardOutput(p_yes=p.float(), margin=m.float(), videos=[c.sample for c in cands])
 
     # ------------------------------------------------------------------------------------------------- scoring
     def _score_items(self, cands, prompts, refs, context: RewardContext) -> RewardOutput:
@@ -180,10 +233,13 @@ class OpenAIJudge(HTTPJudge):
         return RewardModel._items(self, images, prompts, references, context, references is not None)
 
     def score(
-        self, images, prompts, context: RewardContext | None = None, batch_size: int | None = None, references=None
-    ) -> RewardOutput:
+        self, images=None, prompts=None, context: RewardContext | None = None, batch_size: int | None = None,
+        references=None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> RewardOutput:  # fmt: skip
         """As :meth:`rewarddance.model.RewardModel.score` (``batch_size`` is accepted and unused: one request per
-        item, ``concurrency`` at a time)."""
+        item, ``concurrency`` at a time); ``videos``: see the module docstring."""
+        if videos is not None:
+            return self._score_videos(images, videos, prompts, references, context, num_frames, fps, False)
         context = context or RewardContext()
         if references is not None:
             return self.compare(images, references, prompts, context=context)
@@ -191,10 +247,13 @@ class OpenAIJudge(HTTPJudge):
         return self._score_items(cands, prompts, None, context)
 
     def compare(
-        self, images, references, prompts, context: RewardContext | None = None, batch_size: int | None = None
-    ) -> RewardOutput:
+        self, images=None, references=None, prompts=None, context: RewardContext | None = None,
+        batch_size: int | None = None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> RewardOutput:  # fmt: skip
         """As :meth:`rewarddance.model.RewardModel.compare`: image 1 = ``references[i]``, image 2 = ``images[i]``;
         ``context.average_orders`` also asks the swapped question and averages the same way."""
+        if videos is not None:
+            return self._score_videos(images, videos, prompts, references, context, num_frames, fps, True)
         context = context or RewardContext()
         cands, prompts, refs = self._items(images, prompts, references, context)
         out = self._score_items(cands, prompts, refs, context)
@@ -204,3 +263,4 @@ class OpenAIJudge(HTTPJudge):
         return out
 
     prefer = RewardModel.prefer  # the same pairing and Bradley-Terry logic over this class's score / compare
+    # (videos included: rewarddance.video.prefer_videos asks through score / compare)

@@ -2,7 +2,10 @@
 
 - ``RewardModel.from_server(url, api_key=...)`` builds a :class:`RemoteRewardModel`, a client of
   ``rewarddance serve``. Each call is cut into batches of ``batch_size`` items, sent concurrently (``concurrency``
-  at a time); images travel as base64 PNG (:mod:`rewarddance.serving.wire`).
+  at a time); images travel as base64 PNG (:mod:`rewarddance.serving.wire`). Videos (``videos=``, the local forms)
+  are decoded and sampled here, by the local decoder (:mod:`rewarddance.video`), so only the frames the judge sees
+  travel, as lossless PNG with their indices in the source; the output records the same sampled frames as the local
+  judge's.
 - ``RewardModel.from_openai(base_url, model)`` builds a :class:`rewarddance.openai_judge.OpenAIJudge`, which reads
   P(yes) from any OpenAI-compatible chat server (vLLM, SGLang, ``rewarddance serve``).
 - :func:`load_judge` turns a judge *spec* into one of them: ``http(s)://HOST:PORT`` is ``rewarddance serve``,
@@ -27,10 +30,12 @@ from .context import RewardContext
 from .images import as_image_list
 from .model import Preference, RewardOutput
 from .preference import pair_up
-from .serving.wire import context_to_json, encode_image
+from .serving.wire import context_to_json, encode_image, encode_video
+from .video import as_video_list, first_frames, load_videos
 
 API_KEY_ENV = "REWARDDANCE_API_KEY"  # the key a spec-loaded judge sends when none is given
 SPEC_HELP = "http(s)://HOST:PORT (rewarddance serve) or openai:BASE_URL#MODEL (vLLM, SGLang, any OpenAI-style server)"
+VIDEO_REQUEST_BYTES = 16 * 1024 * 1024  # frames per request: half the server's default body limit
 
 
 class RemoteRequestError(ValueError):
@@ -52,6 +57,38 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
 def _side(items: list, start: int, end: int) -> list:
     """A batch's slice of one side; a side of one image is sent once and broadcast by the server."""
     return items if len(items) == 1 else items[start:end]
+
+
+def _video_spans(sizes: list[int], batch_size: int) -> list[tuple[int, int]]:
+    """Batches of at most ``batch_size`` items whose encoded frames (``sizes[i]`` bytes) stay under
+    :data:`VIDEO_REQUEST_BYTES`; an item over it goes alone."""
+    spans, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= batch_size or total + size > VIDEO_REQUEST_BYTES):
+            spans.append((start, i))
+            start, total = i, 0
+        total += size
+    return spans + [(start, len(sizes))]
+
+
+class _Encoded:
+    """Each clip or image encoded once, by object (a shared reference or first frame is sent as one text)."""
+
+    def __init__(self):
+        self._done: dict[int, tuple] = {}
+
+    def video(self, clip) -> dict:
+        if id(clip) not in self._done:
+            self._done[id(clip)] = (clip, encode_video(clip, clip.sample.name))  # the clip kept alive with its id
+        return self._done[id(clip)][1]
+
+    def image(self, img, label: str) -> str:
+        if id(img) not in self._done:
+            self._done[id(img)] = (img, encode_image(img, label))
+        return self._done[id(img)][1]
+
+    def size(self, clip) -> int:
+        return sum(len(f) for f in self.video(clip)["frames"])
 
 
 def is_remote(judge) -> bool:
@@ -178,9 +215,14 @@ class RemoteRewardModel(HTTPJudge):
 
     # ------------------------------------------------------------------------------------------------- scoring
     def score(
-        self, images, prompts, context: RewardContext | None = None, batch_size: int | None = None, references=None
-    ) -> RewardOutput:
-        """As :meth:`rewarddance.model.RewardModel.score`, computed by the server."""
+        self, images=None, prompts=None, context: RewardContext | None = None, batch_size: int | None = None,
+        references=None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> RewardOutput:  # fmt: skip
+        """As :meth:`rewarddance.model.RewardModel.score`, computed by the server; ``videos`` are sampled here (see
+        the module docstring), and ``batch_size`` videos at most go in one request, fewer when their frames are
+        large."""
+        if videos is not None:
+            return self._score_videos(images, videos, prompts, references, context, batch_size, num_frames, fps)
         cands = as_image_list(images, "images")
         if not cands:
             raise ValueError("images: the batch is empty")
@@ -212,17 +254,23 @@ class RemoteRewardModel(HTTPJudge):
         )
 
     def compare(
-        self, images, references, prompts, context: RewardContext | None = None, batch_size: int | None = None
-    ) -> RewardOutput:
+        self, images=None, references=None, prompts=None, context: RewardContext | None = None,
+        batch_size: int | None = None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> RewardOutput:  # fmt: skip
         """As :meth:`rewarddance.model.RewardModel.compare`: image 1 = ``references[i]``, image 2 = ``images[i]``."""
+        if videos is not None:
+            return self._score_videos(images, videos, prompts, references, context, batch_size, num_frames, fps, True)
         if references is None:
             raise ValueError("references: pairwise comparison needs a reference image per candidate")
         return self.score(images, prompts, context=context, batch_size=batch_size, references=references)
 
     def prefer(
-        self, a, b, prompts, context: RewardContext | None = None, objective: str | None = None, batch_size=None
-    ) -> Preference:
+        self, a=None, b=None, prompts=None, context: RewardContext | None = None, objective: str | None = None,
+        batch_size=None, videos=None, num_frames: int | None = None, fps: float | None = None,
+    ) -> Preference:  # fmt: skip
         """As :meth:`rewarddance.model.RewardModel.prefer`; ``objective`` defaults to the served judge's own."""
+        if videos is not None:
+            return self._prefer_videos(a, b, videos, prompts, context, objective, batch_size, num_frames, fps)
         a, b = pair_up(as_image_list(a, "a"), as_image_list(b, "b"))
         n = len(a)
         prompts = [prompts] * n if isinstance(prompts, str) or prompts is None else list(prompts)
@@ -238,14 +286,90 @@ class RemoteRewardModel(HTTPJudge):
             body["b"] = [encode_image(x, "b") for x in _side(b, start, end)]
             return self._request("POST", "/v1/compare", body)
 
-        parts = self._map(send, _chunks(n, batch_size or self.batch_size))
+        return _preference(self._map(send, _chunks(n, batch_size or self.batch_size)))
 
-        def cat(key: str) -> torch.Tensor | None:
-            if key not in parts[0]:
-                return None
-            return torch.tensor([v for p in parts for v in p[key]], dtype=torch.float32)
+    # ------------------------------------------------------------------------------------------------- videos
+    def _score_videos(self, images, videos, prompts, references, context, batch_size, num_frames, fps, pairwise=False):
+        if images is not None:
+            raise ValueError("images and videos: give one of them, not both")
+        context = context or RewardContext(task="video_alignment")  # the local judge's default for videos
+        pairwise = pairwise or references is not None
+        if pairwise and references is None:
+            raise ValueError("references: pairwise comparison of videos needs a reference video per candidate")
+        cands = load_videos(as_video_list(videos, "videos"), "videos", num_frames, fps)
+        if not cands:
+            raise ValueError("videos: the batch is empty")
+        n = len(cands)
+        refs = load_videos(as_video_list(references, "references"), "references", num_frames, fps) if pairwise else None
+        if refs is not None and len(refs) not in (1, n):
+            raise ValueError(f"references: got {len(refs)} references for {n} videos")
+        prompts = [prompts] * n if isinstance(prompts, str) or prompts is None else list(prompts)
+        if len(prompts) != n:
+            raise ValueError(f"prompts: got {len(prompts)} prompts for {n} videos")
+        firsts = first_frames(context, n)
+        ctx, enc = context_to_json(context), _Encoded()
+        sizes = [
+            enc.size(c) + (enc.size(refs[i]) if refs is not None and len(refs) > 1 else 0) for i, c in enumerate(cands)
+        ]
 
-        return Preference(cat("p_b_better"), cat("margin"), parts[0]["objective"], cat("p_yes_a"), cat("p_yes_b"))
+        def send(start: int, end: int) -> dict:
+            body = dict(ctx, prompts=prompts[start:end], videos=[enc.video(c) for c in cands[start:end]])
+            if refs is not None:
+                body["references"] = [enc.video(r) for r in _side(refs, start, end)]
+            _add_first_frames(body, firsts, start, end, enc)
+            return self._request("POST", "/v1/score", body)
+
+        parts = self._map(send, _video_spans(sizes, batch_size or self.batch_size))
+        return RewardOutput(
+            p_yes=torch.tensor([v for p in parts for v in p["p_yes"]], dtype=torch.float32),
+            margin=torch.tensor([v for p in parts for v in p["margin"]], dtype=torch.float32),
+            videos=[c.sample for c in cands],
+        )
+
+    def _prefer_videos(self, a, b, videos, prompts, context, objective, batch_size, num_frames, fps) -> Preference:
+        if a is not None or b is not None:
+            raise ValueError("a, b and videos: give the two batches as videos=(a, b), not both")
+        if not isinstance(videos, (tuple, list)) or len(videos) != 2:
+            raise ValueError("videos: prefer() takes a pair of video batches, videos=(a, b)")
+        context = context or RewardContext(task="video_alignment")
+        sides = [
+            load_videos(as_video_list(v, f"videos[{k}]"), f"videos[{k}]", num_frames, fps) for k, v in enumerate(videos)
+        ]
+        n = len(pair_up(*sides, ("videos[0]", "videos[1]"), "videos")[0])
+        prompts = [prompts] * n if isinstance(prompts, str) or prompts is None else list(prompts)
+        if len(prompts) != n:
+            raise ValueError(f"prompts: got {len(prompts)} prompts for {n} pairs")
+        firsts = first_frames(context, n)
+        ctx, enc = context_to_json(context), _Encoded()
+        if objective is not None:
+            ctx["objective"] = objective
+        sizes = [sum(enc.size(s[i]) for s in sides if len(s) > 1) for i in range(n)]
+
+        def send(start: int, end: int) -> dict:
+            body = dict(ctx, prompts=prompts[start:end])
+            body["videos"] = [[enc.video(c) for c in _side(s, start, end)] for s in sides]
+            _add_first_frames(body, firsts, start, end, enc)
+            return self._request("POST", "/v1/compare", body)
+
+        return _preference(self._map(send, _video_spans(sizes, batch_size or self.batch_size)))
+
+
+def _preference(parts: list[dict]) -> Preference:
+    """The answers of ``/v1/compare`` to a call's batches, joined."""
+
+    def cat(key: str) -> torch.Tensor | None:
+        if key not in parts[0]:
+            return None
+        return torch.tensor([v for p in parts for v in p[key]], dtype=torch.float32)
+
+    return Preference(cat("p_b_better"), cat("margin"), parts[0]["objective"], cat("p_yes_a"), cat("p_yes_b"))
+
+
+def _add_first_frames(body: dict, firsts: list | None, start: int, end: int, enc: _Encoded) -> None:
+    """Image-to-video: the first frames of a batch's videos, one text when they are one image."""
+    if firsts is not None:
+        sent = [enc.image(f, "first_frame") for f in firsts[start:end]]
+        body["first_frame"] = sent[0] if all(x is sent[0] for x in sent) else sent
 
 
 def _message(resp) -> str:

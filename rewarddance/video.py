@@ -3,7 +3,8 @@
 :meth:`RewardModel.score`, :meth:`~RewardModel.compare` and :meth:`~RewardModel.reward` hand their ``videos=``
 argument here. A video is a ``[T, 3, H, W]`` tensor in [0, 1] (or one row of a ``[B, T, 3, H, W]`` batch), a list of
 frames (PIL images, arrays, ``[3, H, W]`` tensors or image paths), or a file: mp4, webm, gif and whatever else FFmpeg
-reads, decoded with PyAV (``pip install rewarddance[video]``), or a folder of frame images in name order.
+reads, decoded with PyAV (``pip install rewarddance[video]``), or a folder of frame images in name order; a
+:class:`Clip` (frames sampled already, with their :class:`FrameSample`) is taken as it is.
 
 Frames are sampled uniformly before anything else: ``num_frames`` picks that many, the first and the last included
 (``round(linspace(0, T - 1, n))``, as qwen-vl-utils does), ``fps`` picks ``round(duration * fps)`` of them (the
@@ -171,6 +172,10 @@ def load_video(src, name: str | None = None, num_frames: int | None = None, fps:
     unreadable, empty or inconsistent video and for sampling it cannot do."""
     label = name or (str(src) if isinstance(src, (str, os.PathLike)) else f"<{type(src).__name__}>")
     check_sampling(num_frames, fps)
+    if isinstance(src, Clip):  # decoded and sampled already (rewarddance serve builds these from a request)
+        if num_frames is not None or fps is not None:
+            raise VideoError(f"{label}: a Clip is sampled already; leave out num_frames and fps")
+        return src
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.exists():
@@ -453,14 +458,14 @@ def prefer_videos(rm, a, b, videos, prompts, context, objective: str, batch_size
         raise ValueError("videos: prefer() takes a pair of video batches, videos=(a, b)")
     a, b = as_video_list(videos[0], "videos[0]"), as_video_list(videos[1], "videos[1]")
     a, b = pair_up(a, b, ("videos[0]", "videos[1]"), "videos")
-    sampling = dict(num_frames=num_frames, fps=fps)
-    return preference_of(
+    kw = dict(context=context, batch_size=batch_size, num_frames=num_frames, fps=fps)
+    return preference_of(  # through the judge's own verbs: a remote judge (rewarddance.openai_judge) shares this
         a,
         b,
         prompts,
         objective,
-        lambda x, ref, p: score_videos(rm, None, x, p, ref, context, batch_size, pairwise=True, **sampling),
-        lambda x, p: score_videos(rm, None, x, p, None, context, batch_size, **sampling),
+        lambda x, ref, p: rm.compare(videos=x, references=ref, prompts=p, **kw),
+        lambda x, p: rm.score(videos=x, prompts=p, **kw),
     )
 
 

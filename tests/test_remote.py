@@ -247,3 +247,50 @@ def test_comfy_loader_takes_a_server(url, rm):
     with pytest.raises(rd.NodeInputError, match="server: 'localhost:8000' is not http"):
         rd.CACHE.remote("localhost:8000")
     rd.CACHE.clear()
+
+
+def _clips(n: int, frames: int, seed: int, h: int = 32, w: int = 40) -> torch.Tensor:
+    """``[n, frames, 3, h, w]`` random clips on the uint8 grid (k / 255), so PNG frames carry them exactly."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, frames, 3, h, w), generator=g).float() / 255.0
+
+
+def test_from_openai_sends_a_videos_frames_as_images(url, rm):
+    """from_openai samples a video here and sends its frames as image_url parts of the one message. shapes-s is a
+    LLaVA judge, which reads a video as its frames locally too: through rewarddance serve's chat endpoint the
+    scores equal the local judge's, pointwise, against a reference video, and prefer. (The clips and the question
+    are chosen so that every yes and no spelling is among the top 20 tokens, as the reading needs: this image judge
+    gives a video P(yes) of about 0.003.)"""
+    judge = RewardModel.from_openai(url + "/v1", NAME, api_key=KEY, concurrency=2)
+    clips = _clips(3, 5, 64)
+    out, local = (j.score(videos=clips, prompts=PROMPT, num_frames=2) for j in (judge, rm))
+    _close(out.p_yes, local.p_yes, "video p_yes")
+    _close(out.margin, local.margin, "video margin")
+    assert out.videos == local.videos and out.videos[0].indices == (0, 4)
+    ctx = RewardContext(task="video_alignment", question='Does this match the prompt "{prompt}"?')
+    out, local = (
+        j.compare(videos=clips[1:], references=clips[0], prompts=PROMPT, context=ctx, num_frames=2) for j in (judge, rm)
+    )
+    _close(out.p_yes, local.p_yes, "pairwise video p_yes")
+    _close(out.margin, local.margin, "pairwise video margin")
+    pref, local = (
+        j.prefer(videos=(clips[0], clips[1:]), prompts=PROMPT, objective="pointwise", num_frames=2) for j in (judge, rm)
+    )
+    _close(pref.p_b_better, local.p_b_better, "video prefer")
+    with pytest.raises(ValueError, match="images and videos: give one of them"):
+        judge.score(_images(1, 0), PROMPT, videos=clips)
+
+
+def test_grpo_rewards_of_clips_from_a_served_judge(url, rm):
+    """GRPO's reward of clips (pointwise margins, and the win rate within a group, compare(videos=) both ways) from
+    a judge behind rewarddance serve equals the local judge's."""
+    from rewarddance.training.grpo import judge_rewards
+
+    clips = _clips(4, 4, 62)
+    prompts = [PROMPT, PROMPT, "a green triangle", "a green triangle"]
+    remote, ctx = RewardModel.from_server(url, api_key=KEY, batch_size=2), RewardContext(task="video_alignment")
+    for kind in ("win_rate", "margin"):
+        got = judge_rewards(remote, clips, prompts, kind, 2, ctx, num_frames=2)
+        want = judge_rewards(rm, clips, prompts, kind, 2, ctx, num_frames=2)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=0, err_msg=kind)
+    assert got.std() > 1e-2, "the clips should score differently"

@@ -21,6 +21,7 @@ import httpx  # the server's stack and both clients are in the dev extra: a miss
 import numpy as np
 import openai
 import pytest
+import torch
 from PIL import Image
 
 from rewarddance import RewardContext, RewardModel
@@ -34,6 +35,7 @@ PROMPT = "a red circle above a blue square"
 MAX_BYTES = 200_000
 MAX_IMAGES = 8
 MAX_PIXELS = 128 * 128
+MAX_FRAMES = 8
 
 
 def _images(n: int, seed: int, size: int = 56) -> list[Image.Image]:
@@ -69,6 +71,7 @@ def server(rm):
         max_request_bytes=MAX_BYTES,
         max_images=MAX_IMAGES,
         max_pixels=MAX_PIXELS,
+        max_frames=MAX_FRAMES,
     )
     with serve_in_thread(app) as url:
         yield {"url": url, "app": app}
@@ -513,3 +516,144 @@ def test_score_returns_the_decoded_reasons_when_asked(http, rm):
     assert local.reasons is not None and len(local.reasons) == 2
     assert out["reasons"] == list(local.reasons)
     np.testing.assert_allclose(out["p_yes"], local.p_yes.numpy(), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------------------ videos
+def _clips(n: int, frames: int, seed: int, h: int = 32, w: int = 40) -> torch.Tensor:
+    """``[n, frames, 3, h, w]`` random clips on the uint8 grid (k / 255), so PNG frames carry them exactly."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, frames, 3, h, w), generator=g).float() / 255.0
+
+
+def _video_b64(clip: torch.Tensor) -> list[str]:
+    """A ``[T, 3, H, W]`` clip as the wire's list of base64 PNG frames."""
+    return [_b64(Image.fromarray((f * 255).round().byte().permute(1, 2, 0).numpy())) for f in clip]
+
+
+def test_videos_over_http_match_local(http, rm):
+    """shapes-s (LLaVA) reads a video as its frames: /v1/score takes videos as frame lists or objects, samples them
+    by the request's num_frames or fps (with the video's frame_rate) and reports the kept frames; reference videos
+    make it pairwise; /v1/compare takes videos: [a, b]. Every number equals the local judge's."""
+    clips, ref = _clips(2, 5, 30), _clips(1, 5, 31)[0]
+    videos = [_video_b64(clips[0]), {"frames": _video_b64(clips[1]), "frame_rate": 5.0}]
+    resp = http.post("/v1/score", json={"videos": videos, "prompts": PROMPT, "num_frames": 3})
+    assert resp.status_code == 200, resp.text
+    body, local = resp.json(), rm.score(videos=clips, prompts=PROMPT, num_frames=3)
+    np.testing.assert_allclose(body["p_yes"], local.p_yes.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(body["margin"], local.margin.numpy(), atol=1e-4, rtol=0)
+    assert abs(body["margin"][0] - body["margin"][1]) > 1e-3, "the two videos should score differently"
+    assert [v["indices"] for v in body["videos"]] == [list(s.indices) for s in local.videos] == [[0, 2, 4]] * 2
+    assert [v["frame_rate"] for v in body["videos"]] == [None, 5.0]
+    # 5 frames at 5 fps last one second: fps=2 keeps 2 of them, the first and the last
+    resp = http.post("/v1/score", json={"videos": videos[1:], "prompts": PROMPT, "fps": 2})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["videos"] == [{"indices": [0, 4], "total_frames": 5, "frame_rate": 5.0}]
+    local = rm.score(videos=clips[1:], prompts=PROMPT, num_frames=2)
+    np.testing.assert_allclose(resp.json()["p_yes"], local.p_yes.numpy(), atol=1e-4, rtol=0)
+    # one reference video for both candidates: compare
+    resp = http.post("/v1/score", json={"videos": videos, "references": [_video_b64(ref)], "prompts": PROMPT})
+    assert resp.status_code == 200, resp.text
+    local = rm.compare(videos=clips, references=ref, prompts=PROMPT)
+    np.testing.assert_allclose(resp.json()["p_yes"], local.p_yes.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(resp.json()["margin"], local.margin.numpy(), atol=1e-4, rtol=0)
+    for objective in (None, "pairwise"):
+        body = {"videos": [[_video_b64(ref)], videos], "prompts": PROMPT, "num_frames": 4}
+        resp = http.post("/v1/compare", json=dict(body, objective=objective) if objective else body)
+        assert resp.status_code == 200, resp.text
+        out, local = resp.json(), rm.prefer(videos=(ref, clips), prompts=PROMPT, objective=objective, num_frames=4)
+        assert out["objective"] == local.objective == (objective or "pointwise")
+        np.testing.assert_allclose(out["p_b_better"], local.p_b_better.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(out["margin"], local.margin.numpy(), atol=1e-4, rtol=0)
+
+
+def test_bad_videos_are_refused_by_name_and_the_server_keeps_serving(http, rm):
+    clip = _clips(1, 3, 32)[0]
+    good = _video_b64(clip)
+    small = _b64(_images(1, 33, size=24)[0])
+    expected = float(rm.score(videos=[clip], prompts=PROMPT).p_yes[0])
+
+    def still_serving(after: str) -> None:
+        resp = http.post("/v1/score", json={"videos": [good], "prompts": PROMPT})
+        assert resp.status_code == 200, (after, resp.text)
+        assert abs(resp.json()["p_yes"][0] - expected) < 1e-4, after
+        assert http.get("/health").json()["status"] == "ok", after
+
+    score_cases = [
+        ({"videos": [good, []]}, "videos[1]: the video has no frames"),
+        ({"videos": [good, {"frames": [], "frame_rate": 8}]}, "videos[1]: the video has no frames"),
+        ({"videos": [good, good[:2] + [small]]}, "videos[1]: frame 2 is 24x24 but frame 0 is 40x32"),
+        ({"videos": [good, good * 3]}, f"videos[1]: 9 frames exceed the server's limit of {MAX_FRAMES} per video"),
+        ({"videos": [good, [good[0], "bm90IGFuIGltYWdl"]]}, "videos[1] frame 1: not a readable"),
+        ({"videos": [[_b64(_images(1, 6, size=129)[0])]]}, "videos[0] frame 0: 129x129"),
+        ({"videos": [good, "not a video"]}, "videos[1]: expected a video"),
+        ({"videos": [{"frames": good, "colour": 1}]}, "videos[0]: unknown field 'colour'"),
+        ({"videos": [{"frames": good, "indices": [0, 2, 1]}]}, "videos[0]: indices must be 3 increasing"),
+        ({"videos": [good], "num_frames": 4}, "videos[0]: num_frames=4 but the video has only 3 frames"),
+        ({"videos": [good], "fps": 2}, "videos[0]: sampling by fps needs the video's frame rate"),
+        ({"videos": [good], "images": [small]}, "images and videos: give one of them, not both"),
+        ({"videos": [good], "references": [small]}, "references[0]: expected a video"),
+        ({"images": [small], "num_frames": 2}, "num_frames: applies to videos only"),
+        ({"videos": [good] * (MAX_IMAGES + 1)}, f"videos: {MAX_IMAGES + 1} videos in one request exceed the limit"),
+    ]
+    compare_cases = [
+        ({"videos": [[good]]}, "videos: expected [a, b], two lists of videos"),
+        ({"videos": [[good], [good, []]]}, "videos[1][1]: the video has no frames"),
+        ({"videos": [[good], [good]], "a": [small]}, "a, b and videos"),
+    ]
+    for path, cases in (("/v1/score", score_cases), ("/v1/compare", compare_cases)):
+        for body, message in cases:
+            resp = http.post(path, json=dict(body, prompts=PROMPT))
+            assert resp.status_code == 422 and message in _error(resp), (message, resp.text)
+            still_serving(message)
+
+
+def _write_mp4(path, clip: torch.Tensor, fps: int) -> None:
+    """A ``[T, 3, H, W]`` clip -> a lossless H.264 (RGB) mp4 at ``fps``."""
+    import av
+
+    frames = (clip * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_served_native_video_judge_matches_local(rm_cache, family, tmp_path):
+    """Qwen-VL judges read a clip as one video (temporal patches; Qwen3-VL also writes each frame's time, from its
+    index and the frame rate, into the prompt). from_server decodes and samples on the client and sends the kept
+    frames with their indices and frame rate: scores equal the local judge's within 1e-4 and record the same frames,
+    for tensors sampled by count, an mp4 sampled by fps, a reference video, image-to-video and prefer."""
+    pytest.importorskip("av")
+    rm = rm_cache(family)
+    clips, ref = _clips(2, 6, 40), _clips(1, 6, 41)[0]
+    mp4 = tmp_path / "clip.mp4"
+    _write_mp4(mp4, clips[0], fps=6)
+    first = _clips(1, 1, 42)[0, 0]
+    with serve_in_thread(create_app(rm, model_name=family)) as url:
+        remote = RewardModel.from_server(url, batch_size=1)  # one video per request, sent concurrently
+        calls = [
+            ({"videos": clips, "num_frames": 4}, None),
+            ({"videos": [mp4, clips[1]], "num_frames": 3}, None),
+            ({"videos": [mp4], "fps": 2}, None),
+            ({"videos": clips, "num_frames": 4}, RewardContext(task="video_quality", first_frame=first)),
+        ]
+        for kwargs, ctx in calls:
+            out, local = (
+                remote.score(prompts=PROMPT, context=ctx, **kwargs),
+                rm.score(prompts=PROMPT, context=ctx, **kwargs),
+            )
+            what = f"{family} {kwargs} {ctx and ctx.task}"
+            np.testing.assert_allclose(out.p_yes.numpy(), local.p_yes.numpy(), atol=1e-4, rtol=0, err_msg=what)
+            np.testing.assert_allclose(out.margin.numpy(), local.margin.numpy(), atol=1e-4, rtol=0, err_msg=what)
+            assert out.videos == local.videos, what
+        assert [s.indices for s in out.videos] == [(0, 2, 3, 5)] * 2
+        assert remote.score(videos=[mp4], prompts=PROMPT, fps=2).videos[0].source_fps == 6
+        out = remote.compare(videos=clips, references=ref, prompts=PROMPT, num_frames=4)
+        local = rm.compare(videos=clips, references=ref, prompts=PROMPT, num_frames=4)
+        np.testing.assert_allclose(out.p_yes.numpy(), local.p_yes.numpy(), atol=1e-4, rtol=0)
+        assert abs(float(out.margin[0] - out.margin[1])) > 1e-3, "the two videos should score differently"
+        pref = remote.prefer(videos=(ref, clips), prompts=PROMPT, objective="pairwise", num_frames=4)
+        np.testing.assert_allclose(pref.p_b_better.numpy(), local.p_yes.numpy(), atol=1e-4, rtol=0)

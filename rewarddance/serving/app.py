@@ -7,6 +7,9 @@ Endpoints (bodies are JSON; images are base64 PNG, JPEG or WebP, optionally as `
   ``margin`` (log P(yes) - log P(no)), ``normalisation`` and, when decoding was asked, ``reasons``;
 - ``POST /v1/compare``: pairs ``a`` (image 1) and ``b`` (image 2) -> P(b better than a) by the judge's objective
   (:meth:`~rewarddance.model.RewardModel.prefer`);
+- both take ``videos`` instead of images (``/v1/score``: ``videos`` and reference videos in ``references``;
+  ``/v1/compare``: ``videos: [a, b]``), each a list of frames or an object (:mod:`.wire`), with optional
+  ``num_frames`` / ``fps`` sampling here; the answer of ``/v1/score`` adds each video's sampled ``indices``;
 - ``POST /get_reward``: OpenRLHF's remote reward body ``{"query": [...], "prompts": [...], "labels": [...]}``
   (queries are the images, prompts their text prompts, labels ignored) -> ``{"rewards": [...], "scores": [...]}``;
 - ``POST /v1/chat/completions``: the OpenAI shape, one answer token with ``logprobs`` / ``top_logprobs`` from the
@@ -34,14 +37,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from ..context import VIDEO_TASK_NAMES
 from .batcher import Batcher, Job
-from .wire import RequestError, context_from_json, decode_image
+from .wire import RequestError, context_from_json, decode_image, decode_video
 
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 MAX_IMAGES = 64  # per request, references and examples included
 MAX_PIXELS = 4096 * 4096  # per image; far below the library's 100 Mpx file limit: a server decodes for others
+MAX_FRAMES = 128  # per video; each frame is also held to MAX_PIXELS, the request to MAX_REQUEST_BYTES
+# what a request holds beside the reward context
+REQUEST_FIELDS = {"images", "videos", "prompts", "references", "a", "b", "objective", "num_frames", "fps"}
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 
 
@@ -61,19 +68,26 @@ class ContextBody(BaseModel):
     average_orders: bool | None = None
     answer_tokens: list[list[str | int]] | None = None
     examples: list[dict[str, Any]] | None = None
+    first_frame: str | list[str] | None = None  # image-to-video: one image, or one per video
 
 
 class ScoreBody(ContextBody):
-    images: list[str]
+    images: list[str] | None = None
+    videos: list[Any] | None = None  # each a list of frames or {"frames": [...], "frame_rate": ...} (see .wire)
     prompts: str | list[str] | None = None
-    references: list[str] | None = None
+    references: list[Any] | None = None  # images, or videos when videos are scored
+    num_frames: int | None = None
+    fps: float | None = None
 
 
 class CompareBody(ContextBody):
-    a: list[str]
-    b: list[str]
+    a: list[str] | None = None
+    b: list[str] | None = None
+    videos: list[list[Any]] | None = None  # [a, b]: two lists of videos
     prompts: str | list[str] | None = None
     objective: Literal["pairwise", "pointwise"] | None = None
+    num_frames: int | None = None
+    fps: float | None = None
 
 
 class RewardBody(BaseModel):
@@ -115,11 +129,11 @@ def _where(loc) -> str:
     return out or "body"
 
 
-def _prompts(prompts, n: int, label: str = "prompts") -> list[str]:
+def _prompts(prompts, n: int, label: str = "prompts", noun: str = "images") -> list[str]:
     if prompts is None or isinstance(prompts, str):
         return [prompts or ""] * n
     if len(prompts) != n:
-        raise RequestError(f"{label}: got {len(prompts)} prompts for {n} images")
+        raise RequestError(f"{label}: got {len(prompts)} prompts for {n} {noun}")
     return list(prompts)
 
 
@@ -133,17 +147,22 @@ def create_app(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_images: int = MAX_IMAGES,
     max_pixels: int = MAX_PIXELS,
+    max_frames: int = MAX_FRAMES,
 ) -> FastAPI:
     """A FastAPI app serving the judge ``rm`` (a :class:`~rewarddance.model.RewardModel`); run it with uvicorn.
 
     ``api_key``: when set, every endpoint but ``/health`` needs ``Authorization: Bearer <key>`` (401 otherwise).
     ``max_batch`` items or ``max_wait_ms`` after the first waiting request close a batch. Requests over
-    ``max_request_bytes`` get 413; over ``max_images`` images or an image over ``max_pixels``, 422 naming it.
+    ``max_request_bytes`` get 413; over ``max_images`` images or an image over ``max_pixels``, 422 naming it; so do
+    videos (each counts as one image) over ``max_frames`` frames, and each of their frames over ``max_pixels``.
     """
     name = model_name or str(getattr(rm.model.config, "_name_or_path", "") or "rewarddance")
     batcher = Batcher(rm, max_batch=max_batch, max_wait_ms=max_wait_ms)
     info = rm.trained_for
     defaults = {"task": info.task, "cot": info.cot} if info is not None else {}
+    # videos: the judge's own task if it judges videos, else the local API's default for videos
+    video_task = info.task if info is not None and info.task in VIDEO_TASK_NAMES else "video_alignment"
+    video_defaults = {**defaults, "task": video_task}
     created = int(time.time())
 
     @asynccontextmanager
@@ -186,22 +205,40 @@ def create_app(
             first = err.errors()[0]
             raise RequestError(f"{_where(first['loc'])}: {first['msg']}") from err
 
-    def count_images(n: int) -> None:
+    def count_images(n: int, what: str = "images") -> None:
         if n > max_images:
-            raise RequestError(f"images: {n} images in one request exceed the limit of {max_images}")
+            raise RequestError(f"{what}: {n} {what} in one request exceed the limit of {max_images}")
 
     def decode_all(items: list[str], label: str, cache: dict) -> list:
         """Decode each image once per request (equal base64 text, one image object)."""
         out = []
         for k, data in enumerate(items):
+            if not isinstance(data, str):  # e.g. a video where an image belongs
+                raise RequestError(f"{label}[{k}]: expected a base64 image, got {type(data).__name__}")
             if data not in cache:
                 cache[data] = decode_image(data, f"{label}[{k}]", max_pixels)
             out.append(cache[data])
         return out
 
-    def context_of(body: ContextBody):
-        fields = body.model_dump(exclude={"images", "prompts", "references", "a", "b", "objective"})
-        ctx = context_from_json(fields, defaults, max_pixels)
+    def decode_clips(items: list, label: str, body, cache: dict) -> list:
+        """Each video of ``items`` -> a Clip, sampled by the request's ``num_frames`` / ``fps``; equal videos give
+        one Clip (a shared reference runs once in the prompt's prefix)."""
+        clips: dict[str, Any] = {}
+        out = []
+        for k, item in enumerate(items):
+            key = json.dumps(item, sort_keys=True)
+            if key not in clips:
+                where = f"{label}[{k}]"
+                clips[key] = decode_video(item, where, max_pixels, max_frames, body.num_frames, body.fps, cache)
+            out.append(clips[key])
+        return out
+
+    def first_frames_of(body: ContextBody) -> int:
+        return 0 if body.first_frame is None else 1 if isinstance(body.first_frame, str) else len(body.first_frame)
+
+    def context_of(body: ContextBody, video: bool = False):
+        fields = body.model_dump(exclude=REQUEST_FIELDS)
+        ctx = context_from_json(fields, video_defaults if video else defaults, max_pixels)
         # requests with equal context fields share a call; few-shot examples carry images: theirs never merge
         key = (json.dumps(fields, sort_keys=True),) if not fields.get("examples") else (uuid.uuid4().hex,)
         return ctx, key
@@ -209,7 +246,33 @@ def create_app(
     async def submit(job: Job):
         return await asyncio.wrap_future(batcher.submit(job))
 
+    def video_score_job(body: ScoreBody) -> Job:
+        if body.images is not None:
+            raise RequestError("images and videos: give one of them, not both")
+        n = len(body.videos)
+        if n == 0:
+            raise RequestError("videos: the list is empty")
+        refs = body.references
+        count_images(n + len(refs or ()) + len(body.examples or ()) + first_frames_of(body), "videos")
+        if refs is not None and len(refs) not in (1, n):
+            raise RequestError(f"references: got {len(refs)} reference videos for {n} videos")
+        prompts = _prompts(body.prompts, n, noun="videos")
+        ctx, _ = context_of(body, video=True)
+        cache: dict = {}
+        clips = decode_clips(body.videos, "videos", body, cache)
+        references = None if refs is None else decode_clips(refs, "references", body, cache)
+        if references is not None and len(references) == 1:
+            references = references * n
+        payload = {"videos": clips, "prompts": prompts, "references": references, "context": ctx}
+        return Job("video_score", (uuid.uuid4().hex,), n, payload)  # its own key: never merged
+
     def score_job(body: ScoreBody, label: str = "images") -> Job:
+        if body.videos is not None:
+            return video_score_job(body)
+        if body.images is None:
+            raise RequestError(f"{label}: Field required (or send videos)")
+        if body.num_frames is not None or body.fps is not None:
+            raise RequestError(f"{'num_frames' if body.num_frames is not None else 'fps'}: applies to videos only")
         n = len(body.images)
         if n == 0:
             raise RequestError(f"{label}: the list is empty")
@@ -241,9 +304,36 @@ def create_app(
         out.update(normalisation=job.payload["context"].normalize, model=name)
         if result["reasons"] is not None:
             out["reasons"] = result["reasons"]
+        if "videos" in result:
+            out["videos"] = result["videos"]
         return out
 
+    def video_compare_job(body: CompareBody) -> Job:
+        if body.a is not None or body.b is not None:
+            raise RequestError("a, b and videos: give the two lists as videos: [a, b], not both")
+        if len(body.videos) != 2:
+            raise RequestError(f"videos: expected [a, b], two lists of videos; got {len(body.videos)} lists")
+        na, nb = (len(side) for side in body.videos)
+        if not na or not nb:
+            raise RequestError(f"videos[{0 if not na else 1}]: the list is empty")
+        if na != nb and 1 not in (na, nb):
+            raise RequestError(f"videos[0] has {na} videos and videos[1] {nb}: give equal lists or one on a side")
+        count_images(na + nb + len(body.examples or ()) + first_frames_of(body), "videos")
+        prompts = _prompts(body.prompts, max(na, nb), noun="pairs")
+        ctx, _ = context_of(body, video=True)
+        objective = body.objective or (info.objective if info is not None else "pairwise")
+        cache: dict = {}
+        a, b = (decode_clips(side, f"videos[{k}]", body, cache) for k, side in enumerate(body.videos))
+        payload = {"a": a, "b": b, "prompts": prompts, "context": ctx, "objective": objective}
+        return Job("video_prefer", (uuid.uuid4().hex,), na + nb, payload)
+
     def compare_job(body: CompareBody) -> Job:
+        if body.videos is not None:
+            return video_compare_job(body)
+        if body.a is None or body.b is None:
+            raise RequestError(f"{'a' if body.a is None else 'b'}: Field required (or send videos: [a, b])")
+        if body.num_frames is not None or body.fps is not None:
+            raise RequestError(f"{'num_frames' if body.num_frames is not None else 'fps'}: applies to videos only")
         na, nb = len(body.a), len(body.b)
         if not na or not nb:
             raise RequestError(f"{'a' if not na else 'b'}: the list is empty")

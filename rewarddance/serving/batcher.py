@@ -3,8 +3,9 @@
 Request handlers validate and decode their input, then :meth:`Batcher.submit` a :class:`Job` and await its future.
 The worker takes the first waiting job, gathers more until ``max_batch`` items are queued or ``max_wait_ms`` has
 passed since the first one arrived, and runs jobs that can share a call (same kind, same reward context) as one
-call of the model; results are split back per job. While a batch runs, new requests queue, so a busy server runs
-full batches. A call that fails is retried job by job, so one bad request fails alone. Nothing here knows HTTP.
+call of the model (requests with videos run alone); results are split back per job. While a batch runs, new
+requests queue, so a busy server runs full batches. A call that fails is retried job by job, so one bad request
+fails alone. Nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -77,6 +78,32 @@ def run_prefer(rm, payloads: list[dict]) -> list[dict]:
     return results
 
 
+def run_video_score(rm, payloads: list[dict]) -> list[dict]:
+    """Scores of videos (pairwise with reference videos), one request per ``rm.score(videos=...)`` call: requests
+    with videos are never merged (their key is their own), so ``payloads`` holds one."""
+    from .wire import sample_to_json
+
+    results = []
+    for p in payloads:
+        out = rm.score(videos=p["videos"], prompts=p["prompts"], references=p["references"], context=p["context"])
+        row = {"p_yes": out.p_yes.tolist(), "margin": out.margin.tolist(), "reasons": None}
+        results.append(dict(row, videos=[sample_to_json(s) for s in out.videos]))
+    return results
+
+
+def run_video_prefer(rm, payloads: list[dict]) -> list[dict]:
+    """Which video of each pair wins, one request per ``rm.prefer(videos=(a, b))`` call (see
+    :func:`run_video_score`)."""
+    results = []
+    for p in payloads:
+        out = rm.prefer(videos=(p["a"], p["b"]), prompts=p["prompts"], context=p["context"], objective=p["objective"])
+        row = {"p_b_better": out.p_b_better.tolist(), "margin": out.margin.tolist()}
+        if out.p_yes_a is not None:
+            row.update(p_yes_a=out.p_yes_a.tolist(), p_yes_b=out.p_yes_b.tolist())
+        results.append(row)
+    return results
+
+
 def next_token_logprobs(rm, texts: list[str], image_lists: list[list] | None, k: int):
     """The ``k`` most likely next tokens after each chat text and their log-probabilities over the whole
     vocabulary: ``(logprobs [N, k], ids [N, k], prompt_tokens [N])``, float32 / int64 on the CPU. One forward pass
@@ -108,7 +135,13 @@ def run_chat(rm, payloads: list[dict]) -> list[dict]:
     ]
 
 
-RUNNERS: dict[str, Callable] = {"score": run_score, "prefer": run_prefer, "chat": run_chat}
+RUNNERS: dict[str, Callable] = {
+    "score": run_score,
+    "prefer": run_prefer,
+    "chat": run_chat,
+    "video_score": run_video_score,
+    "video_prefer": run_video_prefer,
+}
 
 
 class Batcher:

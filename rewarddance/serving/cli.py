@@ -36,6 +36,7 @@ def add_serve_command(sub) -> None:
     p.add_argument("--max-request-bytes", type=int, default=None, help="larger bodies get 413 (default 32 MiB)")
     p.add_argument("--max-images", type=int, default=None, help="images per request at most (default 64)")
     p.add_argument("--max-pixels", type=int, default=None, help="pixels per image at most (default 4096 x 4096)")
+    p.add_argument("--max-frames", type=int, default=None, help="frames per video at most (default 128)")
     p.add_argument(
         "--no-prefix-cache",
         action="store_true",
@@ -55,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
     limits = {"max_request_bytes": args.max_request_bytes, "max_images": args.max_images, "max_pixels": args.max_pixels}
+    limits["max_frames"] = args.max_frames
     rm = RewardModel.from_pretrained(
         args.model,
         dtype=args.dtype,
