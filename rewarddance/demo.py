@@ -7,7 +7,9 @@ programmatic verifier then says which images really match their prompts (and whi
 the table shows the judge's effect measured by something other than the judge: verifier alignment of the first
 sample vs best-of-N vs search vs any candidate, each with its binomial standard error and n, and the paired
 difference best-of-N minus first sample. An annotated grid (each candidate's verdict with a short reason) is saved.
-``--refl`` also runs a short ReFL (LoRA) of the generator with the reward model and reports before / after.
+``--refl`` also trains a LoRA of the generator against the reward model by the shipped ReFL recipe
+(``rewarddance/recipes/refl-shapes.yaml``, also ``examples/training/refl-shapes.yaml``) and measures verifier
+alignment and P(yes) on held-out prompts before and after, with the paired standard error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .shapes import CATEGORIES, parse_prompt, verify
 from .shapes.sample import example_rng, sample_prompt
 from .shapes.verify import NOT_CLEAN
 
+REFL_RECIPE = Path(__file__).parent / "recipes" / "refl-shapes.yaml"
 DEMO_SEED = 2024  # prompts of the demo (in-domain, never used to train the bundled generator: its seed is 31)
 REFL_SEED = 77  # ReFL training prompts, distinct from the demo's
 
@@ -35,30 +38,34 @@ def demo_prompts(per_category: int = 1, seed: int = DEMO_SEED) -> list[tuple[str
     return out
 
 
-def refl_config(generator: Path, model: str, prompts: list[str], out_dir: Path, steps: int, kw: dict):
-    """The demo's short pointwise ReFL of the generator: LoRA rank 8 on the attention, lr 1e-3, 4 prompts a step,
-    stop levels in the second half of the generator's own schedule."""
+def refl_config(generator: Path, model: str, prompts: list[str], out_dir: Path, steps: int | None, kw: dict):
+    """The ReFL recipe (:data:`REFL_RECIPE`) for ``generator`` and ``model``: the demo's own training prompts and
+    output folder, no checkpoints or evaluation of its own (the demo measures), ``steps`` optimiser steps (None: the
+    recipe's); a generator with another schedule or size than the recipe's gets its own, and stop levels in the
+    second half of that schedule."""
+    import yaml
+
     from .training.refl_config import ReFLConfig
 
-    return ReFLConfig(
-        pretrained=str(generator),
-        reward_model=model,
-        prompts=prompts,
-        output_dir=str(out_dir),
-        num_inference_steps=kw["num_inference_steps"],
-        stop_range=[kw["num_inference_steps"] // 2, kw["num_inference_steps"] - 1],
-        guidance_scale=kw["guidance_scale"],
-        resolution=kw["height"],
-        lora_rank=8,
-        lora_alpha=8.0,
-        lr=1e-3,
-        batch_size=4,
-        max_steps=steps,
-        save_every=0,
-        resume=False,
-        seed=0,
-        eval_train_prompts=0,  # the demo measures its own held-out prompts, with the verifier too
-    )
+    recipe = yaml.safe_load(REFL_RECIPE.read_text(encoding="utf-8"))
+    overrides = {
+        "pretrained": str(generator),
+        "reward_model": model,
+        "prompts": prompts,
+        "output_dir": str(out_dir),
+        "save_every": 0,
+        "resume": False,
+        "eval_prompts": [],
+        "eval_train_prompts": 0,
+        "guidance_scale": kw["guidance_scale"],
+        "resolution": kw["height"],
+    }
+    n = kw["num_inference_steps"]
+    if n != recipe["num_inference_steps"]:
+        overrides.update(num_inference_steps=n, stop_range=[n // 2, n - 1])
+    if steps is not None:
+        overrides["max_steps"] = steps
+    return ReFLConfig.from_yaml(REFL_RECIPE, overrides)
 
 
 # words that identify each reason the strict verifier gives for an unclean image, and the grid's short name for it
@@ -356,14 +363,15 @@ def run_refl_demo(
     model: str,
     generator: str,
     out_dir: Path,
-    steps: int = 30,
-    eval_prompts: int = 12,
+    steps: int | None = None,
+    eval_prompts: int = 48,
     log=print,
     progress: bool = False,
 ) -> dict:
-    """A short pointwise ReFL of the bundled generator with the reward model; verifier alignment and P(yes) of two
-    samples per held-out prompt, before and after (same seeds). ``log`` gets a line as each stage starts and
-    ``progress`` shows the training's progress bar (stderr); the result is returned, not logged."""
+    """ReFL of the generator with the reward model by the shipped recipe (:func:`refl_config`; ``steps`` None: the
+    recipe's); verifier alignment and P(yes) of two samples per held-out prompt, before and after (same seeds), and
+    their paired differences with standard errors. ``log`` gets a line as each stage starts and ``progress`` shows
+    the training's progress bar (stderr); the result is returned, not logged."""
     from .bundled import generator_defaults, load_generator, resolve
     from .model import RewardModel
     from .training.refl import train_refl
@@ -376,13 +384,22 @@ def run_refl_demo(
     rm = RewardModel.from_pretrained(model, device="cpu", dtype="float32")
     log(f"ReFL: sampling {len(held_out)} held-out prompts x 2 images before training ...")
     before = measure_alignment(pipe, rm, held_out, kw)
-    log(f"ReFL: {steps} steps, LoRA of {generator} against {model} (output: {out_dir}) ...")
     cfg = refl_config(gen_path, model, train_prompts, out_dir, steps, kw)
+    log(f"ReFL: {cfg.max_steps} steps of the recipe, LoRA of {generator} against {model} (output: {out_dir}) ...")
     train_refl(cfg, progress=progress, rm=rm)
     _load_lora(pipe, out_dir / "lora")
     log("ReFL: sampling the same prompts and seeds after training ...")
     after = measure_alignment(pipe, rm, held_out, kw)
-    return {"steps": steps, "before": before, "after": after, "prompts": len(held_out)}
+    gain = {key: paired_difference(before[key + "_each"], after[key + "_each"]) for key in ("passed", "p_yes")}
+    return {"steps": cfg.max_steps, "before": before, "after": after, "gain": gain, "prompts": len(held_out)}
+
+
+def paired_difference(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean of ``after - before`` over paired items and its standard error."""
+    d = [float(a) - float(b) for a, b in zip(after, before)]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)
+    return mean, math.sqrt(var / len(d))
 
 
 def _load_lora(pipe, folder: Path) -> None:
@@ -416,7 +433,24 @@ def measure_alignment(pipe, rm, prompts: list[str], kw: dict, samples: int = 2, 
     for prompt, images in zip(prompts, sample_prompts(pipe, prompts, kw, samples, seed)):
         scores += rm.score(images, prompt).p_yes.tolist()
         passed += [verify(_to_pil(img), prompt).passed for img in images]
-    return {"alignment": sum(passed) / len(passed), "p_yes": sum(scores) / len(scores), "images": len(passed)}
+    return {
+        "alignment": sum(passed) / len(passed),
+        "p_yes": sum(scores) / len(scores),
+        "images": len(passed),
+        "passed_each": [float(v) for v in passed],
+        "p_yes_each": scores,
+    }
+
+
+def format_refl(refl: dict) -> str:
+    """The demo's ReFL line: alignment and P(yes) before -> after, each paired difference +- its SE, and n."""
+    b, a, (da, da_se), (dp, dp_se) = refl["before"], refl["after"], refl["gain"]["passed"], refl["gain"]["p_yes"]
+    verdict = "a gain" if da > 2 * da_se else "a loss" if da < -2 * da_se else "no difference (under 2 SE)"
+    return (
+        f"ReFL ({refl['steps']} steps, {refl['prompts']} held-out prompts x 2 images = {b['images']}): verifier "
+        f"alignment {100 * b['alignment']:.1f}% -> {100 * a['alignment']:.1f}% ({100 * da:+.1f} +- {100 * da_se:.1f} "
+        f"paired SE: {verdict}); mean P(yes) {b['p_yes']:.3f} -> {a['p_yes']:.3f} ({dp:+.3f} +- {dp_se:.3f})"
+    )
 
 
 def add_demo_command(subparsers) -> None:
@@ -430,10 +464,12 @@ def add_demo_command(subparsers) -> None:
     demo.add_argument("--seed", type=int, default=0, help="first candidate seed (prompt i uses seed + i * n on)")
     demo.add_argument("--no-search", action="store_true", help="skip search over paths")
     demo.add_argument("--out", default="rewarddance-demo.png", help="annotated grid PNG")
-    demo.add_argument("--refl", action="store_true", help="also run a short ReFL on the CPU, report before/after")
-    demo.add_argument("--refl-steps", type=int, default=30, help="ReFL optimiser steps")
     demo.add_argument(
-        "--refl-prompts", type=int, default=12, help="held-out prompts scored before / after ReFL (a multiple of 6)"
+        "--refl", action="store_true", help="also train a LoRA by the ReFL recipe, report alignment before / after"
+    )
+    demo.add_argument("--refl-steps", type=int, default=None, help="ReFL optimiser steps (default: the recipe's)")
+    demo.add_argument(
+        "--refl-prompts", type=int, default=48, help="held-out prompts scored before / after ReFL (a multiple of 6)"
     )
     demo.add_argument("--refl-dir", default="rewarddance-demo-refl", help="ReFL output folder (LoRA, metrics)")
     demo.set_defaults(func=cmd_demo)
@@ -452,10 +488,5 @@ def cmd_demo(args) -> int:
         refl = run_refl_demo(
             args.model, args.generator, Path(args.refl_dir), args.refl_steps, args.refl_prompts, log=say, progress=True
         )
-        b, a = refl["before"], refl["after"]
-        print(
-            f"ReFL ({refl['steps']} steps, {refl['prompts']} held-out prompts x 2 images): verifier alignment "
-            f"{100 * b['alignment']:.1f}% -> {100 * a['alignment']:.1f}%, mean P(yes) {b['p_yes']:.3f} -> "
-            f"{a['p_yes']:.3f}"
-        )
+        print(format_refl(refl))
     return 0

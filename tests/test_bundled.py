@@ -234,9 +234,13 @@ def test_the_wheel_carries_the_bundled_weights(tmp_path):
 
 
 def test_demo_refl_reports_before_and_after_once_with_progress(tmp_path, capsys, monkeypatch):
-    """`rewarddance demo --refl` with a few ReFL steps of the bundled generator with the bundled judge: the LoRA is
-    trained, loaded and measured on the same held-out prompts and seeds (the improvement of a full run is in
-    benchmarks/RESULTS.md). The result is printed once; stage lines and the training's progress bar go to stderr."""
+    """`rewarddance demo --refl` with a few steps of the shipped ReFL recipe (bundled generator, bundled judge): the
+    LoRA is trained by the recipe's settings, loaded and measured on the same held-out prompts and seeds, and the
+    paired differences come with their standard errors (a full run's figures: benchmarks/RESULTS.md). The result is
+    printed once; stage lines and the training's progress bar go to stderr."""
+
+    import yaml
+
     import rewarddance.demo as demo
     from rewarddance.cli import main
 
@@ -255,11 +259,17 @@ def test_demo_refl_reports_before_and_after_once_with_progress(tmp_path, capsys,
     assert res["before"]["images"] == res["after"]["images"] == 12
     assert res["before"]["p_yes"] != res["after"]["p_yes"]  # the trained LoRA changed the samples
     assert (tmp_path / "refl" / "lora").is_dir() and (tmp_path / "refl" / "metrics.csv").exists()
-    assert [line for line in out.splitlines() if "ReFL" in line] == [
-        f"ReFL (3 steps, 6 held-out prompts x 2 images): verifier alignment {100 * res['before']['alignment']:.1f}% "
-        f"-> {100 * res['after']['alignment']:.1f}%, mean P(yes) {res['before']['p_yes']:.3f} -> "
-        f"{res['after']['p_yes']:.3f}"
-    ]
+    recipe = yaml.safe_load(demo.REFL_RECIPE.read_text())
+    used = json.loads((tmp_path / "refl" / "config.json").read_text())
+    for key in ("loss", "lr", "lora_rank", "batch_size", "stop_range", "num_inference_steps", "guidance_scale"):
+        assert used[key] == recipe[key], key
+    assert used["max_steps"] == 3 and recipe["max_steps"] >= 100
+    d = [a - b for a, b in zip(res["after"]["p_yes_each"], res["before"]["p_yes_each"])]
+    mean = sum(d) / len(d)
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    assert res["gain"]["p_yes"] == pytest.approx((mean, se)) and se > 0
+    assert [line for line in out.splitlines() if "ReFL" in line] == [demo.format_refl(res)]
+    assert "ReFL (3 steps, 6 held-out prompts x 2 images = 12): verifier alignment" in out and "paired SE" in out
     assert "ReFL: sampling 6 held-out prompts x 2 images before training" in err
     assert "refl: 100%" in err and "3/3" in err  # the training's progress bar
     assert "search over paths" not in out  # --no-search: no row of NaN
