@@ -7,7 +7,9 @@ whose ``get_components()`` gives those frames and their frame rate; the nodes' `
 IMAGE batch one, and a VIDEO's own rate wins over it. Video models' latents are 5-D (Wan:
 ``[B, C, T, H, W]``) and ComfyUI's video VAEs decode them to ``[B, T, H, W, C]``. Whatever the input, the judge gets
 each video as ``[T', 3, H, W]`` frames sampled here (:func:`sample_clip`) and scores it with ``videos=``
-(:mod:`rewarddance.video`).
+(:mod:`rewarddance.video`); when the frame rate is known the frames go as a :class:`~rewarddance.video.Clip` that
+carries it and the sampled indices, so the judges whose positions or prompt hold time (Qwen2.5-VL, Qwen3-VL) are
+told when each frame was taken.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from .comfy import NodeInputError, _ctx, _judge_name, _preference_table, frames_of, to_bchw
 from .context import RewardContext
 from .judge_info import mismatches
-from .video import VideoError, sample_indices
+from .video import Clip, FrameSample, VideoError, sample_indices
 from .video_pipelines import JUDGE_FRAMES, judge_sampling
 
 log = logging.getLogger(__name__)
@@ -145,10 +147,14 @@ def video_context(context: dict | None, node: str) -> RewardContext | None:
 
 
 def sample_videos(batch: VideoBatch, num_frames: int, fps: float, name: str):
-    """Each video of ``batch`` sampled by :func:`sample_clip`: ``(clips, notes for the tables)``."""
+    """Each video of ``batch`` sampled by :func:`sample_clip`: ``(clips, notes for the tables)``; a clip is a
+    :class:`~rewarddance.video.Clip` recording its indices and the frame rate when that is known, else its frames."""
     clips, notes = [], []
     for i, v in enumerate(batch.frames):
-        clip, idx = sample_clip(v, num_frames, fps, batch.frame_rate, name if len(batch.frames) == 1 else f"{name} {i}")
+        label = name if len(batch.frames) == 1 else f"{name} {i}"
+        clip, idx = sample_clip(v, num_frames, fps, batch.frame_rate, label)
+        if batch.frame_rate:
+            clip = Clip(clip, FrameSample(label, tuple(idx), v.shape[0], batch.frame_rate))
         clips.append(clip)
         notes.append(_frames_note(idx, v.shape[0], batch.frame_rate))
     return clips, notes

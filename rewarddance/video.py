@@ -12,7 +12,8 @@ video's frame rate must be known: files only). Which frames were used is kept in
 
 Families whose processor takes videos natively (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: temporal patches, ``video_grid_thw``
 and M-RoPE positions; LLaVA-OneVision) get the clip through the processor's ``videos=`` path and, for the
-differentiable reward, :func:`rewarddance.preprocess.video_inputs`. The others see the frames as consecutive images.
+differentiable reward, :func:`rewarddance.preprocess.video_inputs`; Qwen2.5-VL and Qwen3-VL are also told when the
+sampled frames were taken, when the source's frame rate is known. The others see the frames as consecutive images.
 Either way the prompt's token count is checked against the context, and an error names the video that does not fit.
 """
 
@@ -205,15 +206,15 @@ def load_video(src, name: str | None = None, num_frames: int | None = None, fps:
 
 
 def as_video_list(videos, what: str = "videos") -> list:
-    """A batch argument -> a list of videos: a ``[B, T, 3, H, W]`` tensor, one ``[T, 3, H, W]`` tensor or path, or
-    a sequence of videos."""
+    """A batch argument -> a list of videos: a ``[B, T, 3, H, W]`` tensor, one ``[T, 3, H, W]`` tensor, path or
+    :class:`Clip`, or a sequence of videos."""
     if isinstance(videos, torch.Tensor):
         if videos.ndim == 5:
             return list(videos.unbind(0))
         if videos.ndim == 4:
             return [videos]
         raise VideoError(f"{what}: expected [B, T, 3, H, W] or [T, 3, H, W], got shape {tuple(videos.shape)}")
-    if isinstance(videos, (str, os.PathLike)):
+    if isinstance(videos, (str, os.PathLike, Clip)):
         return [videos]
     return list(videos)
 
@@ -280,9 +281,15 @@ def _uint8(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _metadata(rm, clips: list[Clip]) -> dict:
-    """Qwen3-VL writes each temporal patch's time into the prompt: give it the sampled indices and frame rate."""
-    if rm.family.name != "qwen3_vl":
+    """The sampled indices and the source's frame rate, for the processors that read time from them: Qwen3-VL
+    writes each temporal patch's time into the prompt, and Qwen2.5-VL spaces its temporal M-RoPE positions by the
+    seconds a temporal patch spans (``second_per_grid_ts``: temporal_patch_size / the sampled frames' rate, kept /
+    source frames x source rate, as qwen-vl-utils computes it). A clip of unknown rate (``source_fps`` None) gets
+    the processor's default rate. Qwen2-VL's positions count temporal patches, with no time in them."""
+    if rm.family.name not in ("qwen3_vl", "qwen2_5_vl"):
         return {}
+    if rm.family.name == "qwen2_5_vl" and all(c.sample.source_fps is None for c in clips):
+        return {}  # nothing to tell it: its default rate, as before
     meta = [
         {
             "fps": c.sample.source_fps,

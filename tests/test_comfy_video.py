@@ -347,3 +347,56 @@ def test_frame_rate_lets_an_image_batch_sample_by_fps_as_a_video_does(llava):
             rv.score_videos(llava, frames, PROMPT, frames_per_video=12, fps=2.0, frame_rate=bad)
     with pytest.raises(NodeInputError, match=r"^frame_rate must be"):
         rv.compare_videos(llava, frames[:12], frames[12:], PROMPT, frame_rate=-6.0)
+
+
+def _write_mp4(path, frames: torch.Tensor, fps: int) -> None:
+    """IMAGE ``[T, H, W, 3]`` on the uint8 grid -> a lossless H.264 (RGB) mp4 at ``fps``."""
+    import av
+
+    arrays = (frames * 255).round().byte().numpy()
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = arrays.shape[2], arrays.shape[1], "rgb24"
+        for f in arrays:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_known_frame_rate_reaches_a_judge_that_reads_time(rm_cache, family, tmp_path):
+    """Qwen2.5-VL spaces its temporal positions by the frames' timing, Qwen3-VL writes it into the prompt. Two
+    12-frame videos in an IMAGE batch with frame_rate 6, sampled at 2 fps (frames 0, 4, 7, 11), score as
+    score(videos=<the same frames as 6 fps mp4 files>, fps=2); so do num_frames 4 (the same frames, the same rate),
+    the videos as VIDEOs at 6 fps, Compare Videos, and a served judge (from_server). Without a rate the same frames
+    score as bare frames, differently."""
+    pytest.importorskip("av")
+    from rewarddance.serving import create_app
+    from rewarddance.testing.serve import serve_in_thread
+
+    rm = rm_cache(family)
+    frames = torch.cat([_frames(12, seed=30), _frames(12, seed=31)])
+    files = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    _write_mp4(files[0], frames[:12], 6)
+    _write_mp4(files[1], frames[12:], 6)
+    want = rm.score(videos=files, prompts=PROMPT, fps=2)
+    assert [v.indices for v in want.videos] == [(0, 4, 7, 11)] * 2 and want.videos[0].source_fps == 6
+    scores, _, table = rv.score_videos(rm, frames, PROMPT, frames_per_video=12, fps=2.0, frame_rate=6.0)
+    assert scores == pytest.approx(want.p_yes.tolist(), abs=1e-5)
+    by_count = rv.score_videos(rm, frames, PROMPT, frames_per_video=12, num_frames=4, frame_rate=6.0)[0]
+    as_video = rv.score_videos(rm, _Video(frames, 6), PROMPT, frames_per_video=12, fps=2.0)[0]
+    assert by_count == pytest.approx(scores, abs=1e-6) and as_video == pytest.approx(scores, abs=1e-6)
+    bare = rv.score_videos(rm, frames, PROMPT, frames_per_video=12, num_frames=4)[0]
+    kept = [_clip(frames[:12][[0, 4, 7, 11]]), _clip(frames[12:][[0, 4, 7, 11]])]
+    assert bare == pytest.approx(rm.score(videos=kept, prompts=PROMPT).p_yes.tolist(), abs=1e-6)
+    assert max(abs(x - y) for x, y in zip(bare, scores)) > 1e-4, "the frame rate should change the scores"
+
+    p, _, _ = rv.compare_videos(rm, frames[:12], frames[12:], PROMPT, fps=2.0, frame_rate=6.0)
+    pref = rm.prefer(videos=([files[0]], [files[1]]), prompts=PROMPT, fps=2)
+    assert p == pytest.approx(pref.p_b_better.tolist(), abs=1e-5)
+    p_bare = rv.compare_videos(rm, frames[:12], frames[12:], PROMPT, num_frames=4)[0]
+    assert abs(p[0] - p_bare[0]) > 1e-5, "the frame rate should change the comparison"
+
+    with serve_in_thread(create_app(rm, model_name=family)) as url:
+        remote = RewardModel.from_server(url)
+        served = rv.score_videos(remote, frames, PROMPT, frames_per_video=12, fps=2.0, frame_rate=6.0)
+        assert served[0] == pytest.approx(scores, abs=1e-4) and served[2] == table

@@ -34,9 +34,9 @@ def _write_mp4(path, frames: np.ndarray, fps: int = 6) -> None:
         out.mux(stream.encode())
 
 
-def _stock(rm, texts, videos=None, images=None):
-    """P(yes) and margin from the stock processor and the full model's logits."""
-    inputs = rm.processor(text=texts, videos=videos, images=images, padding=True, return_tensors="pt")
+def _stock(rm, texts, videos=None, images=None, **kw):
+    """P(yes) and margin from the stock processor (``kw``: its further arguments) and the full model's logits."""
+    inputs = rm.processor(text=texts, videos=videos, images=images, padding=True, return_tensors="pt", **kw)
     with torch.no_grad():
         logp = rm.model(**inputs).logits[:, -1].float().log_softmax(-1)
     yes, no = rm.verdict_ids(RewardContext())
@@ -71,6 +71,50 @@ def test_qwen2_vl_scores_videos_as_the_stock_video_path_does(rm_cache):
     torch.testing.assert_close(out.margin, m, atol=1e-5, rtol=0)
     assert abs(float(out.margin[0] - out.margin[1])) > 1e-3, "the two videos should score differently"
     assert [s.indices for s in out.videos] == [tuple(range(5))] * 2
+
+
+def _seen(rm, monkeypatch) -> list[dict]:
+    """Every input the backbone is run on from now on (the rate reaches the model, not only the processor)."""
+    seen, forward = [], rm.hidden_states
+    monkeypatch.setattr(rm, "hidden_states", lambda inputs: seen.append(dict(inputs)) or forward(inputs))
+    return seen
+
+
+def test_qwen2_5_vl_is_told_the_rate_of_the_sampled_frames(rm_cache, tmp_path, monkeypatch):
+    """Qwen2.5-VL spaces its temporal M-RoPE positions by second_per_grid_ts = temporal_patch_size / the rate of the
+    frames it is given. Known source rate: kept / source frames x source rate (qwen-vl-utils' sample_fps): 4 of 12
+    frames at 6 fps are 2 fps (1 s per temporal patch), 4 of 10 at 10 fps are 4 fps (0.5 s). Tokens, pixels, grid,
+    timing and scores equal the stock processor told those rates; the same frames without a rate keep the
+    processor's default and score differently."""
+    from rewarddance.video import Clip, FrameSample
+
+    rm = rm_cache("qwen2_5_vl")
+    frames = (_clips(B=2, T=12, H=40, W=52, seed=21) * 255).round().to(torch.uint8)
+    _write_mp4(tmp_path / "a.mp4", frames[0].permute(0, 2, 3, 1).numpy(), fps=6)
+    a = load_video(tmp_path / "a.mp4", fps=2)
+    b = Clip(frames[1][[0, 3, 6, 9]].float() / 255, FrameSample("b", (0, 3, 6, 9), 10, 10.0))
+    assert a.sample.indices == (0, 4, 7, 11)
+    seen = _seen(rm, monkeypatch)
+    out = rm.score(videos=[a, b], prompts=PROMPTS)
+    u8 = [frames[0][list(a.sample.indices)], frames[1][[0, 3, 6, 9]]]
+    rates = [{"fps": 2.0, "total_num_frames": 4}, {"fps": 4.0, "total_num_frames": 4}]  # the frames as given
+    p, m, stock = _stock(rm, _texts(rm, [{"type": "video"}]), videos=u8, video_metadata=rates)
+    ours = seen[-1]
+    for key in ("input_ids", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        torch.testing.assert_close(torch.as_tensor(ours[key]), torch.as_tensor(stock[key]), msg=key)
+    torch.testing.assert_close(torch.as_tensor(ours["second_per_grid_ts"]).float(), torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(out.p_yes, p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.margin, m, atol=1e-5, rtol=0)
+    file_score = rm.score(videos=tmp_path / "a.mp4", prompts=PROMPTS[0], fps=2)  # the file itself, sampled alike
+    torch.testing.assert_close(file_score.p_yes, out.p_yes[:1], atol=1e-5, rtol=0)
+    assert file_score.videos[0].source_fps == 6
+
+    bare = rm.score(videos=torch.stack(u8).float() / 255, prompts=PROMPTS)  # no rate: the processor's default
+    p0, m0, stock0 = _stock(rm, _texts(rm, [{"type": "video"}]), videos=u8)
+    torch.testing.assert_close(torch.as_tensor(seen[-1]["second_per_grid_ts"]), stock0["second_per_grid_ts"])
+    torch.testing.assert_close(bare.margin, m0, atol=1e-5, rtol=0)
+    assert [v.source_fps for v in bare.videos] == [None, None]
+    assert (bare.margin - out.margin).abs().min() > 1e-4, "the timing should change the scores"
 
 
 def test_a_frames_family_scores_videos_as_consecutive_images(rm_cache):
@@ -320,6 +364,30 @@ def test_candidate_videos_share_one_prefix_and_score_as_unshared(rm_cache, famil
     torch.testing.assert_close(shared.p_yes, plain.p_yes, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared.margin, plain.margin, atol=1e-5, rtol=0)
     assert shared.margin.std() > 1e-3, "the candidates should score differently"
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_qwen2_5_vl_shares_the_prefix_with_the_videos_timing(rm_cache, pairwise, monkeypatch):
+    """Qwen2.5-VL, candidates of known and different frame rates (and a reference of its own rate): the shared
+    prefix gives each video its own time spacing, and scores as item by item within 1e-5; the rates matter."""
+    from rewarddance.video import Clip, FrameSample
+
+    rm = rm_cache("qwen2_5_vl")
+    frames = _clips(B=4, T=4, H=32, W=40, seed=23)
+    idx = (0, 3, 6, 9)
+    cands = [Clip(frames[k], FrameSample(f"c{k}", idx, 10, rate)) for k, rate in enumerate((2.0, 5.0, 12.0))]
+    ref = Clip(frames[3], FrameSample("ref", idx, 10, 3.0))
+    ctx = RewardContext(task="video_alignment", first_frame=_clips(B=1, T=1, H=32, W=40, seed=24)[0, 0])
+    kwargs = dict(prompts=PROMPTS[0], context=ctx, references=ref if pairwise else None)
+    before = dict(rm.stats)
+    shared = rm.score(videos=cands, **kwargs)
+    assert rm.stats["prefix_cached_items"] - before["prefix_cached_items"] == 3
+    monkeypatch.setattr(rm, "prefix_cache", False)
+    plain = rm.score(videos=cands, **kwargs)
+    torch.testing.assert_close(shared.p_yes, plain.p_yes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.margin, plain.margin, atol=1e-5, rtol=0)
+    untimed = rm.score(videos=frames[:3], **dict(kwargs, references=frames[3] if pairwise else None))
+    assert (untimed.margin - plain.margin).abs().max() > 1e-4, "the rates should change the scores"
 
 
 def test_prefer_takes_two_batches_of_videos(rm_cache):
