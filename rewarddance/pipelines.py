@@ -127,6 +127,30 @@ def stochastic_std(lv, lv_next, eta: float) -> float:
     return eta * s1 * math.sqrt(max(0.0, 1.0 - ratio * ratio))
 
 
+def flow_sde_stds(levels, noise_level: float) -> list[float]:
+    """Flow-GRPO's noise scale of each step of a flow-matching schedule (levels ``(1 - t, t)``): ``noise_level *
+    sqrt(t / (1 - t)) * sqrt(t - t')``, the ``1 - t`` of a first level at ``t = 1`` read at the second level (as
+    Flow-GRPO does, so the first step is finite). Unlike Flow-GRPO's code, the step to the clean level (``t' = 0``)
+    stays deterministic: it has no density here, as in :func:`stochastic_std`."""
+    ts = [float(s) for _, s in levels]
+    stds = []
+    for k in range(len(ts) - 1):
+        t, t_next = ts[k], ts[k + 1]
+        if t_next <= 0 or t <= t_next:
+            stds.append(0.0)
+            continue
+        one_minus = 1.0 - (ts[1] if t >= 1.0 else t)
+        stds.append(noise_level * math.sqrt(t / one_minus) * math.sqrt(t - t_next))
+    return stds
+
+
+def flow_sde_mean(x0: torch.Tensor, e: torch.Tensor, lv, lv_next, std: float) -> torch.Tensor:
+    """The mean of Flow-GRPO's Euler-Maruyama step of the flow SDE, ``x + dt (v + sigma_t^2 / (2 t) (x + (1 - t) v))``
+    with ``v = e - x0``, ``dt = t' - t`` and ``std = sigma_t sqrt(-dt)``. Since ``x + (1 - t) v = e``, it is
+    ``a' x0 + (t' - std^2 / (2 t)) e``: the marginal-keeping mean of :func:`stochastic_mean` to first order in ``std^2``."""
+    return lv_next[0] * x0 + (lv_next[1] - std * std / (2.0 * lv[1])) * e
+
+
 def stochastic_mean(x0: torch.Tensor, e: torch.Tensor, lv_next, std: float) -> torch.Tensor:
     """The mean of the stochastic step to ``lv_next`` whose noise scale is ``std``, from a predicted ``(x0, e)``."""
     a1, s1 = lv_next
@@ -176,6 +200,9 @@ class SamplerConfig:
     num_frames: int | None = None  # video pipelines: frames per clip; None: the pipeline's default
     guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert; None: guidance_scale
     frame_rate: int | None = None  # LTX-Video scales its positions by it; None: the pipeline's default (25)
+    # image-to-video pipelines: the conditioning image (a path, PIL image, array or tensor) for every row, or a list of
+    # one per prompt; None: the images the prompts carry (rewarddance.video_pipelines.ImagePrompt)
+    image: object = field(default=None, repr=False, compare=False)
     # the module called in the denoiser's place, with the same arguments: a trainer's DistributedDataParallel wrapper
     # of it, through which the backward pass averages the gradients over the processes (None: the pipeline's own)
     denoiser: torch.nn.Module | None = field(default=None, repr=False, compare=False)
@@ -188,8 +215,11 @@ class Sampler:
     each row conditioned on its own text and, with classifier-free guidance, paired with its own negative).
     ``predict(x, k)`` runs the denoiser (with classifier-free guidance where the pipeline uses it) on latents at
     level ``k`` and returns ``(x0, e)``; ``levels[k]`` is the ``(a, s)`` of level ``k``; ``evaluations`` counts
-    denoiser evaluations per sample (a guided call counts once).
+    denoiser evaluations per sample (a guided call counts once). ``pinned`` marks latent positions the pipeline holds
+    fixed (an image-to-video conditioning frame; None for none): :meth:`step` keeps them, :meth:`pin` restores them.
     """
+
+    pinned: torch.Tensor | None = None  # bool, broadcastable to the latents
 
     def __new__(cls, pipe=None, *args, **kwargs):
         """``Sampler(pipe, ...)`` of a video pipeline is a :class:`rewarddance.video_pipelines.VideoSampler`."""
@@ -209,6 +239,8 @@ class Sampler:
         self.pipe, self.prompt, self.cfg = pipe, prompt, config or SamplerConfig()
         self.rows = len(prompt) if isinstance(prompt, list) else 1  # rows of conditioning
         self.family = pipeline_family(pipe)
+        if self.cfg.image is not None and self.family not in VIDEO_FAMILIES:
+            raise PipelineError(f"image: {type(pipe).__name__} makes images from text; it takes no conditioning image")
         self.scheduler_name = check_scheduler(pipe.scheduler)
         self.device = pipe._execution_device
         c = self.cfg
@@ -440,7 +472,12 @@ class Sampler:
         """Denoise latents at level ``k`` to level ``to`` (default ``k + 1``); returns (new latents, x0 predicted).
         ``rows`` as in :meth:`predict`."""
         x0, e = self.predict(x, k, rows=rows)
-        return compose(x0, e, self.levels[k + 1 if to is None else to]), x0
+        return self.pin(compose(x0, e, self.levels[k + 1 if to is None else to]), x), x0
+
+    def pin(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """``new`` with the :attr:`pinned` positions taken from ``old`` (latents moved by re-noising or a stochastic
+        step keep their conditioning frame); ``new`` itself when nothing is pinned."""
+        return new if self.pinned is None else torch.where(self.pinned, old, new)
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> torch.Tensor:

@@ -525,6 +525,7 @@ def search_over_paths(
     config: SamplerConfig | None = None,
     progress: bool = False,
     judge_frames: int | None = JUDGE_FRAMES,
+    image=None,
 ) -> SearchResult:
     """Search over paths: start ``n`` noises and denoise them to level ``start``; then, until the last level,
     re-noise each kept path ``m`` ways ``forward`` levels back up, denoise ``backward`` levels, score the ``x0``
@@ -535,17 +536,22 @@ def search_over_paths(
     would exceed it, fewer search rounds run (the remaining levels are plain denoising of the kept paths); a budget
     below plain denoising of ``n`` paths is an error. Scores are ``p_yes``.
 
-    Text-to-video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; clip length ``config.num_frames``) are searched the
-    same way: each ``x0`` is decoded to a clip (whole: their VAEs are causal in time) and judged with ``videos=`` on
-    ``judge_frames`` frames sampled uniformly from it (None: all).
+    Video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; clip length ``config.num_frames``) are searched the same
+    way: each ``x0`` is decoded to a clip (whole: their VAEs are causal in time) and judged with ``videos=`` on
+    ``judge_frames`` frames sampled uniformly from it (None: all). Image-to-video pipelines (Wan, LTX-Video) take the
+    conditioning ``image`` (or ``config.image``); without a ``context`` the judge is shown it as the first frame, and
+    re-noised paths keep a conditioning frame the pipeline holds fixed.
     """
     from tqdm.auto import tqdm
 
     steps = num_inference_steps
     start, rounds = plan_within_budget(steps, n, m, start, forward, backward, budget)
     cfg = config or SamplerConfig()
-    cfg = SamplerConfig(**{**cfg.__dict__, "num_inference_steps": steps})
+    cfg = SamplerConfig(
+        **{**cfg.__dict__, "num_inference_steps": steps, "image": cfg.image if image is None else image}
+    )
     sampler = Sampler(pipe, prompt, cfg)
+    context = context if context is not None else i2v_context(cfg.image)
 
     def run_to(x, k_from, k_to):
         for kk in range(k_from, k_to):
@@ -563,7 +569,7 @@ def search_over_paths(
     def renoise_each(paths, level, lo, seeds):
         lv_from, lv_to = sampler.levels[level], sampler.levels[lo]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
-        return [renoise(x[None], lv_from, lv_to, g)[0] for x, g in zip(paths, gens)]
+        return [sampler.pin(renoise(x[None], lv_from, lv_to, g), x[None])[0] for x, g in zip(paths, gens)]
 
     def rate(images):
         if images.ndim == 5:  # clips [B, T, 3, H, W]

@@ -13,14 +13,21 @@ are sampled uniformly with the first and the last included, and decoding up to t
 clip: the clip is decoded whole, one clip at a time to bound memory, and the judge samples its ``num_frames`` from it.
 
 :class:`VideoSampler` (what ``Sampler(pipe, ...)`` builds for a video pipeline) drives the text-to-video pipelines
-(``WanPipeline`` with one or two experts, ``CogVideoXPipeline``, ``LTXPipeline``) level by level. Image-to-video
-pipelines run in best-of-N and under the guidance callback, inside their own loops; the level-by-level sampler does not
-prepare their image conditioning, and says so.
+(``WanPipeline`` with one or two experts, ``CogVideoXPipeline``, ``LTXPipeline``) and the image-to-video ones
+(``WanImageToVideoPipeline``, ``LTXImageToVideoPipeline``) level by level, preparing the image conditioning as their
+own calls do: Wan concatenates a first-frame mask and the image's VAE latents to the latents' channels (and, Wan 2.1,
+gives the transformer the image's CLIP embeddings); LTX-Video, and Wan 2.2 TI2V (``expand_timesteps``), hold the first
+latent frame at the image's latents with timestep 0 there. Those held positions are :attr:`VideoSampler.pinned`:
+every step keeps them, and code that moves latents by other means (re-noising, a stochastic step) puts them back with
+:meth:`~rewarddance.pipelines.Sampler.pin`. The image comes from ``SamplerConfig.image`` or from prompts that carry
+one (:class:`ImagePrompt`, as the trainers read them from a ``.jsonl`` file). CogVideoX's image-to-video pipeline runs
+in best-of-N and under the guidance callback only.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 
 import numpy as np
 import torch
@@ -28,6 +35,7 @@ import torch
 from .pipelines import VIDEO_FAMILIES, PipelineError, Sampler, SamplerConfig, pipeline_family
 
 TEXT_TO_VIDEO = ("WanPipeline", "CogVideoXPipeline", "LTXPipeline")
+IMAGE_TO_VIDEO = ("WanImageToVideoPipeline", "LTXImageToVideoPipeline")  # those the level-by-level sampler drives
 JUDGE_FRAMES = 8  # frames of a clip the judge sees by default, sampled uniformly (first and last included)
 
 
@@ -51,6 +59,32 @@ def is_video_pipeline(pipe) -> bool:
 def takes_image(pipe) -> bool:
     """Whether the pipeline's call takes a conditioning ``image`` (image-to-video)."""
     return "image" in inspect.signature(type(pipe).__call__).parameters
+
+
+def pipeline_task(pipe) -> str | None:
+    """``"t2v"`` or ``"i2v"`` for a pipeline :class:`VideoSampler` drives (by its class or a parent's name), else None
+    (another video pipeline, such as CogVideoX's image-to-video, or not a video pipeline)."""
+    names = {cls.__name__ for cls in type(pipe).__mro__}
+    if names & set(IMAGE_TO_VIDEO):
+        return "i2v"
+    if names & set(TEXT_TO_VIDEO) and not takes_image(pipe):
+        return "t2v"
+    return None
+
+
+class ImagePrompt(str):
+    """A prompt that carries its image-to-video conditioning image: ``image`` (a path, PIL image, array or tensor;
+    None for none) and ``where`` (where it was read, ``prompts.jsonl:3``, for error messages). It is a ``str`` wherever
+    a prompt goes (text encoders, the judge), so a trainer's prompts take their images along; :class:`VideoSampler`
+    conditions each row on its prompt's image when ``SamplerConfig.image`` is None."""
+
+    def __new__(cls, text: str, image=None, where: str | None = None):
+        obj = super().__new__(cls, text)
+        obj.image, obj.where = image, where
+        return obj
+
+    def __reduce__(self):
+        return (ImagePrompt, (str(self), self.image, self.where))
 
 
 def call_default(pipe, name: str):
@@ -167,16 +201,21 @@ def decode_clips(pipe, x0: torch.Tensor, height=None, width=None, num_frames=Non
 class VideoSampler(Sampler):
     """:class:`rewarddance.pipelines.Sampler` for text-to-video pipelines: Wan 2.1 / 2.2 (``WanPipeline``; two
     experts switch at ``boundary_ratio``, the second guided by ``guidance_scale_2``), CogVideoX
-    (``CogVideoXPipeline`` with ``CogVideoXDDIMScheduler``) and LTX-Video (``LTXPipeline``). Latents keep each
-    pipeline's layout; :meth:`decode` gives clips ``[B, T, 3, H, W]``. ``num_frames`` and the other video settings
-    come from :class:`~rewarddance.pipelines.SamplerConfig`, defaulting to the pipeline's own."""
+    (``CogVideoXPipeline`` with ``CogVideoXDDIMScheduler``) and LTX-Video (``LTXPipeline``); and for image-to-video
+    pipelines: ``WanImageToVideoPipeline`` (Wan 2.1 with CLIP, Wan 2.2 A14B, Wan 2.2 TI2V) and
+    ``LTXImageToVideoPipeline``, conditioned on ``SamplerConfig.image`` (one image, or one per prompt) or on the
+    images the prompts carry (:class:`ImagePrompt`). Latents keep each pipeline's layout; :meth:`decode` gives clips
+    ``[B, T, 3, H, W]``. ``num_frames`` and the other video settings come from
+    :class:`~rewarddance.pipelines.SamplerConfig`, defaulting to the pipeline's own."""
 
     def __init__(self, pipe, prompt, config: SamplerConfig | None = None):
         name = type(pipe).__name__
-        if not any(cls.__name__ in TEXT_TO_VIDEO for cls in type(pipe).__mro__) or takes_image(pipe):
+        self.task = pipeline_task(pipe)
+        if self.task is None:
             raise PipelineError(
-                f"{name}: the level-by-level sampler (search over paths) drives the text-to-video pipelines "
-                f"{', '.join(TEXT_TO_VIDEO)}; for image-to-video use best_of_n or RewardGuidanceCallback"
+                f"{name}: the level-by-level sampler (search over paths, training) drives "
+                f"{', '.join(TEXT_TO_VIDEO + IMAGE_TO_VIDEO)}; for other pipelines use best_of_n or "
+                "RewardGuidanceCallback"
             )
         cfg = config or SamplerConfig()
         family = pipeline_family(pipe)
@@ -237,6 +276,101 @@ class VideoSampler(Sampler):
         if self.family == "cogvideox" and p.transformer.config.use_rotary_positional_embeddings:
             self.rotary = p._prepare_rotary_positional_embeddings(self.height, self.width, self.latent_frames, dev)
         self.cond = cond
+        images = self._row_images()
+        if images is not None:
+            self._encode_images(images, out[0].dtype)
+
+    def _row_images(self) -> list | None:
+        """The conditioning image of each prompt row (None for text-to-video), with a clear error for a missing one."""
+        given, name = self.cfg.image, type(self.pipe).__name__
+        prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+        if given is None:
+            given = [getattr(x, "image", None) for x in prompts]  # ImagePrompt
+            given = None if all(x is None for x in given) else given
+        elif isinstance(given, (list, tuple)):
+            if len(given) != self.rows:
+                raise ValueError(f"image: a list needs one image per prompt ({self.rows}), got {len(given)}")
+            given = list(given)
+        else:
+            given = [given] * self.rows
+        if self.task == "t2v":
+            if given is not None:
+                raise PipelineError(f"image: {name} is a text-to-video pipeline; it takes no conditioning image")
+            return None
+        if given is None:
+            raise PipelineError(
+                f"{name} is an image-to-video pipeline: give its conditioning image (SamplerConfig(image=...), or "
+                "prompts that carry one)"
+            )
+        for i, x in enumerate(given):
+            if x is None:
+                where = getattr(prompts[i], "where", None) or f"prompt {i}"
+                raise ValueError(f"image: {where} ({str(prompts[i])!r}) has no conditioning image for {name}")
+        return given
+
+    def _encode_images(self, images: list, dtype: torch.dtype) -> None:
+        """The image conditioning of each row, as the pipeline's call prepares it. Wan: ``cond["image_latents"]`` (the
+        first-frame mask and the VAE latents of the image followed by blank frames, ``[rows, 4 + C, f, h, w]``) and,
+        with a CLIP image encoder, ``cond["image_embeds"]``; Wan 2.2 TI2V: the image's latents that hold the first
+        latent frame (:attr:`pinned`). LTX-Video: the preprocessed images (``[rows, 3, H, W]``), whose latents
+        :meth:`initial_latents` samples with each seed's generator as the pipeline does; their tokens are pinned."""
+        from .images import load_image
+
+        p, dev, H, W = self.pipe, self.device, self.height, self.width
+        keys, index, pixels = {}, [], []
+        for i, x in enumerate(images):  # each distinct image once
+            key = os.fspath(x) if isinstance(x, (str, os.PathLike)) else id(x)
+            if key not in keys:
+                keys[key] = len(pixels)
+                img = load_image(x, name=None if isinstance(x, (str, os.PathLike)) else f"image[{i}]")
+                pixels.append((img, p.video_processor.preprocess(img, height=H, width=W)))  # [1, 3, H, W] in [-1, 1]
+            index.append(keys[key])
+        self.image_rows = torch.tensor(index)  # the distinct image of each conditioning row
+        if self.family == "ltx":
+            self.image_pixels = torch.cat([px for _, px in pixels]).to(dev, dtype)
+            f, h, w = _ltx_grid(p, H, W, self.num_frames)
+            mask = torch.zeros(1, 1, f, h, w, device=dev)
+            mask[:, :, 0] = 1.0  # the first latent frame is the image's
+            ps, pt = p.transformer_spatial_patch_size, p.transformer_temporal_patch_size
+            packed = p._pack_latents(mask, ps, pt).squeeze(-1)  # [1, S]
+            self.timestep_scale = 1 - packed  # each token's timestep is t times this: 0 on the image
+            self.pinned = packed[..., None] > 0.5  # [1, S, 1]
+            return
+        vae, z = p.vae, p.vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(dev, torch.float32)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(dev, torch.float32)
+        expand = p.config.get("expand_timesteps", False)
+        f, h, w = self.latent_frames, H // p.vae_scale_factor_spatial, W // p.vae_scale_factor_spatial
+        latents, embeds = [], []
+        with torch.no_grad():
+            for img, px in pixels:
+                px = px.to(dev, torch.float32)[:, :, None]  # [1, 3, 1, H, W]
+                if not expand:  # the image, then blank frames to the clip's length
+                    px = torch.cat([px, px.new_zeros(1, 3, self.num_frames - 1, H, W)], dim=2)
+                lat = vae.encode(px.to(vae.dtype)).latent_dist.mode().to(dev, torch.float32)
+                latents.append((lat - mean) * inv_std)
+                if p.transformer is not None and p.transformer.config.image_dim is not None:  # Wan 2.1: CLIP
+                    embeds.append(p.encode_image(img, dev).to(self.model.dtype))
+        rows = self.image_rows.to(dev)
+        if expand:  # Wan 2.2 TI2V: the first latent frame is the image's, at timestep 0
+            self.image_latents = torch.cat(latents)[rows]  # [rows, C, 1, h, w]
+            self.pinned = torch.zeros(1, 1, f, h, w, dtype=torch.bool, device=dev)
+            self.pinned[:, :, 0] = True
+            self.timestep_scale = (~self.pinned)[0, 0, :, ::2, ::2].flatten().float()  # per 2x2 patch, 0 on the image
+            return
+        # the first-frame mask as WanImageToVideoPipeline.prepare_latents builds it: 4 channels, one per pixel frame
+        # of a latent frame; 1 on the first pixel frame (repeated 4 times over the first latent frame)
+        temporal = p.vae_scale_factor_temporal
+        frame_mask = torch.zeros(1, 1, self.num_frames, h, w)
+        frame_mask[:, :, 0] = 1.0
+        first = frame_mask[:, :, :1].repeat_interleave(temporal, dim=2)
+        frame_mask = torch.cat([first, frame_mask[:, :, 1:]], dim=2).view(1, -1, temporal, h, w)
+        frame_mask = frame_mask.transpose(1, 2).to(dev)  # [1, 4, f, h, w]
+        cond = torch.cat([torch.cat([frame_mask, lat], dim=1) for lat in latents])[rows]
+        self.cond.update(image_latents=cond, nimage_latents=cond)  # the negatives see the same image
+        if embeds:
+            clip = torch.cat(embeds)[rows]
+            self.cond.update(image_embeds=clip, nimage_embeds=clip)
 
     def _set_timesteps(self) -> None:
         sched, n = self.pipe.scheduler, self.cfg.num_inference_steps
@@ -256,11 +390,30 @@ class VideoSampler(Sampler):
         sched.set_timesteps(sigmas=np.linspace(1.0, 1.0 / n, n), mu=mu, device=self.device)
 
     # -------------------------------------------------------------------------------------------- sampling
-    def initial_latents(self, seeds: list[int]) -> torch.Tensor:
-        """Level-0 latents for each seed, as the pipeline itself draws them for that seed (one generator per row)."""
+    def initial_latents(self, seeds: list[int], rows=None) -> torch.Tensor:
+        """Level-0 latents for each seed, as the pipeline itself draws them for that seed (one generator per row).
+        Image-to-video: row ``i`` is conditioned on prompt ``rows[i]``'s image (``rows`` as in :meth:`predict`); LTX-Video
+        samples that image's latents with the seed's generator first, as its pipeline does."""
         p, B = self.pipe, len(seeds)
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         ch = self.model.config.in_channels
+        if self.task == "i2v":
+            index = self._rows_of(B, rows)  # None: one prompt for all rows, or one per row
+            if index is None:
+                index = torch.zeros(B, dtype=torch.long) if self.rows == 1 else torch.arange(B)
+            image_rows = index.cpu()
+            if self.family == "ltx":
+                pixels = self.image_pixels[self.image_rows[image_rows].to(self.image_pixels.device)]
+                args = (pixels, B, ch, self.height, self.width, self.num_frames, torch.float32, self.device, gens)
+                return p.prepare_latents(*args)[0]
+            from diffusers.utils.torch_utils import randn_tensor
+
+            h, w = self.height // p.vae_scale_factor_spatial, self.width // p.vae_scale_factor_spatial
+            shape = (B, p.vae.config.z_dim, self.latent_frames, h, w)
+            x = randn_tensor(shape, generator=gens, device=self.device, dtype=torch.float32)
+            if self.pinned is not None:  # Wan 2.2 TI2V: the first latent frame is the image's
+                x = torch.where(self.pinned, self.image_latents[image_rows.to(self.device)], x)
+            return x
         if self.family == "cogvideox":
             temporal = p.vae_scale_factor_temporal
             frames = (self.latent_frames - 1) * temporal + 1
@@ -295,10 +448,17 @@ class VideoSampler(Sampler):
             if self.family == "wan":
                 if p.config.get("expand_timesteps", False):  # Wan 2.2 TI2V-5B: one timestep per 2x2 latent patch
                     F, h, w = inp.shape[2], (inp.shape[3] + 1) // 2, (inp.shape[4] + 1) // 2
-                    ts = t.expand(n, F * h * w)
+                    ts = t.expand(n, F * h * w) if self.pinned is None else (self.timestep_scale * t).expand(n, -1)
                 else:
                     ts = t.expand(n)
-                return model(hidden_states=inp.to(dtype), timestep=ts, encoder_hidden_states=text, return_dict=False)[0]
+                image = {}
+                if "image_latents" in self.cond:  # image-to-video: mask and image latents after the latents' channels
+                    inp = torch.cat([inp, self._cond_rows("image_latents", which, B, index)], dim=1)
+                if "image_embeds" in self.cond:  # Wan 2.1: the image's CLIP embeddings
+                    image["encoder_hidden_states_image"] = self._cond_rows("image_embeds", which, B, index)
+                return model(
+                    hidden_states=inp.to(dtype), timestep=ts, encoder_hidden_states=text, return_dict=False, **image
+                )[0]
             if self.family == "cogvideox":
                 return model(
                     hidden_states=inp.to(dtype),
@@ -309,10 +469,13 @@ class VideoSampler(Sampler):
                 )[0]
             f, h, w = _ltx_grid(p, self.height, self.width, self.num_frames)
             ratio_s = p.vae_spatial_compression_ratio
+            ts = t.expand(n)
+            if self.pinned is not None:  # image-to-video: timestep 0 on the image's tokens
+                ts = ts.unsqueeze(-1) * self.timestep_scale
             return model(
                 hidden_states=inp.to(dtype),
                 encoder_hidden_states=text,
-                timestep=t.expand(n),
+                timestep=ts,
                 encoder_attention_mask=self._cond_rows("mask", which, B, index),
                 num_frames=f,
                 height=h,
@@ -329,7 +492,8 @@ class VideoSampler(Sampler):
             if kind == "epsilon":
                 return (x - s * out) / a, out
             return out, (x - a * out) / s
-        return x - s * out, x + (1 - s) * out  # flow matching: the transformer predicts e - x0
+        # flow matching: the transformer predicts e - x0; a pinned position is clean, x0 = e = x keeps it at any level
+        return self.pin(x - s * out, x), self.pin(x + (1 - s) * out, x)
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
@@ -338,6 +502,7 @@ class VideoSampler(Sampler):
 
 
 __all__ = [
+    "ImagePrompt",
     "VIDEO_FAMILIES",
     "VideoSampler",
     "decode_clips",
@@ -348,5 +513,6 @@ __all__ = [
     "is_video_pipeline",
     "judge_sampling",
     "per_seed_kwargs",
+    "pipeline_task",
     "takes_image",
 ]

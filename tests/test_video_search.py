@@ -1,7 +1,8 @@
 """Inference-time scaling on tiny video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; Wan and LTX image-to-video)
 with a tiny Qwen2-VL judge that takes clips natively: best-of-N returns the best clip with the judge's own score,
-the level-by-level sampler reproduces each text-to-video pipeline, search over paths and tournaments judge clips,
-and the guidance callback steers a video pipeline's own loop (rewarddance.search, .guidance, .video_pipelines)."""
+the level-by-level sampler reproduces each text-to-video and image-to-video pipeline, search over paths and
+tournaments judge clips, and the guidance callback steers a video pipeline's own loop (rewarddance.search, .guidance,
+.video_pipelines)."""
 
 from __future__ import annotations
 
@@ -125,6 +126,77 @@ def test_the_sampler_reproduces_each_text_to_video_pipeline(pipes, kind):
         assert ts[0] >= 875 > ts[-1]
 
 
+def _wan_i2v_variant(pipe, variant):
+    """The tiny Wan image-to-video pipeline as Wan 2.1 I2V (a CLIP image encoder whose embeddings the transformer
+    reads) or Wan 2.2 TI2V (``expand_timesteps``: the first latent frame is the image's, at timestep 0)."""
+    import diffusers
+    from diffusers import WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    clip = variant == "wan21_i2v"
+    torch.manual_seed(1)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36 if clip else 16,
+        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=8 if clip else None,
+        added_kv_proj_dim=24 if clip else None,
+    ).eval()  # fmt: skip
+    parts = {k: v for k, v in pipe.components.items() if k not in ("transformer", "image_encoder", "image_processor")}
+    if not clip:
+        out = diffusers.WanImageToVideoPipeline(**parts, transformer=transformer, expand_timesteps=True)
+    else:
+        vision = CLIPVisionConfig(hidden_size=8, projection_dim=8, intermediate_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, image_size=32, patch_size=8)  # fmt: skip
+        encoder, processor = CLIPVisionModelWithProjection(vision).eval(), CLIPImageProcessor(crop_size=32, size=32)
+        out = diffusers.WanImageToVideoPipeline(
+            **parts, transformer=transformer, image_encoder=encoder, image_processor=processor
+        )
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+@pytest.mark.parametrize("kind", I2V + ["wan21_i2v", "wan_ti2v"])
+def test_the_sampler_reproduces_each_image_to_video_pipeline(pipes, image, kind):
+    """Level by level, with the image conditioning prepared as each pipeline's call does (Wan: mask and image latents
+    on the channels, Wan 2.1 also CLIP embeddings; LTX and Wan 2.2 TI2V: the first latent frame pinned to the image's
+    latents at timestep 0), the sampler gives the pipeline's own latents and clip for a seed; a batch of two prompts
+    with an image each gives each row the pipeline's call of its own."""
+    pipe = pipes(kind) if kind in I2V else _wan_i2v_variant(pipes("wan_i2v"), kind)
+    kw = _kw("wan", steps=3)
+    g = torch.Generator().manual_seed(1)
+    other = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
+
+    def own(prompt, img, seed, output_type):
+        one = [img] if kind == "ltx_i2v" else img  # (LTX-Video encodes one image per generator)
+        gen = [torch.Generator().manual_seed(seed)]
+        return pipe(prompt=prompt, image=one, generator=gen, output_type=output_type, **kw).frames
+
+    sampler = Sampler(pipe, PROMPT, SamplerConfig(image=image, **kw))
+    with torch.no_grad():
+        x = sampler.initial_latents([7])
+        for k in range(3):
+            x, _ = sampler.step(x, k)
+        decoded = sampler.decode(x)
+    ref = own(PROMPT, image, 7, "latent")
+    assert (x - ref).abs().max() < 1e-4 * (1 + ref.abs().max())
+    assert decoded.shape == (1, FRAMES, 3, 32, 32) and (decoded - own(PROMPT, image, 7, "pt")).abs().max() < 1e-4
+    pinned = kind in ("ltx_i2v", "wan_ti2v")
+    assert (sampler.pinned is not None) == pinned
+    batch = Sampler(pipe, [PROMPT, "a blue square jumps"], SamplerConfig(image=[image, other], **kw))
+    with torch.no_grad():
+        xs = batch.initial_latents([7, 8])
+        for k in range(3):
+            xs, _ = batch.step(xs, k)
+    second = own("a blue square jumps", other, 8, "latent")
+    assert (xs[0] - ref[0]).abs().max() < 1e-4 * (1 + ref.abs().max())
+    assert (xs[1] - second[0]).abs().max() < 1e-4 * (1 + second.abs().max())
+    if pinned:  # re-noising moves every latent but the image's, which pin puts back
+        lv = sampler.levels
+        noisy = sampler.pin(renoise(x, lv[3], lv[1], torch.Generator().manual_seed(0)), x)
+        assert torch.equal(noisy[sampler.pinned.expand_as(x)], x[sampler.pinned.expand_as(x)])
+        assert (noisy - x).abs().max() > 0.1
+
+
 @pytest.mark.parametrize("kind", ["wan", "cogvideox", "ltx"])
 def test_callback_x0_equals_the_denoiser_prediction(pipes, kind):
     pipe = pipes(kind)
@@ -162,6 +234,33 @@ def test_search_over_paths_on_a_video_pipeline(pipes, rm, kind):
         assert [h["scores"][i] for i in h["kept"]] == sorted(h["scores"], reverse=True)[:2]
     again = search_over_paths(pipe, rm, PROMPT, config=config, **settings)
     assert torch.equal(again.images, res.images)
+
+
+def test_search_over_paths_on_an_image_to_video_pipeline(pipes, rm, image, monkeypatch):
+    """LTX-Video image-to-video: every path, re-noised ones too, keeps the image's latents in its first latent frame
+    (each start seed draws its own), and the judge is shown the image as each clip's first frame."""
+    from rewarddance.video_pipelines import VideoSampler
+
+    pipe = pipes("ltx_i2v")
+    config = SamplerConfig(**_kw("ltx", steps=4))
+    decoded = []
+    real_decode = VideoSampler.decode
+    monkeypatch.setattr(VideoSampler, "decode", lambda self, x0: decoded.append(x0) or real_decode(self, x0))
+    settings = dict(n=2, m=2, num_inference_steps=4, start=1, forward=1, backward=2, seed=3, judge_frames=JUDGE)
+    res = search_over_paths(pipe, rm, PROMPT, config=config, image=image, **settings)
+    assert res.images.shape == (2, FRAMES, 3, 32, 32) and len(res.history) == 3
+    first = 8 * 8  # the tokens of the first latent frame
+    starts = Sampler(pipe, PROMPT, SamplerConfig(image=image, **_kw("ltx", steps=4))).initial_latents([3, 4])
+    assert len(decoded) == 4  # the x0 predictions of 3 rounds, then the final paths
+    for x0 in torch.cat(decoded):
+        assert any(torch.equal(x0[:first], s[:first]) for s in starts)  # the image's latents of a start seed
+    shown = RewardContext(task="video_alignment", first_frame=image)
+    direct = rm.score(videos=list(res.images), prompts=PROMPT, context=shown, num_frames=JUDGE).p_yes
+    assert torch.allclose(direct, res.scores, atol=1e-5)
+    plain = rm.score(videos=list(res.images), prompts=PROMPT, num_frames=JUDGE).p_yes
+    assert not torch.allclose(plain, res.scores, atol=1e-4)  # (the first frame changes the judge's question)
+    again = search_over_paths(pipe, rm, PROMPT, config=SamplerConfig(image=image, **_kw("ltx", steps=4)), **settings)
+    assert torch.equal(again.images, res.images)  # the image through config.image: the same search
 
 
 def test_tournament_compares_clips_in_both_orders(pipes, rm):
@@ -253,8 +352,12 @@ def test_bad_input_is_named(pipes, rm, image):
         pipeline_family(odd)
     with pytest.raises(PipelineError, match="WanPipeline is not supported"):
         RewardGuidanceCallback(rm, PROMPT)(odd, 0, 999, {"latents": torch.zeros(1, 16, 3, 4, 4)})
-    with pytest.raises(PipelineError, match="LTXImageToVideoPipeline: the level-by-level sampler"):
+    with pytest.raises(PipelineError, match="LTXImageToVideoPipeline is an image-to-video pipeline: give its"):
         search_over_paths(pipes("ltx_i2v"), rm, PROMPT, n=1, m=1, num_inference_steps=2, config=SamplerConfig())
+    with pytest.raises(ValueError, match="image: a list needs one image per prompt"):
+        Sampler(pipes("ltx_i2v"), [PROMPT] * 2, SamplerConfig(image=[image] * 3, **_kw("ltx")))
+    with pytest.raises(PipelineError, match="image: WanPipeline is a text-to-video pipeline"):
+        Sampler(wan, PROMPT, SamplerConfig(image=image, **_kw("wan")))
     ltx = pipes("ltx")
     cb = RewardGuidanceCallback(rm, PROMPT, steps=[1])
     kw = _kw("ltx", steps=2)

@@ -1,19 +1,21 @@
-"""ReFL and GRPO on tiny video pipelines (Wan 2.1, CogVideoX) with a tiny Qwen2-VL judge that takes clips natively:
-the LoRA on the video transformer trains, exact resume, the frames the ReFL judge sees (a random subset per rollout,
-fixed by seed and step), whole clips scored in GRPO, the exported LoRA, and every bad input failing before
-training (rewarddance.training.refl, .grpo, .diffusion_loop)."""
+"""ReFL and GRPO on tiny video pipelines (Wan 2.1, CogVideoX, LTX-Video; Wan and LTX-Video image-to-video) with a
+tiny Qwen2-VL judge that takes clips natively: the LoRA on the video transformer trains, exact resume, the frames the
+ReFL judge sees (a random subset per rollout, fixed by seed and step), whole clips scored in GRPO, the exported LoRA,
+image-to-video prompts with their images (each clip judged with its image as the first frame), and every bad input
+failing before training (rewarddance.training.refl, .grpo, .diffusion_loop, .video_checks)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from rewarddance import RewardContext
-from rewarddance.pipelines import PipelineError, SamplerConfig
-from rewarddance.remote import RemoteRewardModel
+from rewarddance.pipelines import SamplerConfig
 from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 from rewarddance.testing.tiny_video import build_tiny_video_pipeline
 from rewarddance.training import refl
@@ -38,17 +40,19 @@ class RecordingJudge:
     of every score call."""
 
     def __init__(self, rm):
-        self.rm, self.rewarded, self.scored = rm, [], []
+        self.rm, self.rewarded, self.scored, self.contexts = rm, [], [], []
 
     def __getattr__(self, name):
         return getattr(self.rm, name)
 
     def reward(self, *args, **kw):
         self.rewarded.append(kw["videos"].detach().clone())
+        self.contexts.append(("reward", kw["prompts"], kw.get("context")))
         return self.rm.reward(*args, **kw)
 
     def score(self, *args, **kw):
         self.scored.append((tuple(kw["videos"].shape), kw.get("num_frames")))
+        self.contexts.append(("score", kw["prompts"], kw.get("context")))
         return self.rm.score(*args, **kw)
 
 
@@ -201,6 +205,148 @@ def test_both_trainers_run_on_ltx_video_tokens(rm, tmp_path):
         assert res["step"] == 1 and 0 < res["history"][0]["reward_mean"] < 1 and _moved(_lora(res)) > 0
 
 
+# ------------------------------------------------------------------------------------------- image-to-video
+def _image_prompts(folder, images=True) -> str:
+    """A prompts .jsonl whose every line gives a prompt its conditioning image (a random 32 x 32 PNG beside it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, prompt in enumerate(PROMPTS):
+        pixels = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(100 + i))
+        Image.fromarray((pixels * 255).byte().numpy()).save(folder / f"start-{i}.png")
+        lines.append({"prompt": prompt, **({"image": f"start-{i}.png"} if images else {})})
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(folder / "prompts.jsonl")
+
+
+def _shown_first_frames(judge) -> None:
+    """Every judge call showed each clip its own prompt's image as the first frame (one image for one prompt)."""
+    assert judge.contexts
+    for _kind, prompts, context in judge.contexts:
+        want = [p.image for p in prompts] if isinstance(prompts, list) else prompts.image
+        assert context.first_frame == want and context.task == "video_alignment"
+
+
+def test_refl_on_wan_image_to_video_trains_resumes_exactly_and_shows_the_judge_each_image(rm, tmp_path):
+    """Wan image-to-video (mask and image latents on the latents' channels): each row is conditioned on its prompt's
+    image, which the judge sees first; the held-out evaluation does the same; a resumed run equals a straight one."""
+    pytest.importorskip("ftfy")  # (diffusers' Wan image-to-video cleans prompts with it)
+    prompts = _image_prompts(tmp_path / "data")
+    judge = RecordingJudge(rm)
+    cfg = dict(prompts=prompts, eval_train_prompts=1, eval_images=1)
+    straight = train_refl(
+        _refl(tmp_path / "a", **cfg), progress=False, pipe=build_tiny_video_pipeline("wan_i2v"), rm=judge
+    )
+    assert all(math.isfinite(h["loss"]) for h in straight["history"]) and 0 < straight["reward_before"] < 1
+    _shown_first_frames(judge)
+    assert {kind for kind, _, _ in judge.contexts} == {"reward", "score"}  # training and evaluation
+    assert len({p.image for _, ps, _ in judge.contexts if isinstance(ps, list) for p in ps}) > 1
+    stopped = train_refl(
+        _refl(tmp_path / "b", **cfg), progress=False, pipe=build_tiny_video_pipeline("wan_i2v"), rm=rm, stop_at=1
+    )
+    assert stopped["stopped_at"] == 1
+    resumed = train_refl(_refl(tmp_path / "b", **cfg), progress=False, pipe=build_tiny_video_pipeline("wan_i2v"), rm=rm)
+    _assert_same_lora(_lora(straight), _lora(resumed))
+    assert _moved(_lora(straight)) > 0 and resumed["reward_after"] == pytest.approx(straight["reward_after"], abs=1e-6)
+
+
+def test_grpo_on_ltx_image_to_video_keeps_the_image_frame_and_resumes_exactly(rm, tmp_path, monkeypatch):
+    """LTX-Video image-to-video pins its first latent frame to the image's latents: the stochastic sampler keeps it
+    (so it adds nothing to the log-probability ratio), each clip is judged with its image first, and a resumed run
+    equals a straight one."""
+    from rewarddance.training import grpo
+    from rewarddance.training.video_checks import judge_context
+
+    prompts = _image_prompts(tmp_path / "data")
+    real, kept = grpo.sample_rollouts, []
+
+    def recording(*args):
+        ro = real(*args)
+        pinned = ro.sampler.pinned.expand_as(ro.latents[0])
+        kept.append(all(torch.equal(x[pinned], ro.latents[0][pinned]) for x in ro.latents))
+        return ro
+
+    monkeypatch.setattr(grpo, "sample_rollouts", recording)
+    judge = RecordingJudge(rm)
+    straight = train_grpo(
+        _grpo(tmp_path / "a", prompts=prompts), progress=False, pipe=build_tiny_video_pipeline("ltx_i2v"), rm=judge
+    )
+    assert kept == [True, True] and all(math.isfinite(h["loss"]) for h in straight["history"])
+    # log p recomputed under the weights that sampled it gives ratio 1: the pinned frame's mean is held like its sample
+    pipe, rows = build_tiny_video_pipeline("ltx_i2v"), refl.read_prompts(prompts)[:2]
+    sampler_cfg = SamplerConfig(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16)
+    ro = grpo.sample_rollouts(pipe, sampler_cfg, rows, [1, 2], 1.0, torch.Generator().manual_seed(0), {0, 1})
+    for k in (0, 1):
+        _, stats = grpo.step_loss(ro, k, torch.tensor([1.0, -1.0]), pipe.transformer, _grpo(tmp_path, kl_weight=0.0))
+        assert stats["ratio_dev"] < 1e-5
+    _shown_first_frames(judge)
+    stopped = train_grpo(
+        _grpo(tmp_path / "b", prompts=prompts),
+        progress=False,
+        pipe=build_tiny_video_pipeline("ltx_i2v"),
+        rm=rm,
+        stop_at=1,
+    )
+    assert stopped["stopped_at"] == 1
+    resumed = train_grpo(
+        _grpo(tmp_path / "b", prompts=prompts), progress=False, pipe=build_tiny_video_pipeline("ltx_i2v"), rm=rm
+    )
+    _assert_same_lora(_lora(straight), _lora(resumed))
+    keys = ("step", "loss", "reward_mean", "reward_std", "kl")
+    assert [[h[k] for k in keys] for h in resumed["history"]] == [[h[k] for k in keys] for h in straight["history"][1:]]
+    assert _moved(_lora(resumed)) > 0
+    # first_frame_context false: the judge sees the clips alone
+    context = RewardContext(task="video_alignment")
+    rows = refl.read_prompts(prompts)
+    assert judge_context(_grpo(tmp_path, first_frame_context=False), context, rows) is context
+    assert judge_context(_grpo(tmp_path), context, rows).first_frame == [p.image for p in rows]
+    # win rates compare clips of a group: each comparison is shown its candidate's image
+    seen = []
+
+    class Comparing:
+        def compare(self, references=None, prompts=None, context=None, videos=None, num_frames=None):
+            seen.append(context.first_frame)
+            from rewarddance.model import RewardOutput
+
+            return RewardOutput(p_yes=torch.full((len(videos),), 0.5), margin=torch.zeros(len(videos)))
+
+    clips = torch.rand(3, FRAMES, 3, 32, 32)  # one group of 3 (each with its own image here)
+    grpo.win_rates(Comparing(), clips, rows, 3, judge_context(_grpo(tmp_path), context, rows), SEEN)
+    assert seen == [[rows[i].image for i in (0, 0, 1, 1, 2, 2)]]  # the candidates of the 6 ordered pairs
+
+
+def test_bad_image_to_video_inputs_fail_before_training(rm, tmp_path):
+    ltx_i2v, wan = build_tiny_video_pipeline("ltx_i2v"), build_tiny_video_pipeline("wan")
+    data = tmp_path / "data"
+    prompts = _image_prompts(data)
+    mixed = data / "mixed.jsonl"  # the second line has no image
+    mixed.write_text(
+        json.dumps({"prompt": PROMPTS[0], "image": "start-0.png"}) + "\n" + json.dumps({"prompt": PROMPTS[1]})
+    )
+    missing = data / "missing.jsonl"
+    missing.write_text(json.dumps({"prompt": PROMPTS[0], "image": "nowhere.png"}) + "\n")
+    out = tmp_path / "out"
+    for train, make in ((train_refl, _refl), (train_grpo, _grpo)):
+        for kw, pipe, message in [
+            ({}, ltx_i2v, "prompts: LTXImageToVideoPipeline is an image-to-video pipeline; give a .jsonl"),
+            (dict(prompts=str(mixed)), ltx_i2v, "mixed.jsonl:2: no 'image', but LTXImageToVideoPipeline is image-to"),
+            (dict(prompts=str(missing)), ltx_i2v, "missing.jsonl:1: image .*nowhere.png is not a file"),
+            (dict(prompts=prompts, eval_prompts=["a cat"]), ltx_i2v, "eval_prompts: LTXImageToVideoPipeline is an"),
+            (dict(prompts=prompts), wan, "prompts.jsonl:1: has an 'image', but WanPipeline is not an image-to-video"),
+            (dict(prompts=prompts, task="vqascore"), ltx_i2v, "first_frame_context: task 'vqascore' cannot show"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                train(make(out, **kw), progress=False, pipe=pipe, rm=rm)
+        image = build_tiny_pipeline("sd", "ddim")
+        with pytest.raises(ValueError, match="prompts.jsonl:1: has an 'image', but StableDiffusionPipeline is not"):
+            train(
+                make(out, prompts=prompts, num_frames=None, reward_frames=None, task="alignment"),
+                progress=False,
+                pipe=image,
+                rm=rm,
+            )
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+
+
 def test_lora_targets_match_the_attention_of_each_video_transformer(tmp_path):
     for kind, blocks in (("wan", 1), ("cogvideox", 1), ("ltx", 1)):
         denoiser = build_tiny_video_pipeline(kind).transformer
@@ -239,13 +385,7 @@ def test_bad_video_inputs_fail_before_training(rm, tmp_path):
         fails(train, make(out, task="alignment"), wan, "task 'alignment' judges images; the clips of WanPipeline")
         fails(train, make(out, verifier="shapes"), wan, "verifier shapes checks images")
         fails(train, make(out), build_tiny_video_pipeline("wan22"), "WanPipeline has two experts")
-        fails(
-            train,
-            make(out),
-            build_tiny_video_pipeline("ltx_i2v"),
-            "LTXImageToVideoPipeline is not a text-to-video pipeline",
-            error=PipelineError,
-        )
+        fails(train, make(out), build_tiny_video_pipeline("ltx_i2v"), "prompts: LTXImageToVideoPipeline is an image-to")
         image = build_tiny_pipeline("sd", "ddim")
         fails(
             train, make(out, num_frames=None, reward_frames=None), image, "'video_alignment' judges videos, but Stable"
@@ -254,8 +394,16 @@ def test_bad_video_inputs_fail_before_training(rm, tmp_path):
             train, make(out, task="alignment", reward_frames=None), image, "num_frames: StableDiffusionPipeline makes"
         )
     fails(train_grpo, _grpo(out, cot="reasoning_first"), wan, "cot 'reasoning_first': the judge decodes reasons")
-    remote = RemoteRewardModel("http://127.0.0.1:9")
-    fails(train_grpo, _grpo(out), wan, "reward_model http://127.0.0.1:9: this judge takes no videos", judge=remote)
+
+    class ImagesOnly:  # a judge whose score() takes no videos
+        url, model = "http://images-only", torch.nn.Linear(1, 1)
+
+        def score(self, images, prompts, context=None):
+            raise AssertionError("not reached")
+
+    fails(
+        train_grpo, _grpo(out), wan, "reward_model http://images-only: this judge takes no videos", judge=ImagesOnly()
+    )
     from rewarddance.shapes import write_dataset
 
     write_dataset(tmp_path / "captions", n=2, size=32, seed=1)

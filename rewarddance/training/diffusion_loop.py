@@ -36,7 +36,6 @@ import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from ..distributed import any_process
-from ..manifest import ManifestError, read_jsonl
 from ..pipelines import VIDEO_FAMILIES, Sampler, SamplerConfig, check_scheduler, pipeline_family
 from ..remote import is_remote, load_judge
 from .checkpoint import gather_full_state, list_checkpoints, load_checkpoint, load_trainable, save_checkpoint
@@ -46,7 +45,7 @@ from .export import save_lora
 from .metrics import drop_rows_after, say
 from .plots import plot_reward_curve, save_sample_grid
 from .refl_config import DiffusionTrainConfig
-from .video_checks import check_pipeline_media, judge_frames, video_text_length
+from .video_checks import check_pipeline_media, judge_context, judge_frames, read_prompt_lines, video_text_length
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -74,7 +73,8 @@ def load_pipeline(cfg: DiffusionTrainConfig, dtype: torch.dtype):
 
 
 def read_prompts(source) -> list[str]:
-    """A list of prompts, or a .txt (one per line) or .jsonl (``prompt`` field) file of them."""
+    """A list of prompts, or a .txt (one per line) or .jsonl file of them (``prompt``, and ``image`` for image-to-video:
+    :func:`~.video_checks.read_prompt_lines`)."""
     if isinstance(source, (list, tuple)):
         prompts = [str(p) for p in source]
     else:
@@ -82,11 +82,7 @@ def read_prompts(source) -> list[str]:
         if not path.is_file():
             raise ValueError(f"prompts: no such file {path}")
         if path.suffix == ".jsonl":
-            prompts = []
-            for line_no, row in read_jsonl(path):
-                if not isinstance(row.get("prompt"), str):
-                    raise ManifestError(f"{path}:{line_no}: needs a 'prompt' string")
-                prompts.append(row["prompt"])
+            prompts = read_prompt_lines(path)
         else:
             prompts = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
     if not prompts or any(not p.strip() for p in prompts):
@@ -287,7 +283,7 @@ def setup_trainable(cfg: DiffusionTrainConfig, pipe, rt: Runtime, out: Path) -> 
     constant LR schedule; write ``config.json``; continue from the newest checkpoint when ``cfg.resume``; drop the
     metrics rows of steps after it (they run again)."""
     denoiser = pipe_denoiser(pipe)
-    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "image_encoder"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
@@ -471,8 +467,8 @@ class Evaluator:
     def score_clips(self, clips: torch.Tensor, prompt: str, tag: str, i: int) -> torch.Tensor:
         """The judge's P(yes) of clips ``[n, T, 3, H, W]`` on :func:`judge_frames` frames of each, sampled uniformly
         (first and last included); with a ``tag`` and ``sample_every`` those frames are saved, clip after clip."""
-        frames = judge_frames(self.cfg, clips.shape[1])
-        out = self.rm.score(videos=clips, prompts=prompt, context=self.context, num_frames=frames)
+        frames, context = judge_frames(self.cfg, clips.shape[1]), judge_context(self.cfg, self.context, prompt)
+        out = self.rm.score(videos=clips, prompts=prompt, context=context, num_frames=frames)
         if tag and self.cfg.sample_every:
             seen = torch.cat([clip[list(s.indices)] for clip, s in zip(clips, out.videos)])
             save_sample_grid(seen, self.out / "samples" / f"{tag}-{i:03d}.png")

@@ -21,10 +21,12 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
    (``accelerator.accumulate``; the rollouts are sampled together in 1.), their gradients summed to the whole batch's
    before each optimiser step.
 
-On a video pipeline (the text-to-video ones with one denoiser: Wan 2.1, CogVideoX, LTX-Video) the same steps run on
-the clips' latents (5-D, or LTX-Video's tokens; ``log p`` is averaged over all their elements), and step 2 scores
-whole decoded clips, the judge shown ``reward_frames`` frames of each sampled uniformly (``score(videos=...,
-num_frames=...)``).
+On a video pipeline (those with one denoiser: Wan 2.1, CogVideoX, LTX-Video, and the Wan and LTX-Video image-to-video
+ones, each prompt with its image from a ``.jsonl`` file) the same steps run on the clips' latents (5-D, or LTX-Video's
+tokens; ``log p`` is averaged over all their elements; a conditioning frame the pipeline holds fixed stays fixed, the
+step's mean and sample both taken from it, so it adds nothing to the ratio), and step 2 scores whole decoded clips, the
+judge shown ``reward_frames`` frames of each sampled uniformly (``score(videos=..., num_frames=...)``) and, for
+image-to-video, the conditioning image first (``first_frame_context``).
 
 Every draw of step ``s`` (prompts, initial noise, the sampler's noise, the subset of steps) comes from generators
 keyed on ``(seed, s)``, so a resumed run equals an uninterrupted one. Loading, LoRA, checkpoints, evaluation,
@@ -37,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -71,7 +73,7 @@ from .diffusion_loop import (
 )
 from .grpo_config import GRPOConfig
 from .metrics import append_csv
-from .video_checks import check_judge_media, judge_frames
+from .video_checks import check_judge_media, judge_context, judge_frames
 
 STOCHASTIC = SCHEDULERS  # each has the generalised-DDIM stochastic form of stochastic_std
 
@@ -109,6 +111,10 @@ def win_rates(
                     cand.append(i)
                     ref.append(j)
     asked = [prompts[i] for i in cand]
+    if isinstance(
+        getattr(context, "first_frame", None), list
+    ):  # image-to-video: each clip's own image, one per comparison
+        context = replace(context, first_frame=[context.first_frame[i] for i in cand])
     if images.ndim == 5:  # clips
         out = rm.compare(
             references=images[ref], prompts=asked, context=context, videos=images[cand], num_frames=num_frames
@@ -201,9 +207,9 @@ def sample_rollouts(
     latents, stds, logp = [x], step_stds(sampler.levels, eta), {}
     for k in range(len(stds)):
         x0, e = sampler.predict(x, k)
-        mean = stochastic_mean(x0, e, sampler.levels[k + 1], stds[k])
+        mean = sampler.pin(stochastic_mean(x0, e, sampler.levels[k + 1], stds[k]), x)  # (a held frame stays)
         z = torch.randn(x.shape, generator=noise, dtype=torch.float32).to(x.device, x.dtype)
-        x = mean + stds[k] * z if stds[k] > 0 else mean
+        x = sampler.pin(mean + stds[k] * z, x) if stds[k] > 0 else mean
         if k in logp_steps:
             logp[k] = gaussian_logp(x, mean, stds[k])
         latents.append(x)
@@ -220,7 +226,7 @@ def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig
         index = torch.tensor(rows, device=x.device)
         x, x_next, logp_old, adv = x[index], x_next[index], logp_old[index.to(logp_old.device)], adv[torch.tensor(rows)]
     x0, e = sampler.predict(x, k, rows=rows)
-    mean = stochastic_mean(x0, e, lv, std)
+    mean = sampler.pin(stochastic_mean(x0, e, lv, std), x)
     logp = gaussian_logp(x_next, mean, std)
     ratio = torch.exp(logp - logp_old.to(logp.device))
     a = adv.to(logp.device)
@@ -230,7 +236,7 @@ def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig
     if cfg.kl_weight > 0:
         with torch.no_grad(), base_model(denoiser):
             x0_base, e_base = sampler.predict(x, k, rows=rows)
-            mean_base = stochastic_mean(x0_base, e_base, lv, std)
+            mean_base = sampler.pin(stochastic_mean(x0_base, e_base, lv, std), x)
         kl = ((mean.float() - mean_base.float()) ** 2).flatten(1).mean(1).mean() / (2 * std * std)
     stats = {
         "kl": float(kl.detach()),
@@ -340,7 +346,8 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
             with accelerator.autocast():
                 ro = sample_rollouts(pipe, sampler_cfg, rows, seeds, cfg.eta, noise, set(steps))
             with visits():
-                rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, context, seen_frames)
+                shown = judge_context(cfg, context, rows)  # (image-to-video: each clip's first frame)
+                rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, shown, seen_frames)
             adv = group_advantages(rewards, G, cfg.adv_eps).clamp(-cfg.adv_clip, cfg.adv_clip)
             # 5.2 the clipped objective and the KL term: inner_epochs optimiser steps, each over the micro-batches
             total, stats, bad, grad_norm = 0.0, [], False, float("nan")

@@ -28,12 +28,14 @@ micro-batches (``accelerator.accumulate``) of ``batch_size`` rows on each proces
 over several processes DDP averages the gradients in the backward pass. The rows of all processes are drawn from one
 stream and each process takes its slice, so a step trains on the same global batch however many processes share it
 (two processes of ``batch_size: 1`` equal one of ``batch_size: 2``); only the pretraining items are drawn per process.
-Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux) and the
-text-to-video pipelines with one denoiser (Wan 2.1, CogVideoX, LTX-Video). On a video pipeline step 4 decodes the
+Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux), the
+text-to-video pipelines with one denoiser (Wan 2.1, CogVideoX, LTX-Video) and the image-to-video ones (Wan, LTX-Video;
+each prompt with its image, from a ``.jsonl`` file: :mod:`.video_checks`). On a video pipeline step 4 decodes the
 whole clip (the VAEs are causal in time, see :mod:`rewarddance.video_pipelines`) and step 5 shows the judge
 ``reward_frames`` of its frames, a random subset drawn per rollout from a generator keyed on ``(seed, step)``
 (:func:`draw_frames`): the judge's activations, kept for the backward pass, grow with the frames it sees, and over
-the steps every frame is judged. The reward is pointwise there (the cached references are images).
+the steps every frame is judged. The reward is pointwise there (the cached references are images); image-to-video
+clips are judged with their conditioning image as the first frame (``first_frame_context``).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ from .diffusion_loop import (
 )
 from .metrics import append_csv
 from .refl_config import ReFLConfig
-from .video_checks import check_judge_media, judge_frames
+from .video_checks import check_judge_media, judge_context, judge_frames
 
 __all__ = ["ReFLConfig", "add_lora", "load_pipeline", "pipe_denoiser", "read_prompts", "rollout_rewards", "train_refl"]
 
@@ -281,7 +283,8 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                         seen = draw_frames(world * B, clip_frames, k, frame_gen)[rank * B : (rank + 1) * B]
                     with accelerator.accumulate(tr.model):  # (the last micro-batch's backward averages over DDP)
                         with accelerator.autocast():
-                            args = (pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, context)
+                            shown = judge_context(cfg, context, batch)  # (image-to-video: each row's first frame)
+                            args = (pipe, rm, batch, sampler_cfg, stops, noise_seeds, refs_or_none, shown)
                             r = rollout_rewards(*args) if seen is None else rollout_rewards(*args, frames=seen)
                             if cfg.loss == "hinge":
                                 per_row = F.relu(cfg.hinge_margin - r)

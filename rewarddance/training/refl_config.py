@@ -27,13 +27,20 @@ class DiffusionTrainConfig:
         }
     )
     prompts: list[str] | str = field(
-        metadata={"help": "training prompts: a list, or a .txt (one per line) / .jsonl file path"}
+        metadata={
+            "help": "training prompts: a list, or a .txt (one per line) / .jsonl file path; image-to-video pipelines: "
+            'a .jsonl whose every line has the conditioning image, {"prompt": ..., "image": path relative to the file}'
+        }
     )
     output_dir: str = field(metadata={"help": "checkpoints, metrics.csv, samples and the LoRA go here"})
     model_type: str = field(default="auto", metadata={"help": "auto, sd, sdxl, sd3 or flux (single files need it)"})
     single_file_config: str | None = field(default=None, metadata={"help": "diffusers folder/id for a single file"})
     eval_prompts: list[str] | str = field(
-        default_factory=list, metadata={"help": "held-out prompts for the reward before / after (a list or a file)"}
+        default_factory=list,
+        metadata={
+            "help": "held-out prompts for the reward before / after (a list or a file; image-to-video: a .jsonl "
+            "with images, as prompts)"
+        },
     )
     eval_train_prompts: int = field(
         default=4,
@@ -58,6 +65,13 @@ class DiffusionTrainConfig:
         metadata={
             "help": "video pipelines: frames of each clip the judge sees; ReFL draws them at random per rollout, GRPO "
             "and the evaluations sample them uniformly (first and last included); None: 8, or the whole clip if shorter"
+        },
+    )
+    first_frame_context: bool = field(
+        default=True,
+        metadata={
+            "help": "image-to-video pipelines: show the judge each clip's conditioning image as its first frame "
+            "(RewardContext first_frame; a video task's image-to-video question); false: the clip alone"
         },
     )
     max_sequence_length: int | None = field(

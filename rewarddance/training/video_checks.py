@@ -1,30 +1,88 @@
 """The diffusion trainers' checks and settings for video pipelines (phase 2 of :mod:`.diffusion_loop`): what a
-video pipeline, its judge and its context must satisfy before training, how many frames the judge sees and how
-many text tokens a video pipeline takes."""
+video pipeline, its prompts (and, image-to-video, their images), its judge and its context must satisfy before
+training, how many frames the judge sees and how many text tokens a video pipeline takes.
+
+Image-to-video pipelines (``WanImageToVideoPipeline``, ``LTXImageToVideoPipeline``) train from a ``.jsonl`` prompts
+file whose every line gives the conditioning image beside the prompt, ``{"prompt": "...", "image": "img/0.png"}``
+(a path relative to the file's folder): :func:`read_prompt_lines` reads each line as an
+:class:`~rewarddance.video_pipelines.ImagePrompt`, a prompt that carries its image through the trainers to the
+sampler, and (``first_frame_context``) to the judge as the clip's first frame (:func:`judge_context`)."""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
+from pathlib import Path
 
 from ..pipelines import VIDEO_FAMILIES, PipelineError
 from .refl_config import DiffusionTrainConfig
 
 
+def read_prompt_lines(path: Path) -> list:
+    """The prompts of a ``.jsonl`` file, one :class:`~rewarddance.video_pipelines.ImagePrompt` per line: its
+    ``prompt`` string and its ``image`` path (relative to the file's folder; None when the line has none), each named
+    ``file:line`` in errors. An image path must be a file."""
+    from ..manifest import ManifestError, read_jsonl
+    from ..video_pipelines import ImagePrompt
+
+    path = Path(path)
+    prompts = []
+    for line_no, row in read_jsonl(path):
+        where = f"{path}:{line_no}"
+        if not isinstance(row.get("prompt"), str):
+            raise ManifestError(f"{where}: needs a 'prompt' string")
+        image = row.get("image")
+        if image is not None:
+            if not isinstance(image, str) or not image.strip():
+                raise ManifestError(f"{where}: 'image' must be the path of an image file, got {image!r}")
+            image = path.parent / image
+            if not image.is_file():
+                raise ManifestError(f"{where}: image {image} is not a file")
+            image = str(image)
+        prompts.append(ImagePrompt(row["prompt"], image, where))
+    return prompts
+
+
+def check_prompt_images(cfg: DiffusionTrainConfig, pipe) -> None:
+    """An image-to-video pipeline needs an image on every line of ``prompts`` and ``eval_prompts`` (``.jsonl`` files);
+    any other pipeline takes none. The error names the file and line (or the setting)."""
+    from ..video_pipelines import pipeline_task
+
+    name, i2v = type(pipe).__name__, pipeline_task(pipe) == "i2v"
+    for field_name in ("prompts", "eval_prompts"):
+        source = getattr(cfg, field_name)
+        if not source:
+            continue
+        if not (isinstance(source, str) and source.endswith(".jsonl")):
+            if i2v:
+                raise ValueError(
+                    f"{field_name}: {name} is an image-to-video pipeline; give a .jsonl file whose every line has a "
+                    '"prompt" and an "image" (a path relative to the file)'
+                )
+            continue
+        for prompt in read_prompt_lines(Path(source)):
+            if i2v and prompt.image is None:
+                raise ValueError(f"{prompt.where}: no 'image', but {name} is image-to-video (every line needs one)")
+            if not i2v and prompt.image is not None:
+                raise ValueError(f"{prompt.where}: has an 'image', but {name} is not an image-to-video pipeline")
+
+
 def check_pipeline_media(cfg: DiffusionTrainConfig, pipe, family: str) -> None:
-    """Phase 2, before the judge loads: the settings for clips given to an image pipeline are errors, and of the
-    video pipelines the trainers take the text-to-video ones with one denoiser (Wan 2.1, CogVideoX, LTX-Video)."""
+    """Phase 2, before the judge loads: the settings for clips given to an image pipeline are errors; of the video
+    pipelines the trainers take those with one denoiser that the sampler drives (Wan 2.1 and Wan image-to-video,
+    CogVideoX, LTX-Video and its image-to-video); prompt images must match the pipeline (:func:`check_prompt_images`)."""
     name = type(pipe).__name__
+    check_prompt_images(cfg, pipe)
     if family not in VIDEO_FAMILIES:
         for field_name in ("num_frames", "reward_frames"):
             if getattr(cfg, field_name) is not None:
                 raise ValueError(f"{field_name}: {name} makes images; {field_name} is a setting of video pipelines")
         return
-    from ..video_pipelines import TEXT_TO_VIDEO, takes_image
+    from ..video_pipelines import IMAGE_TO_VIDEO, TEXT_TO_VIDEO, pipeline_task
 
-    if takes_image(pipe) or not any(cls.__name__ in TEXT_TO_VIDEO for cls in type(pipe).__mro__):
+    if pipeline_task(pipe) is None:
         raise PipelineError(
-            f"pretrained: {name} is not a text-to-video pipeline; the trainers drive {', '.join(TEXT_TO_VIDEO)} "
-            "(image-to-video is not trained yet)"
+            f"pretrained: {name} is not a pipeline the trainers drive ({', '.join(TEXT_TO_VIDEO + IMAGE_TO_VIDEO)})"
         )
     if getattr(pipe, "transformer_2", None) is not None or getattr(pipe, "transformer", None) is None:
         raise PipelineError(
@@ -51,12 +109,19 @@ def check_judge_media(cfg: DiffusionTrainConfig, pipe, rm, context, clip_frames:
         raise ValueError(
             f"cot {cfg.cot!r}: the judge decodes reasons for images only so far; use none or judgment_first"
         )
+    from ..video_pipelines import pipeline_task
+
+    if cfg.first_frame_context and pipeline_task(pipe) == "i2v" and not context.for_video:
+        raise ValueError(
+            f"first_frame_context: task {cfg.task!r} cannot show the judge the conditioning image (a video task "
+            "can); choose one, or set first_frame_context false"
+        )
     params = inspect.signature(rm.score).parameters.values()
     if not any(p.name == "videos" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         judge = getattr(rm, "url", None) or cfg.reward_model
         raise ValueError(
-            f"reward_model {judge}: this judge takes no videos (a served judge scores images only so far); "
-            f"{name} makes clips, so load the judge locally"
+            f"reward_model {judge}: this judge takes no videos (its score() has no videos=); {name} makes clips, "
+            "so give a judge that scores videos (a RewardModel, or a served one)"
         )
     if cfg.reward_frames is not None and cfg.reward_frames > clip_frames:
         raise ValueError(
@@ -65,6 +130,17 @@ def check_judge_media(cfg: DiffusionTrainConfig, pipe, rm, context, clip_frames:
         )
     if cfg.verifier == "shapes":
         raise ValueError(f"verifier shapes checks images; {name} makes clips (use verifier auto or none)")
+
+
+def judge_context(cfg: DiffusionTrainConfig, context, prompts):
+    """The judge's context for the clips of ``prompts`` (one prompt for every clip, or one per clip): with
+    ``first_frame_context`` and prompts that carry images (image-to-video), ``context`` with each clip's conditioning
+    image as its first frame; else ``context`` itself."""
+    many = isinstance(prompts, (list, tuple))
+    images = [getattr(p, "image", None) for p in (prompts if many else [prompts])]
+    if not cfg.first_frame_context or not images or any(x is None for x in images):
+        return context
+    return replace(context, first_frame=images if many else images[0])
 
 
 def judge_frames(cfg: DiffusionTrainConfig, clip_frames: int) -> int:
