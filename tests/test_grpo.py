@@ -328,3 +328,40 @@ def test_reasoning_first_reward_is_the_verdict_read_after_the_decoded_reason(jud
     assert (got - plain).abs().max() > 1e-5  # the verdict moved: it was read after the decoded tokens
     res = train_grpo(_cfg(tmp_path, cot="reasoning_first", max_steps=1), progress=False, pipe=_pipe(), rm=judge)
     assert math.isfinite(res["history"][0]["reward_mean"]) and (tmp_path / "lora").is_dir()
+
+
+def test_flow_grpo_sde_is_flow_grpos_step_replayed_in_velocity_form(judge, tmp_path):
+    """sde flow_grpo on a flow-matching pipeline: every sampled latent is Flow-GRPO's Euler-Maruyama step written out
+    independently in velocity form (``v = e - x0``) with the same noise, log p its Gaussian density, the step to sigma
+    0 deterministic; another scheduler is refused before training; a run trains."""
+    pipe, eta = _pipe("sd3"), 0.7
+    sampler_cfg = SamplerConfig(num_inference_steps=4, height=32, width=32)
+    noise = torch.Generator().manual_seed(3)
+    ro = sample_rollouts(pipe, sampler_cfg, PROMPTS[:2], [1, 2], eta, noise, {0, 1, 2}, "flow_grpo")
+    sig = [s for _, s in ro.sampler.levels]
+    assert sig[0] == 1.0 and sig[-1] == 0.0
+    replay = torch.Generator().manual_seed(3)
+    for k in range(4):
+        x = ro.latents[k]
+        x0, e = ro.sampler.predict(x, k)
+        v = e - x0
+        sigma, dt = sig[k], sig[k + 1] - sig[k]
+        z = torch.randn(x.shape, generator=replay)
+        if sig[k + 1] == 0:
+            assert torch.allclose(ro.latents[k + 1], x + dt * v, atol=1e-5)
+            continue
+        std_t = eta * math.sqrt(sigma / (1 - (sig[1] if sigma == 1 else sigma)))
+        mean = x * (1 + std_t**2 / (2 * sigma) * dt) + v * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        std = std_t * math.sqrt(-dt)
+        assert torch.allclose(ro.latents[k + 1], mean + std * z, atol=1e-5)
+        logp = -((ro.latents[k + 1] - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+        assert torch.allclose(ro.logp[k], logp.flatten(1).mean(1), atol=1e-4)
+    with pytest.raises(PipelineError, match="sde flow_grpo is Flow-GRPO's SDE of a flow-matching schedule"):
+        train_grpo(_cfg(tmp_path / "ddim", sde="flow_grpo"), progress=False, pipe=_pipe(), rm=judge)
+    assert not (tmp_path / "ddim" / "metrics.csv").exists()
+    with pytest.raises(ValueError, match="sde must be one of"):
+        _cfg(tmp_path, sde="euler")
+    res = train_grpo(
+        _cfg(tmp_path / "run", sde="flow_grpo", eta=0.7, max_steps=1), progress=False, pipe=_pipe("sd3"), rm=judge
+    )
+    assert res["window"] == [0, 1, 2] and res["history"][0]["reward_std"] > 0

@@ -5,7 +5,9 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
 1. draw ``prompts_per_step`` prompts and sample each ``group_size`` times with the stochastic sampler: every step
    from level ``k`` to ``k + 1`` is ``x' = mean + std_k * z`` with ``mean`` from the denoiser's ``(x0, e)`` and
    ``std_k`` of the generalised DDIM with ``eta > 0`` (:func:`~rewarddance.pipelines.stochastic_std`; it keeps the
-   marginals of the deterministic sampler, for DDIM, Euler and flow-matching schedules alike), keeping every latent
+   marginals of the deterministic sampler, for DDIM, Euler and flow-matching schedules alike) or, with ``sde:
+   flow_grpo`` on a flow-matching schedule, Flow-GRPO's Euler-Maruyama step of the flow SDE with noise level ``eta``
+   (:func:`~rewarddance.pipelines.flow_sde_stds`, :func:`~rewarddance.pipelines.flow_sde_mean`), keeping every latent
    and, for the steps trained on, ``log p_old(x' | x)`` (a Gaussian, averaged over the latent's elements);
 2. decode the final latents and score them with the judge, without gradients (``score``: any judge, quantised or
    not, any :class:`~rewarddance.context.RewardContext`): P(yes), the yes/no margin, or the win rate of each sample
@@ -51,6 +53,8 @@ from ..pipelines import (
     VIDEO_FAMILIES,
     PipelineError,
     Sampler,
+    flow_sde_mean,
+    flow_sde_stds,
     gaussian_logp,
     stochastic_mean,
     stochastic_std,
@@ -190,43 +194,72 @@ class Rollouts:
     stds: list[float]
     logp: dict[int, torch.Tensor]
     images: torch.Tensor
+    sde: str = "ddim"
 
 
-def step_stds(levels, eta: float) -> list[float]:
+def step_stds(levels, eta: float, sde: str = "ddim") -> list[float]:
+    """Each step's noise scale: the generalised DDIM's (``sde: ddim``) or Flow-GRPO's (``flow_grpo``, ``eta`` its
+    noise level)."""
+    if sde == "flow_grpo":
+        return flow_sde_stds(levels, eta)
     return [stochastic_std(levels[k], levels[k + 1], eta) for k in range(len(levels) - 1)]
+
+
+def step_mean(x0: torch.Tensor, e: torch.Tensor, levels, k: int, std: float, sde: str = "ddim") -> torch.Tensor:
+    """The mean of stochastic step ``k`` (to level ``k + 1``) in the ``sde``'s form."""
+    if sde == "flow_grpo":
+        return flow_sde_mean(x0, e, levels[k], levels[k + 1], std)
+    return stochastic_mean(x0, e, levels[k + 1], std)
+
+
+def check_sde(sde: str, scheduler) -> None:
+    """``sde: flow_grpo`` is the SDE of a flow-matching schedule: a clear error for any other scheduler."""
+    name = type(scheduler).__name__
+    if sde == "flow_grpo" and name != "FlowMatchEulerDiscreteScheduler":
+        raise PipelineError(
+            f"sde flow_grpo is Flow-GRPO's SDE of a flow-matching schedule (SD3, Flux, Wan); {name} is not one: use "
+            "sde ddim"
+        )
 
 
 @torch.no_grad()
 def sample_rollouts(
-    pipe, sampler_cfg, rows: list[str], noise_seeds: list[int], eta: float, noise: torch.Generator, logp_steps
+    pipe,
+    sampler_cfg,
+    rows: list[str],
+    noise_seeds: list[int],
+    eta: float,
+    noise: torch.Generator,
+    logp_steps,
+    sde: str = "ddim",
 ) -> Rollouts:
-    """Step 1 of the module docstring: every row (its own prompt and seed) through the stochastic sampler; the
-    sampler's noise is drawn from ``noise`` (on the CPU, float32) level by level."""
+    """Step 1 of the module docstring: every row (its own prompt and seed) through the stochastic sampler (in the
+    ``sde``'s form); the sampler's noise is drawn from ``noise`` (on the CPU, float32) level by level."""
     sampler = Sampler(pipe, rows, sampler_cfg)
     x = sampler.initial_latents(noise_seeds)
-    latents, stds, logp = [x], step_stds(sampler.levels, eta), {}
+    latents, stds, logp = [x], step_stds(sampler.levels, eta, sde), {}
     for k in range(len(stds)):
         x0, e = sampler.predict(x, k)
-        mean = sampler.pin(stochastic_mean(x0, e, sampler.levels[k + 1], stds[k]), x)  # (a held frame stays)
+        mean = sampler.pin(step_mean(x0, e, sampler.levels, k, stds[k], sde), x)  # (a held frame stays)
         z = torch.randn(x.shape, generator=noise, dtype=torch.float32).to(x.device, x.dtype)
         x = sampler.pin(mean + stds[k] * z, x) if stds[k] > 0 else mean
         if k in logp_steps:
             logp[k] = gaussian_logp(x, mean, stds[k])
         latents.append(x)
     images = sampler.decode(x)  # images, or whole clips of a video pipeline
-    return Rollouts(sampler, latents, stds, logp, images)
+    return Rollouts(sampler, latents, stds, logp, images, sde)
 
 
 def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig, rows: list[int] | None = None):
     """Step 4 for sampled step ``k``: ``(clipped objective + kl_weight * KL, stats)`` with gradients to the LoRA,
     over the rollouts' ``rows`` (a micro-batch; default all of them), each term a mean over those rows."""
-    sampler, std, lv = ro.sampler, ro.stds[k], ro.sampler.levels[k + 1]
+    sampler, std = ro.sampler, ro.stds[k]
     x, x_next, logp_old = ro.latents[k], ro.latents[k + 1], ro.logp[k]
     if rows is not None:
         index = torch.tensor(rows, device=x.device)
         x, x_next, logp_old, adv = x[index], x_next[index], logp_old[index.to(logp_old.device)], adv[torch.tensor(rows)]
     x0, e = sampler.predict(x, k, rows=rows)
-    mean = sampler.pin(stochastic_mean(x0, e, lv, std), x)
+    mean = sampler.pin(step_mean(x0, e, sampler.levels, k, std, ro.sde), x)
     logp = gaussian_logp(x_next, mean, std)
     ratio = torch.exp(logp - logp_old.to(logp.device))
     a = adv.to(logp.device)
@@ -236,7 +269,7 @@ def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig
     if cfg.kl_weight > 0:
         with torch.no_grad(), base_model(denoiser):
             x0_base, e_base = sampler.predict(x, k, rows=rows)
-            mean_base = sampler.pin(stochastic_mean(x0_base, e_base, lv, std), x)
+            mean_base = sampler.pin(step_mean(x0_base, e_base, sampler.levels, k, std, ro.sde), x)
         kl = ((mean.float() - mean_base.float()) ** 2).flatten(1).mean(1).mean() / (2 * std * std)
     stats = {
         "kl": float(kl.detach()),
@@ -305,7 +338,8 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     visits = judge_visits(rm, cfg, rt.device)
     sampler_cfg = sampler_config(cfg, pipe, family)
     probe = Sampler(pipe, prompts[0], sampler_cfg)
-    window = training_window(cfg, step_stds(probe.levels, cfg.eta))
+    check_sde(cfg.sde, pipe.scheduler)
+    window = training_window(cfg, step_stds(probe.levels, cfg.eta, cfg.sde))
     clip_frames = probe.num_frames if family in VIDEO_FAMILIES else None  # (video) of which the judge sees some
     check_judge_media(cfg, pipe, rm, context, clip_frames)
     seen_frames = judge_frames(cfg, clip_frames) if clip_frames is not None else None
@@ -344,7 +378,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                 steps = sorted(window[int(i)] for i in pick)
             # 5.1 rollouts and rewards, without gradients
             with accelerator.autocast():
-                ro = sample_rollouts(pipe, sampler_cfg, rows, seeds, cfg.eta, noise, set(steps))
+                ro = sample_rollouts(pipe, sampler_cfg, rows, seeds, cfg.eta, noise, set(steps), cfg.sde)
             with visits():
                 shown = judge_context(cfg, context, rows)  # (image-to-video: each clip's first frame)
                 rewards = judge_rewards(rm, ro.images, rows, cfg.reward, G, shown, seen_frames)

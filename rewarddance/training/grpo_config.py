@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .refl_config import DiffusionTrainConfig
 
 REWARDS = ("p_yes", "margin", "win_rate", "verifier")
+SDES = ("ddim", "flow_grpo")
 
 
 @dataclass
@@ -23,7 +24,18 @@ class GRPOConfig(DiffusionTrainConfig):
         },
     )
     eta: float = field(
-        default=1.0, metadata={"help": "noise of the stochastic sampler in (0, 1]: 1 is DDPM-like, 0 would be DDIM"}
+        default=1.0,
+        metadata={
+            "help": "noise of the stochastic sampler in (0, 1]: with sde ddim 1 is DDPM-like (0 would be DDIM); with "
+            "sde flow_grpo Flow-GRPO's noise level (it uses 0.7)"
+        },
+    )
+    sde: str = field(
+        default="ddim",
+        metadata={
+            "help": "the stochastic sampler: ddim (generalised DDIM with eta; keeps the marginals; every scheduler) "
+            "or flow_grpo (Flow-GRPO's Euler-Maruyama step of the flow SDE; flow-matching schedules: SD3, Flux, Wan)"
+        },
     )
     reward: str = field(
         default="p_yes",
@@ -65,6 +77,7 @@ class GRPOConfig(DiffusionTrainConfig):
                 f"eta must be in (0, 1]: GRPO needs a stochastic sampler (eta 0 is deterministic), got {self.eta}",
             ),
             (self.reward in REWARDS, f"reward must be one of {REWARDS}, got {self.reward!r}"),
+            (self.sde in SDES, f"sde must be one of {SDES}, got {self.sde!r}"),
             (self.cot in ("none", "judgment_first", "reasoning_first"), f"cot: unknown mode {self.cot!r}"),
             (len(self.train_steps) in (0, 2), f"train_steps must be [lo, hi] or empty, got {self.train_steps}"),
             (
