@@ -31,7 +31,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw")  # a native video's inputs (Qwen-VL)
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw")  # a native video's inputs (LLaVA-OneVision: pixels only)
 
 
 def cache_kwarg(module) -> str:
@@ -252,62 +252,100 @@ def score_shared(rm, texts: list[str], image_lists: list[list], context, batch_s
 
 # ---------------------------------------------------------------------------------------------------- native videos
 def video_split(rm, full: dict) -> int | None:
-    """Tokens before the last video's first placeholder token in one item's processor outputs ``full`` (Qwen-VL:
-    the candidate video, the last in the prompt), or None when the family lays videos out otherwise."""
-    grid = full.get("video_grid_thw")
-    merge = getattr(getattr(rm.processor, "video_processor", None), "merge_size", None)
+    """Tokens before the last video's first placeholder token in one item's processor outputs ``full`` (the
+    candidate video, the last in the prompt), or None when its block cannot be told apart.
+
+    Qwen-VL: the last video has ``t * h * w / merge**2`` placeholders (its ``video_grid_thw`` row). LLaVA-OneVision
+    has no grid: a video of ``T`` frames is one run of ``T * k + 1`` placeholders (``k`` pooled features per frame,
+    one newline feature after the last frame), so ``k`` follows from the item's placeholder count and its videos'
+    frame counts (``pixel_values_videos`` ``[videos, T, C, h, w]``).
+    """
     token = getattr(rm.processor, "video_token", None)
-    if grid is None or not merge or not token:
+    pixels = full.get("pixel_values_videos")
+    if not token or pixels is None:
         return None
     ids = full["input_ids"][0]
     where = (ids == rm.tokenizer.convert_tokens_to_ids(token)).nonzero().flatten()
-    n = int(grid[-1].prod()) // merge**2  # the last video's placeholder tokens (all its temporal patches)
-    return int(where[-n]) if 0 < n <= len(where) else None
+    grid = full.get("video_grid_thw")
+    if grid is not None:
+        merge = getattr(getattr(rm.processor, "video_processor", None), "merge_size", None)
+        n = int(grid[-1].prod()) // merge**2 if merge else 0  # all the last video's temporal patches
+        return int(where[-n]) if 0 < n <= len(where) else None
+    if pixels.ndim != 5:
+        return None
+    V, T = pixels.shape[:2]  # videos in this item, frames per video
+    k, rest = divmod(len(where) - V, V * T)
+    n = T * k + 1
+    if rest or k < 1 or int(where[-1] - where[-n]) != n - 1:  # the candidate's block must be one unbroken run
+        return None
+    return int(where[-n])
+
+
+def _split_videos(full: dict) -> tuple[dict, dict]:
+    """One item's video inputs cut into ``(the videos before the last, the last video)``: the reference, which
+    joins the prefix, and the candidate, which goes with its suffix."""
+    pixels, grid = full["pixel_values_videos"], full.get("video_grid_thw")
+    if grid is None:  # LLaVA-OneVision: one [T, C, h, w] entry per video
+        before = {"pixel_values_videos": pixels[:-1]} if len(pixels) > 1 else {}
+        return before, {"pixel_values_videos": pixels[-1:]}
+    n = int(grid[-1].prod())  # the candidate's patch rows, last in pixel_values_videos
+    before = {"pixel_values_videos": pixels[:-n], "video_grid_thw": grid[:-1]} if len(grid) > 1 else {}
+    return before, {"pixel_values_videos": pixels[-n:], "video_grid_thw": grid[-1:]}
+
+
+def _video_batches(rows: list[dict], size: int) -> list[list[int]]:
+    """Row indices in batches of at most ``size``; LLaVA-OneVision's ``[1, T, C, h, w]`` videos are stacked, so a
+    batch holds videos of one shape (Qwen concatenates patch rows of any count)."""
+    groups: dict[tuple | None, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = None if "video_grid_thw" in row else tuple(row["pixel_values_videos"].shape)
+        groups.setdefault(key, []).append(i)
+    return [idx[s : s + size] for idx in groups.values() for s in range(0, len(idx), size)]
+
+
+def _video_rope(rm, f: dict) -> torch.Tensor:
+    """M-RoPE positions ``[3, 1, L]`` of one item given natively with its videos (Qwen-VL)."""
+    extra = {"second_per_grid_ts": f["second_per_grid_ts"]} if "second_per_grid_ts" in f else {}
+    pos, _ = rm.backbone.get_rope_index(
+        f["input_ids"].to(rm.device),
+        mm_token_type_ids=f["mm_token_type_ids"].to(rm.device),
+        image_grid_thw=f["image_grid_thw"].to(rm.device) if "image_grid_thw" in f else None,
+        video_grid_thw=f["video_grid_thw"].to(rm.device),
+        attention_mask=f["attention_mask"].to(rm.device),
+        **extra,
+    )
+    return pos
 
 
 def score_shared_videos(rm, full: list[dict], context, batch_size: int):
-    """Score items given natively with their videos (Qwen-VL) that are identical but for their last video, the
-    candidate: the examples' and first-frame images and any reference video sit in the prefix, run once.
+    """Score items given natively with their videos (Qwen-VL, LLaVA-OneVision) that are identical but for their
+    last video, the candidate: the text before it, the examples' and first-frame images and any reference video sit
+    in the prefix, run once.
 
     ``full``: each item's processor outputs (a batch of one, its length checked). Returns ``(p_yes, margin)``,
     float32 ``[N]`` on the CPU, or None when the prefix cannot be split cleanly.
     """
     ids = [f["input_ids"][0] for f in full]
     P = video_split(rm, full[0])
-    if not rm.family.mrope or P is None or any(len(x) <= P or not torch.equal(x[:P], ids[0][:P]) for x in ids):
+    if P is None or any(len(x) <= P or not torch.equal(x[:P], ids[0][:P]) for x in ids):
         logger.debug("no clean shared prefix for the videos; scoring without the cache")
         return None
-    rows, rope, mm_types = [], [], []
-    for f in full:
-        grid = f["video_grid_thw"]
-        n = int(grid[-1].prod())  # the candidate's patch rows, last in pixel_values_videos
-        rows.append({"pixel_values_videos": f["pixel_values_videos"][-n:], "video_grid_thw": grid[-1:]})
-        mm_types.append(f["mm_token_type_ids"][0])
-        extra = {"second_per_grid_ts": f["second_per_grid_ts"]} if "second_per_grid_ts" in f else {}
-        pos, _ = rm.backbone.get_rope_index(
-            f["input_ids"].to(rm.device),
-            mm_token_type_ids=f["mm_token_type_ids"].to(rm.device),
-            image_grid_thw=f["image_grid_thw"].to(rm.device) if "image_grid_thw" in f else None,
-            video_grid_thw=grid.to(rm.device),
-            attention_mask=f["attention_mask"].to(rm.device),
-            **extra,
-        )
-        rope.append(pos)
+    rows = [_split_videos(f)[1] for f in full]
+    rope = mm_types = None
+    if rm.family.mrope:
+        rope = [_video_rope(rm, f) for f in full]
+        mm_types = [f["mm_token_type_ids"][0] for f in full]
     first = full[0]
     prefix_inputs = {"input_ids": ids[0][:P][None], "attention_mask": torch.ones(1, P, dtype=torch.long)}
     prefix_inputs.update({k: first[k] for k in rm.family.image_keys if k in first})  # examples, first frame
-    if len(first["video_grid_thw"]) > 1:  # the reference video
-        n = int(first["video_grid_thw"][-1].prod())
-        prefix_inputs["pixel_values_videos"] = first["pixel_values_videos"][:-n]
-        prefix_inputs["video_grid_thw"] = first["video_grid_thw"][:-1]
-    prefix_inputs["position_ids"] = rope[0][:, :, :P]
-    prefix_inputs["mm_token_type_ids"] = first["mm_token_type_ids"][:, :P]
+    prefix_inputs.update(_split_videos(first)[0])  # the reference video
+    if rope is not None:
+        prefix_inputs["position_ids"] = rope[0][:, :, :P]
+        prefix_inputs["mm_token_type_ids"] = first["mm_token_type_ids"][:, :P]
     kv = prefill(rm, prefix_inputs)
-    p_all, m_all = [], []
-    for start in range(0, len(ids), batch_size):
-        idx = list(range(start, min(start + batch_size, len(ids))))
+    p_yes, margin = torch.empty(len(ids)), torch.empty(len(ids))
+    for idx in _video_batches(rows, batch_size):
         inputs, last = suffix_batch(rm, ids, P, idx, [rows[i] for i in idx], rope, mm_types)
         p, m = rm.read(decode_suffixes(rm, inputs, kv, last), context)
-        p_all.append(p.cpu())
-        m_all.append(m.cpu())
-    return torch.cat(p_all), torch.cat(m_all)
+        p_yes[idx], margin[idx] = p.float().cpu(), m.float().cpu()
+    return p_yes, margin

@@ -414,7 +414,7 @@ def _score(rm, prompts, context, pairwise, cands, refs, ctx, batch_size):
     size = batch_size or (B if cuda else min(B, CPU_BATCH))
     p_yes, margin = torch.empty(B), torch.empty(B)
     done = set()
-    if rm.prefix_cache and B > 1 and (rm.family.mrope or not use_native):
+    if rm.prefix_cache and B > 1:  # native videos: Qwen-VL and LLaVA-OneVision (prefix.score_shared_videos)
         suffix = batch_size or (B if cuda else CPU_SUFFIX_BATCH)
         done = _score_shared(rm, texts, ctx, refs, cands, use_native, context, suffix, p_yes, margin)
     todo = [i for i in range(B) if i not in done]

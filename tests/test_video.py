@@ -390,6 +390,41 @@ def test_qwen2_5_vl_shares_the_prefix_with_the_videos_timing(rm_cache, pairwise,
     assert (untimed.margin - plain.margin).abs().max() > 1e-4, "the rates should change the scores"
 
 
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_llava_onevision_videos_share_the_prefix_before_the_candidate(rm_cache, pairwise, monkeypatch):
+    """LLaVA-OneVision takes videos natively (each a run of pooled per-frame features and one newline token): the
+    instruction, the first frame and any reference video run once as a prefix that stops where the candidate's
+    video block starts; suffixes of candidates of two frame counts go in batches of one shape. P(yes) and margin
+    equal unshared scoring within 1e-5."""
+    from rewarddance import prefix
+
+    rm = rm_cache("llava_onevision")
+    short, long = _clips(B=2, T=3, H=32, W=40, seed=25), _clips(B=1, T=5, H=32, W=40, seed=26)
+    # the stock processor stacks one item's videos: a reference and its candidate must have one frame count
+    cands = [short[0], short[1]] if pairwise else [short[0], long[0], short[1]]
+    ref = _clips(B=1, T=3, H=32, W=40, seed=27)[0]
+    ctx = RewardContext(task="video_alignment", first_frame=_clips(B=1, T=1, H=32, W=40, seed=28)[0, 0])
+    kwargs = dict(videos=cands, prompts=PROMPTS[0], context=ctx, references=ref if pairwise else None, batch_size=2)
+    prefills, run_prefill = [], prefix.prefill
+    monkeypatch.setattr(prefix, "prefill", lambda m, inputs: prefills.append(inputs) or run_prefill(m, inputs))
+    before = dict(rm.stats)
+    shared = rm.score(**kwargs)
+    assert rm.stats["prefix_cached_items"] - before["prefix_cached_items"] == len(cands)
+    assert rm.stats["plain_items"] == before["plain_items"]
+    assert len(prefills) == 1, "one prefix pass for the whole group"
+    ids = prefills[0]["input_ids"][0]
+    video_id = rm.tokenizer.convert_tokens_to_ids(rm.processor.video_token)
+    assert rm.tokenizer.decode(ids[-12:]).endswith("Video 2: " if pairwise else "Video: ")
+    assert int((ids == video_id).sum()) == (3 + 1 if pairwise else 0)  # the reference: 3 frames x 1 pooled + newline
+    assert prefills[0]["pixel_values"].shape[0] == 1  # the first frame
+    assert ("pixel_values_videos" in prefills[0]) == pairwise
+    monkeypatch.setattr(rm, "prefix_cache", False)
+    plain = rm.score(**kwargs)
+    torch.testing.assert_close(shared.p_yes, plain.p_yes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.margin, plain.margin, atol=1e-5, rtol=0)
+    assert shared.margin.std() > 1e-3, "the candidates should score differently"
+
+
 def test_prefer_takes_two_batches_of_videos(rm_cache):
     """prefer(videos=(a, b)): pairwise is compare() with a as the reference video; pointwise is Bradley-Terry on the
     two videos' own scores; a side of one video is paired with every video of the other."""
