@@ -38,7 +38,7 @@ from .model import RewardModel, RewardOutput
 from .remote import HTTPJudge, RemoteRequestError
 from .serving.wire import encode_image
 from .tokens import is_spelling
-from .video import as_video_list, first_frames, load_videos
+from .video import load_batch
 from .video import messages as video_messages
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and vLLM's default --max-logprobs
@@ -165,18 +165,9 @@ class OpenAIJudge(HTTPJudge):
             raise ValueError("images and videos: give one of them, not both")
         context = context or RewardContext(task="video_alignment")  # the local judge's default for videos
         pairwise = pairwise or references is not None
-        raw = as_video_list(videos, "videos")
-        if not raw:
-            raise ValueError("videos: the batch is empty")
-        if pairwise and references is None:
-            raise ValueError("references: pairwise comparison of videos needs a reference video per candidate")
-        raw_refs = as_video_list(references, "references") if pairwise else None
-        if pairwise and len(raw_refs) == 1 and len(raw) > 1:
-            raw_refs = raw_refs * len(raw)
-        _, prompts, _ = self._items(list(range(len(raw))), prompts, raw_refs, context)
-        firsts = first_frames(context, len(raw))
-        cands = load_videos(raw, "videos", num_frames, fps)
-        refs = load_videos(raw_refs, "references", num_frames, fps) if pairwise else None
+        prompts, cands, refs, firsts = load_batch(
+            self._items, videos, prompts, references, context, pairwise, num_frames, fps
+        )
         urls: dict[int, tuple] = {}  # by clip or image: each encoded once, before the concurrent requests
         for clip in cands + (refs or []):
             if id(clip) not in urls:

@@ -143,6 +143,31 @@ def _decode_file(path: Path, label: str, num_frames, fps) -> Clip:
     return Clip(frames, FrameSample(label, tuple(indices), total, source_fps))
 
 
+def write_video(path: str | os.PathLike, frames, fps: float = 8) -> Path:
+    """Write a lossless mp4 (H.264 in RGB at crf 0, ``libx264rgb``) that :func:`load_video` reads back exactly:
+    ``frames`` a ``[T, 3, H, W]`` tensor in [0, 1] or uint8 frames ``[T, H, W, 3]`` (an array or a list)."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError(f"{path}: writing video files needs PyAV; pip install 'rewarddance[video]'") from err
+    if isinstance(frames, torch.Tensor):
+        frames = list(frames.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    frames = [np.ascontiguousarray(f) for f in frames]
+    if any(f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 for f in frames):
+        raise VideoError(f"{path}: frames must be a [T, 3, H, W] tensor in [0, 1] or uint8 [T, H, W, 3]")
+    if not frames:
+        raise VideoError(f"{path}: no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "rgb24"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
 def _natural_key(path: Path):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
@@ -346,6 +371,20 @@ def _prepare(rm, videos, prompts, references, context, pairwise: bool, num_frame
     context = context or RewardContext(task="video_alignment")
     if context.wants_reasons:
         raise ValueError("videos: decoded reasons (cot='reasoning_first' or decode_reasons) take images only so far")
+
+    def items(c, p, r, ctx):
+        return rm._items(c, p, r, ctx, pairwise)
+
+    prompts, cands, refs, firsts = load_batch(items, videos, prompts, references, context, pairwise, num_frames, fps)
+    examples = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
+    ctx = [examples + ([firsts[i]] if firsts is not None else []) for i in range(len(cands))]
+    return context, prompts, cands, refs, ctx
+
+
+def load_batch(items, videos, prompts, references, context, pairwise: bool, num_frames, fps):
+    """The checked and decoded videos of one scoring call, for local and remote judges alike: ``(prompts, candidate
+    clips, reference clips or None, first frames or None)``. ``items(cands, prompts, refs, context)`` is the judge's
+    own check of the prompts and references against the batch; one reference serves every candidate."""
     raw = as_video_list(videos, "videos")
     if not raw:
         raise ValueError("videos: the batch is empty")
@@ -354,13 +393,11 @@ def _prepare(rm, videos, prompts, references, context, pairwise: bool, num_frame
     raw_refs = as_video_list(references, "references") if pairwise else None
     if pairwise and len(raw_refs) == 1 and len(raw) > 1:
         raw_refs = raw_refs * len(raw)
-    _, prompts, _ = rm._items(list(range(len(raw))), prompts, raw_refs, context, pairwise)
+    _, prompts, _ = items(list(range(len(raw))), prompts, raw_refs, context)
     firsts = first_frames(context, len(raw))
     cands = load_videos(raw, "videos", num_frames, fps)
     refs = load_videos(raw_refs, "references", num_frames, fps) if pairwise else None
-    examples = [load_image(x, name=f"examples[{k}]") for k, x in enumerate(context.example_images(pairwise))]
-    ctx = [examples + ([firsts[i]] if firsts is not None else []) for i in range(len(raw))]
-    return context, prompts, cands, refs, ctx
+    return prompts, cands, refs, firsts
 
 
 def _texts(rm, prompts, context, pairwise, cands, refs, use_native) -> list[str]:

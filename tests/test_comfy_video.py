@@ -18,6 +18,7 @@ from rewarddance import comfy as rd
 from rewarddance import comfy_video as rv
 from rewarddance.comfy import NodeInputError
 from rewarddance.judge_info import TrainedFor, write_trained_for
+from rewarddance.video import write_video
 
 PROMPT = "a red circle moves left"
 
@@ -349,19 +350,6 @@ def test_frame_rate_lets_an_image_batch_sample_by_fps_as_a_video_does(llava):
         rv.compare_videos(llava, frames[:12], frames[12:], PROMPT, frame_rate=-6.0)
 
 
-def _write_mp4(path, frames: torch.Tensor, fps: int) -> None:
-    """IMAGE ``[T, H, W, 3]`` on the uint8 grid -> a lossless H.264 (RGB) mp4 at ``fps``."""
-    import av
-
-    arrays = (frames * 255).round().byte().numpy()
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = arrays.shape[2], arrays.shape[1], "rgb24"
-        for f in arrays:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(stream.encode())
-
-
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 def test_a_known_frame_rate_reaches_a_judge_that_reads_time(rm_cache, family, tmp_path):
     """Qwen2.5-VL spaces its temporal positions by the frames' timing, Qwen3-VL writes it into the prompt. Two
@@ -376,8 +364,8 @@ def test_a_known_frame_rate_reaches_a_judge_that_reads_time(rm_cache, family, tm
     rm = rm_cache(family)
     frames = torch.cat([_frames(12, seed=30), _frames(12, seed=31)])
     files = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
-    _write_mp4(files[0], frames[:12], 6)
-    _write_mp4(files[1], frames[12:], 6)
+    write_video(files[0], frames[:12].permute(0, 3, 1, 2), 6)
+    write_video(files[1], frames[12:].permute(0, 3, 1, 2), 6)
     want = rm.score(videos=files, prompts=PROMPT, fps=2)
     assert [v.indices for v in want.videos] == [(0, 4, 7, 11)] * 2 and want.videos[0].source_fps == 6
     scores, _, table = rv.score_videos(rm, frames, PROMPT, frames_per_video=12, fps=2.0, frame_rate=6.0)

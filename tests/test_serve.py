@@ -28,6 +28,7 @@ from rewarddance import RewardContext, RewardModel
 from rewarddance.remote import RemoteRequestError, RemoteUnavailableError
 from rewarddance.serving import create_app
 from rewarddance.testing.serve import serve_in_thread
+from rewarddance.video import write_video
 
 KEY = "test-key"
 NAME = "shapes-s"
@@ -607,19 +608,6 @@ def test_bad_videos_are_refused_by_name_and_the_server_keeps_serving(http, rm):
             still_serving(message)
 
 
-def _write_mp4(path, clip: torch.Tensor, fps: int) -> None:
-    """A ``[T, 3, H, W]`` clip -> a lossless H.264 (RGB) mp4 at ``fps``."""
-    import av
-
-    frames = (clip * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(stream.encode())
-
-
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
 def test_served_native_video_judge_matches_local(rm_cache, family, tmp_path):
     """Qwen-VL judges read a clip as one video (temporal patches; Qwen3-VL also writes each frame's time, from its
@@ -630,7 +618,7 @@ def test_served_native_video_judge_matches_local(rm_cache, family, tmp_path):
     rm = rm_cache(family)
     clips, ref = _clips(2, 6, 40), _clips(1, 6, 41)[0]
     mp4 = tmp_path / "clip.mp4"
-    _write_mp4(mp4, clips[0], fps=6)
+    write_video(mp4, clips[0], fps=6)
     first = _clips(1, 1, 42)[0, 0]
     with serve_in_thread(create_app(rm, model_name=family)) as url:
         remote = RewardModel.from_server(url, batch_size=1)  # one video per request, sent concurrently

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rewarddance import RewardContext
 from rewarddance.preprocess import video_inputs
-from rewarddance.video import VideoError, VideoTooLongError, load_video
+from rewarddance.video import VideoError, VideoTooLongError, load_video, write_video
 from rewarddance.video import messages as video_messages
 
 av = pytest.importorskip("av")
@@ -22,16 +22,6 @@ def _clips(B=2, T=5, H=40, W=52, seed=0) -> torch.Tensor:
     """Random frames on the uint8 grid (k / 255), so the stock processor sees exactly the same pixels."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (B, T, 3, H, W), generator=g).float() / 255.0
-
-
-def _write_mp4(path, frames: np.ndarray, fps: int = 6) -> None:
-    """``frames`` uint8 [T, H, W, 3] -> a lossless H.264 (RGB) mp4."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(stream.encode())
 
 
 def _stock(rm, texts, videos=None, images=None, **kw):
@@ -90,7 +80,7 @@ def test_qwen2_5_vl_is_told_the_rate_of_the_sampled_frames(rm_cache, tmp_path, m
 
     rm = rm_cache("qwen2_5_vl")
     frames = (_clips(B=2, T=12, H=40, W=52, seed=21) * 255).round().to(torch.uint8)
-    _write_mp4(tmp_path / "a.mp4", frames[0].permute(0, 2, 3, 1).numpy(), fps=6)
+    write_video(tmp_path / "a.mp4", frames[0].permute(0, 2, 3, 1).numpy(), fps=6)
     a = load_video(tmp_path / "a.mp4", fps=2)
     b = Clip(frames[1][[0, 3, 6, 9]].float() / 255, FrameSample("b", (0, 3, 6, 9), 10, 10.0))
     assert a.sample.indices == (0, 4, 7, 11)
@@ -139,7 +129,7 @@ def test_the_input_forms_agree(rm_cache, tmp_path):
     folder.mkdir()
     for k, f in enumerate(arrays[0]):  # frame10 sorts after frame9 by number, not by name
         Image.fromarray(f).save(folder / f"frame{k * 5}.png")
-    _write_mp4(tmp_path / "clip.mp4", arrays[1])
+    write_video(tmp_path / "clip.mp4", arrays[1], fps=6)
     ref = rm.score(videos=clips, prompts=PROMPTS).margin
     forms = {
         "list of tensors": list(clips),
@@ -155,7 +145,7 @@ def test_an_mp4_decodes_to_its_frames_and_samples_by_count_and_by_fps(tmp_path):
     levels = np.arange(12) * 20
     frames = np.broadcast_to(levels[:, None, None, None], (12, 48, 64, 3)).astype(np.uint8).copy()
     path = tmp_path / "grey.mp4"
-    _write_mp4(path, frames, fps=6)
+    write_video(path, frames, fps=6)
     every = load_video(path)
     assert every.frames.shape == (12, 3, 48, 64) and every.sample.source_fps == 6
     assert every.sample.indices == tuple(range(12))
@@ -191,7 +181,7 @@ def test_a_corrupt_or_truncated_file_in_a_batch_is_named(rm_cache, tmp_path):
     rm = rm_cache("llava")
     frames = (np.random.default_rng(0).random((6, 32, 32, 3)) * 255).astype(np.uint8)
     good = tmp_path / "good.mp4"
-    _write_mp4(good, frames)
+    write_video(good, frames, fps=6)
     garbage, cut = tmp_path / "garbage.mp4", tmp_path / "cut.webm"
     garbage.write_bytes(b"\x00not a video at all" * 50)
     cut.write_bytes(good.read_bytes()[:200])

@@ -489,18 +489,9 @@ def write_clip(frames: list[np.ndarray], path: str | os.PathLike, video_format: 
         return path
     if video_format != "mp4":
         raise ShapesError(f"unknown video format {video_format!r}; use one of {', '.join(VIDEO_FORMATS)}")
-    try:
-        import av
-    except ImportError as err:
-        raise ShapesError("writing mp4 clips needs PyAV (pip install 'rewarddance[video]')") from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:  # libx264rgb at crf 0: lossless RGB, so the verifier reads what was drawn
-        stream = out.add_stream("libx264rgb", rate=fps, options={"crf": "0", "preset": "ultrafast"})
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "rgb24"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        out.mux(stream.encode())
-    return path
+    from ..video import write_video
+
+    return write_video(path, frames, fps)  # lossless RGB, so the verifier reads what was drawn
 
 
 def write_clip_dataset(
