@@ -64,6 +64,13 @@ def pipeline_family(pipe) -> str:
 
 def check_scheduler(scheduler) -> str:
     name = type(scheduler).__name__
+    if name == "CogVideoXDPMScheduler":
+        raise PipelineError(
+            "scheduler CogVideoXDPMScheduler is not supported here: its step adds fresh noise whatever eta and its "
+            "second-order update reads the previous step's x0, so a level's latents do not fix the next level's; "
+            "use CogVideoXDDIMScheduler on the same noise levels "
+            "(CogVideoXDDIMScheduler.from_config(pipe.scheduler.config))"
+        )
     if name not in SCHEDULERS:
         raise PipelineError(f"scheduler {name} is not supported here; use one of {', '.join(SCHEDULERS)}")
     return name
@@ -71,21 +78,32 @@ def check_scheduler(scheduler) -> str:
 
 def levels(scheduler) -> list[tuple[float, float]]:
     """``(a, s)`` of the latents before each step and after the last (length steps + 1), for a scheduler on which
-    ``set_timesteps`` has been called (by the pipeline or by :class:`Sampler`)."""
+    ``set_timesteps`` has been called (by the pipeline or by :class:`Sampler`). DDIM steps from timestep ``t`` to
+    ``t - num_train_timesteps // steps``, the next timestep only on an even spacing (not "trailing" spacing of a step
+    count that does not divide 1000): the latents lie at the level it lands on, read at the next timestep's level
+    (:func:`model_levels`)."""
     name = check_scheduler(scheduler)
     if name in DDIM_LIKE:
-        acp = scheduler.alphas_cumprod
-        n = scheduler.num_inference_steps
-        ratio = scheduler.config.num_train_timesteps // n
+        acp, final = scheduler.alphas_cumprod, float(scheduler.final_alpha_cumprod)
+        ratio = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         ts = [int(t) for t in scheduler.timesteps]
-        abar = [float(acp[t]) for t in ts]
-        prev = ts[-1] - ratio
-        abar.append(float(acp[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod))
+        abar = [float(acp[ts[0]])] + [float(acp[t - ratio]) if t >= ratio else final for t in ts]
         return [(math.sqrt(x), math.sqrt(1.0 - x)) for x in abar]
     sigmas = [float(s) for s in scheduler.sigmas]
     if name == "EulerDiscreteScheduler":
         return [(1.0, s) for s in sigmas]
     return [(1.0 - s, s) for s in sigmas]
+
+
+def model_levels(scheduler) -> list[tuple[float, float]]:
+    """``(a, s)`` at which the scheduler reads the denoiser's output at each step (length steps): the level of the
+    step's timestep. It is :func:`levels` ``[k]`` but for DDIM on an uneven spacing, whose latents lie at ``t' -
+    num_train_timesteps // steps`` (``t'`` the step before's; a timestep or so off), while its pipelines read them at
+    ``t``, as the Sampler does."""
+    if check_scheduler(scheduler) in DDIM_LIKE:
+        abar = [float(scheduler.alphas_cumprod[int(t)]) for t in scheduler.timesteps]
+        return [(math.sqrt(x), math.sqrt(1.0 - x)) for x in abar]
+    return levels(scheduler)[:-1]
 
 
 def decompose(before: torch.Tensor, after: torch.Tensor, lv0, lv1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,12 +218,15 @@ class SamplerConfig:
     num_frames: int | None = None  # video pipelines: frames per clip; None: the pipeline's default
     guidance_scale_2: float | None = None  # Wan 2.2's low-noise expert; None: guidance_scale
     frame_rate: int | None = None  # LTX-Video scales its positions by it; None: the pipeline's default (25)
+    use_dynamic_cfg: bool = False  # CogVideoX: the guidance scale follows its pipelines' cosine schedule per step
     # image-to-video pipelines: the conditioning image (a path, PIL image, array or tensor) for every row, or a list of
     # one per prompt; None: the images the prompts carry (rewarddance.video_pipelines.ImagePrompt)
     image: object = field(default=None, repr=False, compare=False)
     # the module called in the denoiser's place, with the same arguments: a trainer's DistributedDataParallel wrapper
     # of it, through which the backward pass averages the gradients over the processes (None: the pipeline's own)
     denoiser: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    # the same for Wan 2.2's low-noise expert (transformer_2); None: the pipeline's own
+    denoiser_2: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
 
 class Sampler:
@@ -242,6 +263,8 @@ class Sampler:
         if self.cfg.image is not None and self.family not in VIDEO_FAMILIES:
             raise PipelineError(f"image: {type(pipe).__name__} makes images from text; it takes no conditioning image")
         self.scheduler_name = check_scheduler(pipe.scheduler)
+        if self.cfg.use_dynamic_cfg and self.family != "cogvideox":
+            raise PipelineError(f"use_dynamic_cfg: {type(pipe).__name__} has no dynamic guidance (CogVideoX only)")
         self.device = pipe._execution_device
         c = self.cfg
         default_height, default_width = self._default_size()
@@ -253,6 +276,7 @@ class Sampler:
         self._encode()
         self._set_timesteps()
         self.levels = levels(pipe.scheduler)
+        self.model_levels = model_levels(pipe.scheduler)  # the levels predict reads the denoiser's output at
         self.timesteps = pipe.scheduler.timesteps.to(self.device)
 
     # -------------------------------------------------------------------------------------------- set up
@@ -403,7 +427,7 @@ class Sampler:
         ``rows`` is given (a subset of the batch). Differentiable: call it under ``torch.no_grad()`` when no
         gradient is wanted (as the search does)."""
         p, c, B = self.pipe, self.cond, x.shape[0]
-        a, s = self.levels[k]
+        a, s = self.model_levels[k]  # (DDIM: the level of the timestep the denoiser is given)
         t = self.timesteps[k]
         index = self._rows_of(B, rows)
         self.evaluations += B

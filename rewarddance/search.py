@@ -564,7 +564,7 @@ def search_over_paths(
     def denoise_with_x0(paths, lo, hi, seeds):
         x = run_to(torch.stack(paths), lo, hi - 1)
         x0, e = sampler.predict(x, hi - 1)  # the x0 of the round's last step: no extra evaluation
-        return list(compose(x0, e, sampler.levels[hi])), list(x0)
+        return list(sampler.pin(compose(x0, e, sampler.levels[hi]), x)), list(x0)  # (a held image stays)
 
     def renoise_each(paths, level, lo, seeds):
         lv_from, lv_to = sampler.levels[level], sampler.levels[lo]

@@ -14,19 +14,24 @@ clip: the clip is decoded whole, one clip at a time to bound memory, and the jud
 
 :class:`VideoSampler` (what ``Sampler(pipe, ...)`` builds for a video pipeline) drives the text-to-video pipelines
 (``WanPipeline`` with one or two experts, ``CogVideoXPipeline``, ``LTXPipeline``) and the image-to-video ones
-(``WanImageToVideoPipeline``, ``LTXImageToVideoPipeline``) level by level, preparing the image conditioning as their
-own calls do: Wan concatenates a first-frame mask and the image's VAE latents to the latents' channels (and, Wan 2.1,
-gives the transformer the image's CLIP embeddings); LTX-Video, and Wan 2.2 TI2V (``expand_timesteps``), hold the first
-latent frame at the image's latents with timestep 0 there. Those held positions are :attr:`VideoSampler.pinned`:
-every step keeps them, and code that moves latents by other means (re-noising, a stochastic step) puts them back with
-:meth:`~rewarddance.pipelines.Sampler.pin`. The image comes from ``SamplerConfig.image`` or from prompts that carry
-one (:class:`ImagePrompt`, as the trainers read them from a ``.jsonl`` file). CogVideoX's image-to-video pipeline runs
-in best-of-N and under the guidance callback only.
+(``WanImageToVideoPipeline``, ``CogVideoXImageToVideoPipeline``, ``LTXImageToVideoPipeline``) level by level, preparing
+the image conditioning as their own calls do: Wan concatenates a first-frame mask and the image's VAE latents to the
+latents' channels (and, Wan 2.1, gives the transformer the image's CLIP embeddings); LTX-Video, and Wan 2.2 TI2V
+(``expand_timesteps``), hold the first latent frame at the image's latents with timestep 0 there. CogVideoX
+concatenates the image's latents (then blank frames) to the latents' channels too, but samples them with each seed's
+generator, so they travel with the sampler's latents as their second half of channels, ``[B, F, 2C, h, w]``. Those
+held positions are :attr:`VideoSampler.pinned`: every step keeps them, and code that moves latents by other means
+(re-noising, a stochastic step) puts them back with :meth:`~rewarddance.pipelines.Sampler.pin`. The image comes from
+``SamplerConfig.image`` or from prompts that carry one (:class:`ImagePrompt`, as the trainers read them from a
+``.jsonl`` file). CogVideoX's dynamic guidance (``SamplerConfig.use_dynamic_cfg``) follows its pipelines' schedule
+(:func:`dynamic_guidance`); its ``CogVideoXDPMScheduler`` is refused (stochastic and second-order: see
+:func:`rewarddance.pipelines.check_scheduler`).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 
 import numpy as np
@@ -35,7 +40,8 @@ import torch
 from .pipelines import VIDEO_FAMILIES, PipelineError, Sampler, SamplerConfig, pipeline_family
 
 TEXT_TO_VIDEO = ("WanPipeline", "CogVideoXPipeline", "LTXPipeline")
-IMAGE_TO_VIDEO = ("WanImageToVideoPipeline", "LTXImageToVideoPipeline")  # those the level-by-level sampler drives
+# the image-to-video pipelines the level-by-level sampler drives
+IMAGE_TO_VIDEO = ("WanImageToVideoPipeline", "CogVideoXImageToVideoPipeline", "LTXImageToVideoPipeline")
 JUDGE_FRAMES = 8  # frames of a clip the judge sees by default, sampled uniformly (first and last included)
 
 
@@ -119,12 +125,21 @@ def generated_clips(videos) -> list[torch.Tensor]:
 
 
 def per_seed_kwargs(pipe, kwargs: dict, n: int) -> dict:
-    """A pipeline call's ``kwargs`` for ``n`` rows with one generator each: LTX-Video's image-to-video encodes one
-    ``image`` per generator, so a single image is repeated ``n`` times (Wan's takes one image for every row)."""
+    """A pipeline call's ``kwargs`` for ``n`` rows with one generator each: the image-to-video pipelines of LTX-Video
+    and CogVideoX encode one ``image`` per generator, so a single image is repeated ``n`` times (Wan's takes one image
+    for every row)."""
     image = kwargs.get("image")
-    if is_video_pipeline(pipe) and pipeline_family(pipe) == "ltx" and not isinstance(image, (list, tuple, type(None))):
+    per_seed = is_video_pipeline(pipe) and pipeline_family(pipe) in ("ltx", "cogvideox")
+    if per_seed and not isinstance(image, (list, tuple, type(None))):
         return {**kwargs, "image": [image] * n}
     return kwargs
+
+
+def dynamic_guidance(scale: float, t: int, steps: int) -> float:
+    """CogVideoX's dynamic guidance scale (``use_dynamic_cfg``) at timestep ``t`` of a ``steps``-step call, computed as
+    its pipelines do: ``1 + scale * (1 - cos(pi * ((steps - t) / steps) ** 5)) / 2``, with ``t`` the timestep's value
+    (0 to 999, as diffusers writes it), not the step's index."""
+    return 1 + scale * ((1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2)
 
 
 def i2v_context(image):
@@ -164,6 +179,7 @@ def decode_clips(pipe, x0: torch.Tensor, height=None, width=None, num_frames=Non
         std = torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, torch.float32)
         latents = latents.float() * std + mean
     elif family == "cogvideox":  # [B, F, C, h, w], scaled
+        latents = latents[:, :, : vae.config.latent_channels]  # (image-to-video: the image's latents follow)
         patch_t = pipe.transformer.config.patch_size_t
         if patch_t is not None and num_frames is not None:  # CogVideoX 1.5 pads the latent frames in front
             want = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
@@ -202,11 +218,11 @@ class VideoSampler(Sampler):
     """:class:`rewarddance.pipelines.Sampler` for text-to-video pipelines: Wan 2.1 / 2.2 (``WanPipeline``; two
     experts switch at ``boundary_ratio``, the second guided by ``guidance_scale_2``), CogVideoX
     (``CogVideoXPipeline`` with ``CogVideoXDDIMScheduler``) and LTX-Video (``LTXPipeline``); and for image-to-video
-    pipelines: ``WanImageToVideoPipeline`` (Wan 2.1 with CLIP, Wan 2.2 A14B, Wan 2.2 TI2V) and
-    ``LTXImageToVideoPipeline``, conditioned on ``SamplerConfig.image`` (one image, or one per prompt) or on the
-    images the prompts carry (:class:`ImagePrompt`). Latents keep each pipeline's layout; :meth:`decode` gives clips
-    ``[B, T, 3, H, W]``. ``num_frames`` and the other video settings come from
-    :class:`~rewarddance.pipelines.SamplerConfig`, defaulting to the pipeline's own."""
+    pipelines: ``WanImageToVideoPipeline`` (Wan 2.1 with CLIP, Wan 2.2 A14B, Wan 2.2 TI2V),
+    ``CogVideoXImageToVideoPipeline`` (1.0 and 1.5) and ``LTXImageToVideoPipeline``, conditioned on
+    ``SamplerConfig.image`` (one image, or one per prompt) or on the images the prompts carry (:class:`ImagePrompt`).
+    Latents keep each pipeline's layout; :meth:`decode` gives clips ``[B, T, 3, H, W]``. ``num_frames`` and the other
+    video settings come from :class:`~rewarddance.pipelines.SamplerConfig`, defaulting to the pipeline's own."""
 
     def __init__(self, pipe, prompt, config: SamplerConfig | None = None):
         name = type(pipe).__name__
@@ -312,8 +328,9 @@ class VideoSampler(Sampler):
         """The image conditioning of each row, as the pipeline's call prepares it. Wan: ``cond["image_latents"]`` (the
         first-frame mask and the VAE latents of the image followed by blank frames, ``[rows, 4 + C, f, h, w]``) and,
         with a CLIP image encoder, ``cond["image_embeds"]``; Wan 2.2 TI2V: the image's latents that hold the first
-        latent frame (:attr:`pinned`). LTX-Video: the preprocessed images (``[rows, 3, H, W]``), whose latents
-        :meth:`initial_latents` samples with each seed's generator as the pipeline does; their tokens are pinned."""
+        latent frame (:attr:`pinned`). LTX-Video and CogVideoX: the preprocessed images (``[rows, 3, H, W]``), whose
+        latents :meth:`initial_latents` samples with each seed's generator as the pipeline does; they are pinned
+        (LTX-Video: the first latent frame's tokens; CogVideoX: the latents' second half of channels)."""
         from .images import load_image
 
         p, dev, H, W = self.pipe, self.device, self.height, self.width
@@ -326,8 +343,13 @@ class VideoSampler(Sampler):
                 pixels.append((img, p.video_processor.preprocess(img, height=H, width=W)))  # [1, 3, H, W] in [-1, 1]
             index.append(keys[key])
         self.image_rows = torch.tensor(index)  # the distinct image of each conditioning row
-        if self.family == "ltx":
+        if self.family in ("ltx", "cogvideox"):
             self.image_pixels = torch.cat([px for _, px in pixels]).to(dev, dtype)
+        if self.family == "cogvideox":  # channels [latents, image latents], as the transformer reads them
+            C = p.transformer.config.in_channels // 2
+            self.pinned = (torch.arange(2 * C, device=dev) >= C).view(1, 1, 2 * C, 1, 1)
+            return
+        if self.family == "ltx":
             f, h, w = _ltx_grid(p, H, W, self.num_frames)
             mask = torch.zeros(1, 1, f, h, w, device=dev)
             mask[:, :, 0] = 1.0  # the first latent frame is the image's
@@ -393,7 +415,8 @@ class VideoSampler(Sampler):
     def initial_latents(self, seeds: list[int], rows=None) -> torch.Tensor:
         """Level-0 latents for each seed, as the pipeline itself draws them for that seed (one generator per row).
         Image-to-video: row ``i`` is conditioned on prompt ``rows[i]``'s image (``rows`` as in :meth:`predict`); LTX-Video
-        samples that image's latents with the seed's generator first, as its pipeline does."""
+        and CogVideoX sample that image's latents with the seed's generator first, as their pipelines do (CogVideoX's
+        follow the latents on the channels: ``[B, F, 2C, h, w]``)."""
         p, B = self.pipe, len(seeds)
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         ch = self.model.config.in_channels
@@ -406,6 +429,12 @@ class VideoSampler(Sampler):
                 pixels = self.image_pixels[self.image_rows[image_rows].to(self.image_pixels.device)]
                 args = (pixels, B, ch, self.height, self.width, self.num_frames, torch.float32, self.device, gens)
                 return p.prepare_latents(*args)[0]
+            if self.family == "cogvideox":
+                pixels = self.image_pixels[self.image_rows[image_rows].to(self.image_pixels.device)]
+                frames = (self.latent_frames - 1) * p.vae_scale_factor_temporal + 1
+                dtype = self.cond["pe"].dtype
+                args = (pixels, B, ch // 2, frames, self.height, self.width, dtype, self.device, gens)
+                return torch.cat(p.prepare_latents(*args), dim=2)  # [B, F, C + C, h, w]
             from diffusers.utils.torch_utils import randn_tensor
 
             h, w = self.height // p.vae_scale_factor_spatial, self.width // p.vae_scale_factor_spatial
@@ -430,16 +459,19 @@ class VideoSampler(Sampler):
         if ratio is None or (self.denoiser is not None and float(t) >= ratio * p.scheduler.config.num_train_timesteps):
             return self.model, self.guidance
         g2 = self.cfg.guidance_scale_2
-        return p.transformer_2, self.guidance if g2 is None else g2
+        low = self.cfg.denoiser_2 if self.cfg.denoiser_2 is not None else p.transformer_2  # (a trainer's prepared one)
+        return low, self.guidance if g2 is None else g2
 
     def predict(self, x: torch.Tensor, k: int, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0, e)`` from latents ``x`` at level ``k``; as :meth:`Sampler.predict`."""
         p, B = self.pipe, x.shape[0]
-        a, s = self.levels[k]
+        a, s = self.model_levels[k]
         t = self.timesteps[k]
         index = self._rows_of(B, rows)
         self.evaluations += B
         model, scale = self._expert(t)
+        if self.cfg.use_dynamic_cfg:  # CogVideoX: the scale of this step's timestep
+            scale = dynamic_guidance(self.guidance, int(t), len(self.timesteps))
         dtype = self.cond["pe"].dtype
 
         def run(inp, which):
@@ -459,11 +491,15 @@ class VideoSampler(Sampler):
                 return model(
                     hidden_states=inp.to(dtype), timestep=ts, encoder_hidden_states=text, return_dict=False, **image
                 )[0]
-            if self.family == "cogvideox":
+            if self.family == "cogvideox":  # (image-to-video: the image's latents are the channels' second half)
+                ofs = None  # CogVideoX 1.5 I2V embeds an "ofs" of its pipeline's constant 2
+                if p.transformer.config.ofs_embed_dim is not None:
+                    ofs = torch.full((1,), 2.0, device=inp.device, dtype=dtype)
                 return model(
                     hidden_states=inp.to(dtype),
                     encoder_hidden_states=text,
                     timestep=t.expand(n),
+                    ofs=ofs,
                     image_rotary_emb=self.rotary,
                     return_dict=False,
                 )[0]
@@ -486,12 +522,16 @@ class VideoSampler(Sampler):
 
         out = self._guided(run, x, scale).to(x.dtype)
         if self.family == "cogvideox":  # VP latents (a^2 + s^2 = 1)
+            held = x[:, :, out.shape[2] :]  # image-to-video: the image's latents, kept as x0 and e (pinned)
+            x = x[:, :, : out.shape[2]]
             kind = p.scheduler.config.prediction_type
             if kind == "v_prediction":
-                return a * x - s * out, s * x + a * out
-            if kind == "epsilon":
-                return (x - s * out) / a, out
-            return out, (x - a * out) / s
+                x0, e = a * x - s * out, s * x + a * out
+            elif kind == "epsilon":
+                x0, e = (x - s * out) / a, out
+            else:
+                x0, e = out, (x - a * out) / s
+            return torch.cat([x0, held], dim=2), torch.cat([e, held], dim=2)
         # flow matching: the transformer predicts e - x0; a pinned position is clean, x0 = e = x keeps it at any level
         return self.pin(x - s * out, x), self.pin(x + (1 - s) * out, x)
 

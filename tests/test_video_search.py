@@ -1,4 +1,4 @@
-"""Inference-time scaling on tiny video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; Wan and LTX image-to-video)
+"""Inference-time scaling on tiny video pipelines (Wan 2.1 / 2.2, CogVideoX, LTX-Video; their image-to-video ones)
 with a tiny Qwen2-VL judge that takes clips natively: best-of-N returns the best clip with the judge's own score,
 the level-by-level sampler reproduces each text-to-video and image-to-video pipeline, search over paths and
 tournaments judge clips, and the guidance callback steers a video pipeline's own loop (rewarddance.search, .guidance,
@@ -28,7 +28,8 @@ PROMPT = "a red circle moves left"
 FRAMES = DEFAULT_CALL["num_frames"]  # 9 frames of 32 x 32
 JUDGE = 4  # frames the judge sees
 T2V = ["wan", "wan22", "cogvideox", "ltx"]
-I2V = ["wan_i2v", "ltx_i2v"]
+I2V = ["wan_i2v", "cogvideox_i2v", "ltx_i2v"]
+COG_CHANNELS = 4  # the tiny CogVideoX's latent channels; its image-to-video sampler's latents carry the image's after
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +156,45 @@ def _wan_i2v_variant(pipe, variant):
     return out
 
 
-@pytest.mark.parametrize("kind", I2V + ["wan21_i2v", "wan_ti2v"])
+def _cogvideox10_i2v(pipe):
+    """The tiny CogVideoX image-to-video pipeline as CogVideoX 1.0 (5b-I2V): no temporal patches (so no padded latent
+    frame), no ofs embedding, learned positional embeddings besides the 3-D RoPE."""
+    import diffusers
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(1)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=8,
+        text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=16, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=True,
+    ).eval()  # fmt: skip
+    out = diffusers.CogVideoXImageToVideoPipeline(**{**pipe.components, "transformer": transformer})
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+def _i2v_pipe(pipes, kind):
+    if kind in I2V:
+        return pipes(kind)
+    if kind == "cogvideox10_i2v":
+        return _cogvideox10_i2v(pipes("cogvideox_i2v"))
+    return _wan_i2v_variant(pipes("wan_i2v"), kind)
+
+
+@pytest.mark.parametrize("kind", I2V + ["wan21_i2v", "wan_ti2v", "cogvideox10_i2v"])
 def test_the_sampler_reproduces_each_image_to_video_pipeline(pipes, image, kind):
     """Level by level, with the image conditioning prepared as each pipeline's call does (Wan: mask and image latents
     on the channels, Wan 2.1 also CLIP embeddings; LTX and Wan 2.2 TI2V: the first latent frame pinned to the image's
-    latents at timestep 0), the sampler gives the pipeline's own latents and clip for a seed; a batch of two prompts
-    with an image each gives each row the pipeline's call of its own."""
-    pipe = pipes(kind) if kind in I2V else _wan_i2v_variant(pipes("wan_i2v"), kind)
+    latents at timestep 0; CogVideoX 1.5 / 1.0: the image's latents, sampled with the seed's generator, then blank
+    frames, on the channels, pinned there), the sampler gives the pipeline's own latents and clip for a seed; a batch
+    of two prompts with an image each gives each row the pipeline's call of its own."""
+    pipe = _i2v_pipe(pipes, kind)
+    cog = kind.startswith("cogvideox")
+
+    def trim(y):  # the pipeline's own latents (CogVideoX: without the image's latents on the channels)
+        return y[:, :, :COG_CHANNELS] if cog else y
+
     kw = _kw("wan", steps=3)
     g = torch.Generator().manual_seed(1)
     other = Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
@@ -178,9 +211,14 @@ def test_the_sampler_reproduces_each_image_to_video_pipeline(pipes, image, kind)
             x, _ = sampler.step(x, k)
         decoded = sampler.decode(x)
     ref = own(PROMPT, image, 7, "latent")
-    assert (x - ref).abs().max() < 1e-4 * (1 + ref.abs().max())
+    assert (trim(x) - ref).abs().max() < 1e-4 * (1 + ref.abs().max())
     assert decoded.shape == (1, FRAMES, 3, 32, 32) and (decoded - own(PROMPT, image, 7, "pt")).abs().max() < 1e-4
-    pinned = kind in ("ltx_i2v", "wan_ti2v")
+    if cog:  # CogVideoX 1.5 pads 3 latent frames to its temporal patch of 2, in front; 1.0 does not
+        assert ref.shape[1] == (4 if kind == "cogvideox_i2v" else 3) and x.shape[2] == 2 * COG_CHANNELS
+        # 3 "trailing" steps of 1000 are uneven: DDIM lands at 333 and reads the latents there at timestep 332
+        assert [int(t) for t in sampler.timesteps] == [999, 666, 332]
+        assert sampler.levels[2] != sampler.model_levels[2]
+    pinned = kind in ("ltx_i2v", "wan_ti2v") or cog
     assert (sampler.pinned is not None) == pinned
     batch = Sampler(pipe, [PROMPT, "a blue square jumps"], SamplerConfig(image=[image, other], **kw))
     with torch.no_grad():
@@ -188,13 +226,76 @@ def test_the_sampler_reproduces_each_image_to_video_pipeline(pipes, image, kind)
         for k in range(3):
             xs, _ = batch.step(xs, k)
     second = own("a blue square jumps", other, 8, "latent")
-    assert (xs[0] - ref[0]).abs().max() < 1e-4 * (1 + ref.abs().max())
-    assert (xs[1] - second[0]).abs().max() < 1e-4 * (1 + second.abs().max())
+    assert (trim(xs)[0] - ref[0]).abs().max() < 1e-4 * (1 + ref.abs().max())
+    assert (trim(xs)[1] - second[0]).abs().max() < 1e-4 * (1 + second.abs().max())
     if pinned:  # re-noising moves every latent but the image's, which pin puts back
         lv = sampler.levels
         noisy = sampler.pin(renoise(x, lv[3], lv[1], torch.Generator().manual_seed(0)), x)
         assert torch.equal(noisy[sampler.pinned.expand_as(x)], x[sampler.pinned.expand_as(x)])
         assert (noisy - x).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["cogvideox", "cogvideox_i2v"])
+def test_the_sampler_reproduces_cogvideox_dynamic_guidance(pipes, image, kind):
+    """``use_dynamic_cfg``: each step's guidance scale follows CogVideoX's schedule (:func:`dynamic_guidance` at the
+    step's timestep, as its pipelines compute it); the sampler gives the pipeline's own latents and clip, which differ
+    from those of a constant scale."""
+    from rewarddance.video_pipelines import dynamic_guidance
+
+    pipe = pipes(kind)
+    kw = _kw(kind, image, steps=4)
+
+    def own(dynamic, output_type="latent"):
+        gen = [torch.Generator().manual_seed(5)]
+        return pipe(prompt=PROMPT, generator=gen, output_type=output_type, use_dynamic_cfg=dynamic, **kw).frames
+
+    sampler = Sampler(pipe, PROMPT, SamplerConfig(use_dynamic_cfg=True, **kw))
+    with torch.no_grad():
+        x = sampler.initial_latents([5])
+        for k in range(4):
+            x, _ = sampler.step(x, k)
+        decoded = sampler.decode(x)
+    ref = own(True)
+    assert (x[:, :, :COG_CHANNELS] - ref).abs().max() < 1e-4 * (1 + ref.abs().max())
+    assert (decoded - own(True, "pt")).abs().max() < 1e-4
+    assert (own(False) - ref).abs().max() > 1e-2  # the schedule changes the clip
+    scales = [dynamic_guidance(3.0, int(t), 4) for t in sampler.timesteps]
+    assert all(1.0 <= g <= 4.0 for g in scales) and max(abs(g - 3.0) for g in scales) > 0.1
+
+
+def test_cogvideox_dpm_scheduler_is_refused_with_the_reason(pipes, rm):
+    """CogVideoXDPMScheduler (what CogVideoX 1.5 and 5B ship) adds fresh noise from the call's generator at every step,
+    with eta 0 too, and its second-order update reads the step before's x0: no level-by-level ``(x0, e)`` step gives
+    its samples, so the sampler, the search and the guidance callback refuse it, naming CogVideoXDDIMScheduler, which
+    on the DPM scheduler's config lies on the same noise levels."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline
+
+    cog = pipes("cogvideox")
+    dpm = CogVideoXPipeline(**{**cog.components, "scheduler": CogVideoXDPMScheduler.from_config(cog.scheduler.config)})
+    dpm.set_progress_bar_config(disable=True)
+    kw = _kw("cogvideox", steps=4)
+    start = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0))  # [B, F, C, h, w]
+
+    def run(seed):  # the same starting latents; the generator only feeds the steps' noise
+        gen = torch.Generator().manual_seed(seed)
+        return dpm(PROMPT, latents=start, generator=gen, eta=0.0, output_type="latent", **kw).frames
+
+    assert torch.equal(run(1), run(1)) and (run(1) - run(2)).abs().max() > 0.1
+    why = "CogVideoXDPMScheduler is not supported here: its step adds fresh noise whatever eta.*CogVideoXDDIMScheduler"
+    with pytest.raises(PipelineError, match=why):
+        Sampler(dpm, PROMPT, SamplerConfig(**kw))
+    with pytest.raises(PipelineError, match=why):
+        check_pipeline(dpm)
+    with pytest.raises(PipelineError, match=why):
+        search_over_paths(dpm, rm, PROMPT, n=1, m=1, num_inference_steps=4, config=SamplerConfig(**kw))
+    ddim = CogVideoXPipeline(
+        **{**cog.components, "scheduler": CogVideoXDDIMScheduler.from_config(dpm.scheduler.config)}
+    )
+    sampler = Sampler(ddim, PROMPT, SamplerConfig(**kw))
+    dpm.scheduler.set_timesteps(4)
+    assert dpm.scheduler.timesteps.tolist() == sampler.timesteps.tolist()
+    want = [float(dpm.scheduler.alphas_cumprod[int(t)]) for t in dpm.scheduler.timesteps]
+    assert max(abs(a * a - w) for (a, _), w in zip(sampler.model_levels, want)) < 1e-6
 
 
 @pytest.mark.parametrize("kind", ["wan", "cogvideox", "ltx"])
@@ -236,12 +337,14 @@ def test_search_over_paths_on_a_video_pipeline(pipes, rm, kind):
     assert torch.equal(again.images, res.images)
 
 
-def test_search_over_paths_on_an_image_to_video_pipeline(pipes, rm, image, monkeypatch):
-    """LTX-Video image-to-video: every path, re-noised ones too, keeps the image's latents in its first latent frame
-    (each start seed draws its own), and the judge is shown the image as each clip's first frame."""
+@pytest.mark.parametrize("kind", ["ltx_i2v", "cogvideox_i2v"])
+def test_search_over_paths_on_an_image_to_video_pipeline(pipes, rm, image, monkeypatch, kind):
+    """Image-to-video: every path, re-noised ones too, keeps the image's latents (each start seed draws its own) in
+    its first latent frame (LTX-Video) or on its channels (CogVideoX), and the judge is shown the image as each clip's
+    first frame."""
     from rewarddance.video_pipelines import VideoSampler
 
-    pipe = pipes("ltx_i2v")
+    pipe = pipes(kind)
     config = SamplerConfig(**_kw("ltx", steps=4))
     decoded = []
     real_decode = VideoSampler.decode
@@ -249,11 +352,14 @@ def test_search_over_paths_on_an_image_to_video_pipeline(pipes, rm, image, monke
     settings = dict(n=2, m=2, num_inference_steps=4, start=1, forward=1, backward=2, seed=3, judge_frames=JUDGE)
     res = search_over_paths(pipe, rm, PROMPT, config=config, image=image, **settings)
     assert res.images.shape == (2, FRAMES, 3, 32, 32) and len(res.history) == 3
-    first = 8 * 8  # the tokens of the first latent frame
+
+    def held(x):  # LTX-Video: the tokens of the first latent frame; CogVideoX: the image's channels
+        return x[: 8 * 8] if kind == "ltx_i2v" else x[:, COG_CHANNELS:]
+
     starts = Sampler(pipe, PROMPT, SamplerConfig(image=image, **_kw("ltx", steps=4))).initial_latents([3, 4])
     assert len(decoded) == 4  # the x0 predictions of 3 rounds, then the final paths
     for x0 in torch.cat(decoded):
-        assert any(torch.equal(x0[:first], s[:first]) for s in starts)  # the image's latents of a start seed
+        assert any(torch.equal(held(x0), held(s)) for s in starts)  # the image's latents of a start seed
     shown = RewardContext(task="video_alignment", first_frame=image)
     direct = rm.score(videos=list(res.images), prompts=PROMPT, context=shown, num_frames=JUDGE).p_yes
     assert torch.allclose(direct, res.scores, atol=1e-5)
@@ -358,6 +464,10 @@ def test_bad_input_is_named(pipes, rm, image):
         Sampler(pipes("ltx_i2v"), [PROMPT] * 2, SamplerConfig(image=[image] * 3, **_kw("ltx")))
     with pytest.raises(PipelineError, match="image: WanPipeline is a text-to-video pipeline"):
         Sampler(wan, PROMPT, SamplerConfig(image=image, **_kw("wan")))
+    with pytest.raises(PipelineError, match="use_dynamic_cfg: WanPipeline has no dynamic guidance"):
+        Sampler(wan, PROMPT, SamplerConfig(use_dynamic_cfg=True, **_kw("wan")))
+    with pytest.raises(PipelineError, match="CogVideoXImageToVideoPipeline is an image-to-video pipeline: give its"):
+        Sampler(pipes("cogvideox_i2v"), PROMPT, SamplerConfig(**_kw("cogvideox")))
     ltx = pipes("ltx")
     cb = RewardGuidanceCallback(rm, PROMPT, steps=[1])
     kw = _kw("ltx", steps=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -384,7 +385,7 @@ def test_bad_video_inputs_fail_before_training(rm, tmp_path):
         fails(train, make(out, reward_frames=10), wan, "reward_frames 10 is more than the 9 frames of a clip")
         fails(train, make(out, task="alignment"), wan, "task 'alignment' judges images; the clips of WanPipeline")
         fails(train, make(out, verifier="shapes"), wan, "verifier shapes checks images")
-        fails(train, make(out), build_tiny_video_pipeline("wan22"), "WanPipeline has two experts")
+        fails(train, make(out, experts="high"), wan, "experts high: chooses one of Wan 2.2's two experts, but WanPipe")
         fails(train, make(out), build_tiny_video_pipeline("ltx_i2v"), "prompts: LTXImageToVideoPipeline is an image-to")
         image = build_tiny_pipeline("sd", "ddim")
         fails(
@@ -416,3 +417,171 @@ def test_bad_video_inputs_fail_before_training(rm, tmp_path):
     )
     fails(train_refl, _refl(out, mode="pairwise", references=str(refs)), wan, "mode pairwise: the cached references")
     assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------- Wan 2.2's two experts
+EXPERT_FILES = {"high": "pytorch_lora_weights.safetensors", "low": "pytorch_lora_weights_low_noise.safetensors"}
+EXPERT_MODULES = {"high": "transformer", "low": "transformer_2"}
+
+
+def _expert_loras(res) -> dict:
+    """The exported diffusers LoRA of each expert the run trained (``high`` / ``low``)."""
+    from pathlib import Path
+
+    lora = Path(res["lora"])
+    return {e: load_file(lora / f) for e, f in EXPERT_FILES.items() if (lora / f).is_file()}
+
+
+def _untouched(module, fresh) -> bool:
+    """``module`` carries no LoRA, its weights are bit-identical to ``fresh``'s and frozen (no gradient built up)."""
+    mine, theirs = module.state_dict(), fresh.state_dict()
+    frozen = all(not p.requires_grad and p.grad is None for p in module.parameters())
+    return frozen and mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_refl_gradients_reach_the_lora_of_the_expert_that_runs_at_the_stop_level(rm, tmp_path):
+    """Wan 2.2 (3 steps: step 0 runs the high-noise expert, steps 1-2 the low-noise one): a row stopped at level 0
+    sends its reward's gradient to the high-noise expert's LoRA only, a row stopped at level 1 to the low-noise
+    one's; the sampler calls a trainer's prepared low-noise expert (``SamplerConfig.denoiser_2``) below the boundary."""
+    from rewarddance.training.experts import Experts, expert_of_steps
+
+    pipe = build_tiny_video_pipeline("wan22")
+    experts = Experts(pipe, ["transformer", "transformer_2"])
+    params = {name: add_lora(module, _refl(tmp_path)) for name, module in experts.named_children()}
+    for params_of in params.values():  # (B starts at zero: give both LoRAs a path for the gradient of A)
+        for p in params_of:
+            p.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    sampler_cfg = SamplerConfig(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16)
+    context = RewardContext(task="video_alignment")
+    from rewarddance.pipelines import Sampler
+
+    assert expert_of_steps(pipe, Sampler(pipe, PROMPTS[0], sampler_cfg).timesteps) == ["high", "low", "low"]
+    # a trainer's prepared low-noise expert (SamplerConfig.denoiser_2) is what the sampler calls below the boundary
+    calls = []
+
+    class Prepared(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kw):
+            calls.append(kw["timestep"][0].item())
+            return self.inner(*args, **kw)
+
+    wrapped = Sampler(pipe, PROMPTS[0], replace(sampler_cfg, denoiser_2=Prepared(pipe.transformer_2)))
+    with torch.no_grad():
+        x = wrapped.initial_latents([5])
+        for k in range(3):
+            x, _ = wrapped.step(x, k)
+    assert len(calls) == 2 and all(t < 875 for t in calls)
+    for stop, reached in ((0, "transformer"), (1, "transformer_2")):
+        for p in params["transformer"] + params["transformer_2"]:
+            p.grad = None
+        r = rollout_rewards(pipe, rm, PROMPTS[:1], sampler_cfg, [stop], [5], None, context, frames=[[0, 4, 8]])
+        (-torch.log(r)).sum().backward()
+        for name, params_of in params.items():
+            grads = [p.grad for p in params_of]
+            if name == reached:
+                assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, (stop, name)
+            else:
+                assert all(g is None for g in grads), (stop, name)
+
+
+@pytest.mark.parametrize("trainer", ["refl", "grpo"])
+def test_wan22_trains_the_chosen_experts_resumes_exactly_and_exports_loras_diffusers_loads(rm, tmp_path, trainer):
+    """Each of Wan 2.2's experts gets its own LoRA: ``experts both`` changes both, ``high`` / ``low`` only the chosen
+    one (the other expert bit-identical to the pipeline's), a resumed run equals a straight one, and the exported
+    files, loaded by diffusers into a fresh pipeline (the low-noise one with load_into_transformer_2), reproduce the
+    trained pipeline's clips. ReFL stops at levels 0-1 and GRPO trains steps 0-1: one of each expert."""
+    train, make = (train_refl, _refl) if trainer == "refl" else (train_grpo, _grpo)
+
+    def run(name, stop_at=None, **kw):
+        pipe = build_tiny_video_pipeline("wan22")
+        # (ReFL: seed 2 draws stops 1 and 0 at both steps, so each step trains both experts)
+        settings = dict(stop_range=[0, 1], seed=2) if trainer == "refl" else {}
+        cfg = make(tmp_path / name, **{**settings, **kw})
+        return pipe, train(cfg, progress=False, pipe=pipe, rm=rm, stop_at=stop_at)
+
+    fresh = build_tiny_video_pipeline("wan22")
+    pipe, straight = run("both")
+    loras = _expert_loras(straight)
+    assert loras.keys() == {"high", "low"} and all(_moved(lora) > 0 for lora in loras.values())
+    assert loras["high"].keys() == loras["low"].keys()  # the same layers of each expert, each file for a transformer
+    for chosen, other in (("high", "low"), ("low", "high")):
+        one_pipe, one = run(chosen, experts=chosen)
+        assert _expert_loras(one).keys() == {chosen} and _moved(_expert_loras(one)[chosen]) > 0
+        assert _untouched(getattr(one_pipe, EXPERT_MODULES[other]), getattr(fresh, EXPERT_MODULES[other])), chosen
+    if trainer == "refl":  # seed 3: both rows of step 1 stop on the untrained expert, so it has no gradient
+        _, skipped = run("skipped", experts="high", seed=3)
+        assert skipped["history"][0]["grad_norm"] == 0 and skipped["history"][1]["grad_norm"] > 0
+        assert _moved(_expert_loras(skipped)["high"]) > 0
+    # exact resume: both LoRAs and the logged steps equal the uninterrupted run's
+    assert run("resumed", stop_at=1)[1]["stopped_at"] == 1
+    resumed_pipe, resumed = run("resumed")
+    assert resumed["step"] == 2 and _steps_logged(tmp_path / "resumed") == [1, 2]
+    for expert, lora in _expert_loras(resumed).items():
+        _assert_same_lora(loras[expert], lora)
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in straight["history"][1:]])
+    # diffusers loads the export: the high-noise file as usual, the low-noise one into transformer_2
+    kw = dict(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16, output_type="pt")
+    trained = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
+    base = fresh(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
+    fresh.load_lora_weights(straight["lora"])
+    fresh.load_lora_weights(straight["lora"], weight_name=EXPERT_FILES["low"], load_into_transformer_2=True)
+    loaded = fresh(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
+    assert (loaded - trained).abs().max() < 1e-4 and (base - trained).abs().max() > 1e-4
+    from pathlib import Path
+
+    comfy = [f.name for f in Path(straight["lora"]).glob("lora_comfyui*.safetensors")]
+    assert sorted(comfy) == ["lora_comfyui.safetensors", "lora_comfyui_low_noise.safetensors"]
+
+
+def test_grpo_recomputes_each_step_with_its_expert_and_measures_kl_with_both_loras_off(rm, tmp_path):
+    """GRPO on Wan 2.2: the log-probability of a sampled step, recomputed by the same weights, is the one the
+    sampling expert recorded (ratio 1) at a step of each expert, and the KL term's base turns off the LoRA of
+    whichever expert runs: with the LoRAs off the prediction is the untrained pipeline's."""
+    from rewarddance.pipelines import Sampler
+    from rewarddance.training import grpo
+    from rewarddance.training.experts import Experts
+
+    pipe, fresh = build_tiny_video_pipeline("wan22"), build_tiny_video_pipeline("wan22")
+    train_grpo(_grpo(tmp_path / "run"), progress=False, pipe=pipe, rm=rm)
+    experts = Experts(pipe, ["transformer", "transformer_2"])
+    sampler_cfg = SamplerConfig(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16)
+    ro = grpo.sample_rollouts(pipe, sampler_cfg, PROMPTS[:2], [1, 2], 1.0, torch.Generator().manual_seed(0), {0, 1})
+    cfg = _grpo(tmp_path, kl_weight=1.0)
+    base = Sampler(fresh, PROMPTS[:2], sampler_cfg)
+    for k in (0, 1):  # step 0: the high-noise expert; step 1: the low-noise one
+        _, stats = grpo.step_loss(ro, k, torch.tensor([1.0, -1.0]), experts, cfg)
+        assert stats["ratio_dev"] < 1e-5 and stats["kl"] > 0, k
+        with torch.no_grad(), grpo.base_model(experts):
+            off = ro.sampler.predict(ro.latents[k], k)[0]
+        with torch.no_grad():
+            on, untrained = ro.sampler.predict(ro.latents[k], k)[0], base.predict(ro.latents[k], k)[0]
+        assert torch.allclose(off, untrained, atol=1e-6) and not torch.allclose(on, untrained, atol=1e-4), k
+
+
+def test_bad_two_expert_settings_fail_before_training(rm, tmp_path):
+    """``experts`` high / low whose trained levels reach only the other expert: one line naming the setting and the
+    boundary step, before anything trains; an unknown ``experts``; two experts over several processes."""
+    from types import SimpleNamespace
+
+    from rewarddance.training.experts import trained_experts
+
+    out = tmp_path / "out"
+    boundary = "the boundary is step 1"
+    for kw, message in [
+        (dict(experts="high", stop_range=[1, 2]), "experts high: stop_range \\[1, 2\\] reaches only low-noise steps"),
+        (dict(experts="low", stop_range=[0, 0]), "experts low: stop_range \\[0, 0\\] reaches only high-noise steps"),
+    ]:
+        with pytest.raises(ValueError, match=message + ".*" + boundary):
+            train_refl(_refl(out, **kw), progress=False, pipe=build_tiny_video_pipeline("wan22"), rm=rm)
+    with pytest.raises(ValueError, match="experts high: train_steps \\[1, 1\\] reaches only low-noise.*" + boundary):
+        cfg = _grpo(out, experts="high", train_steps=[1, 1])
+        train_grpo(cfg, progress=False, pipe=build_tiny_video_pipeline("wan22"), rm=rm)
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(ValueError, match="experts must be both, high or low, got 'middle'"):
+        _refl(out, experts="middle")
+    two = SimpleNamespace(accelerator=SimpleNamespace(num_processes=2))
+    with pytest.raises(ValueError, match="WanPipeline has two experts .*one process"):
+        trained_experts(_refl(out), build_tiny_video_pipeline("wan22"), two)

@@ -12,6 +12,9 @@ Kinds, each at 32 x 32 pixels and 9 frames (3 latent frames) by default (:data:`
 - ``wan_i2v``: ``WanImageToVideoPipeline`` as in Wan 2.2 A14B I2V (the image enters as VAE latents, no CLIP);
 - ``cogvideox``: ``CogVideoXPipeline`` (``CogVideoXTransformer3DModel`` with 3-D RoPE, ``AutoencoderKLCogVideoX``,
   ``CogVideoXDDIMScheduler`` with v-prediction and zero terminal SNR, as CogVideoX-5b ships);
+- ``cogvideox_i2v``: ``CogVideoXImageToVideoPipeline`` as in CogVideoX 1.5 I2V (latent and image channels into the
+  transformer, temporal patches of 2, ``ofs`` embeddings), with the ``cogvideox`` kind's scheduler in place of the
+  ``CogVideoXDPMScheduler`` that 1.5 ships (the level-by-level sampler drives DDIM only);
 - ``ltx``: ``LTXPipeline`` (``LTXVideoTransformer3DModel``, ``AutoencoderKLLTXVideo``);
 - ``ltx_i2v``: ``LTXImageToVideoPipeline`` on the same components.
 
@@ -24,7 +27,7 @@ import sys
 
 import torch
 
-KINDS = ("wan", "wan22", "wan_i2v", "cogvideox", "ltx", "ltx_i2v")
+KINDS = ("wan", "wan22", "wan_i2v", "cogvideox", "cogvideox_i2v", "ltx", "ltx_i2v")
 # the call arguments that suit every tiny pipeline: small frames, few tokens, few steps
 DEFAULT_CALL = dict(height=32, width=32, num_frames=9, max_sequence_length=16)
 _CORPUS = (
@@ -127,17 +130,20 @@ def _wan(kind: str, seed: int):
     return diffusers.WanPipeline(transformer=_wan_transformer(16, seed), **common)
 
 
-def _cogvideox(seed: int):
+def _cogvideox(kind: str, seed: int):
     import diffusers
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
+    i2v = kind == "cogvideox_i2v"  # CogVideoX 1.5 I2V: image latents on the channels, temporal patches, ofs
     torch.manual_seed(seed)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2,
         attention_head_dim=16,  # 3-D RoPE splits a head into time / height / width parts
-        in_channels=4,
+        in_channels=8 if i2v else 4,
         out_channels=4,
         time_embed_dim=8,
+        ofs_embed_dim=8 if i2v else None,  # added to the time embedding: the same width
+        patch_size_t=2 if i2v else None,
         text_embed_dim=TEXT_DIM,
         num_layers=1,
         sample_width=4,  # latent units: 32 pixels
@@ -166,7 +172,8 @@ def _cogvideox(seed: int):
         timestep_spacing="trailing",
     )
     tok = t5_tokenizer()
-    return diffusers.CogVideoXPipeline(
+    cls = diffusers.CogVideoXImageToVideoPipeline if i2v else diffusers.CogVideoXPipeline
+    return cls(
         tokenizer=tok,
         text_encoder=_text_encoder(tok, umt5=False, seed=seed),
         vae=vae,
@@ -225,8 +232,8 @@ def build_tiny_video_pipeline(kind: str = "wan", seed: int = 0):
         raise ValueError(f"kind: choose one of {', '.join(KINDS)}, got {kind!r}")
     if kind.startswith("wan"):
         pipe = _wan(kind, seed)
-    elif kind == "cogvideox":
-        pipe = _cogvideox(seed)
+    elif kind.startswith("cogvideox"):
+        pipe = _cogvideox(kind, seed)
     else:
         pipe = _ltx(kind, seed)
     pipe.set_progress_bar_config(disable=True)

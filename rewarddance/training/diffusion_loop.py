@@ -39,8 +39,9 @@ from ..distributed import any_process
 from ..pipelines import VIDEO_FAMILIES, Sampler, SamplerConfig, check_scheduler, pipeline_family
 from ..remote import is_remote, load_judge
 from .checkpoint import gather_full_state, list_checkpoints, load_checkpoint, load_trainable, save_checkpoint
-from .engine import Runtime, full_tensor, own_forward, shard_denoiser, torch_optimizer
+from .engine import Runtime, full_tensor, shard_denoiser, torch_optimizer
 from .engine import runtime as runtime  # phase 1, where the trainers find the others
+from .experts import experts_of, own_forwards, prepare, sampler_callers, trained_experts
 from .export import save_lora
 from .metrics import drop_rows_after, say
 from .plots import plot_reward_curve, save_sample_grid
@@ -160,7 +161,7 @@ def finished(trackers: list, tr: Trainable | None = None):
         for tracker in trackers:
             tracker.finish()
         if tr is not None:
-            own_forward(tr.denoiser)
+            own_forwards(tr.denoiser)
 
 
 def open_trackers(cfg: DiffusionTrainConfig, out: Path, name: str = "refl") -> list:
@@ -282,13 +283,13 @@ def setup_trainable(cfg: DiffusionTrainConfig, pipe, rt: Runtime, out: Path) -> 
     """Freeze the pipeline, add the LoRA (the same random init on every process and run), the optimiser and a
     constant LR schedule; write ``config.json``; continue from the newest checkpoint when ``cfg.resume``; drop the
     metrics rows of steps after it (they run again)."""
-    denoiser = pipe_denoiser(pipe)
+    denoiser = trained_experts(cfg, pipe, rt) or pipe_denoiser(pipe)  # (Wan 2.2: the experts that get a LoRA each)
     for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3", "image_encoder"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    params = add_lora(denoiser, cfg)
+    params = [p for module in experts_of(denoiser) for p in add_lora(module, cfg)]
     if cfg.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
         if hasattr(pipe.vae, "enable_gradient_checkpointing"):
@@ -322,7 +323,7 @@ def setup_trainable(cfg: DiffusionTrainConfig, pipe, rt: Runtime, out: Path) -> 
     if rt.fsdp:
         tr.model, tr.optimizer = denoiser, rt.accelerator.prepare(optimizer)
     else:
-        tr.model, tr.optimizer = rt.accelerator.prepare(denoiser, optimizer)
+        tr.model, tr.optimizer = prepare(rt.accelerator, denoiser, optimizer)  # (each trained expert on its own)
     if rt.main:  # rows of steps after the checkpoint were written by the run that stopped: they run again
         drop_rows_after(out / "metrics.csv", tr.step)
         drop_rows_after(out / EVAL_FILE, tr.step)
@@ -331,15 +332,15 @@ def setup_trainable(cfg: DiffusionTrainConfig, pipe, rt: Runtime, out: Path) -> 
 
 def sampler_config(cfg: DiffusionTrainConfig, pipe, family: str, tr: Trainable | None = None) -> SamplerConfig:
     """The sampling settings of training and evaluation: the schedule, guidance and square resolution of ``cfg``;
-    with ``tr``, the denoiser is called through ``tr.model`` (the DDP wrapper that averages the gradients; the
-    :class:`Evaluator` calls the pipeline's own)."""
+    with ``tr``, the denoiser (each trained expert) is called as the accelerator prepared it (the DDP wrapper that
+    averages the gradients; the :class:`Evaluator` calls the pipeline's own)."""
     size = cfg.resolution
     sampler_cfg = SamplerConfig(
         num_inference_steps=cfg.num_inference_steps,
         guidance_scale=cfg.guidance_scale,
         height=size,
         width=size,
-        denoiser=tr.model if tr is not None else None,
+        **sampler_callers(tr),
         num_frames=cfg.num_frames,
     )
     if cfg.max_sequence_length is not None:
@@ -410,7 +411,7 @@ class Evaluator:
             raise ValueError("keep_best needs the Trainable whose LoRA it keeps")
         self.cfg, self.pipe, self.rm, self.context = cfg, pipe, rm, context
         # the pipeline's own denoiser: only the main process evaluates under DDP, whose wrapper waits for all
-        self.sampler_cfg = replace(sampler_cfg, denoiser=None)
+        self.sampler_cfg = replace(sampler_cfg, denoiser=None, denoiser_2=None)
         self.eval_prompts, self.out, self.rt, self.visits = eval_prompts, Path(out), rt, visits
         self.trackers, self.tr = trackers, tr
         # (the ShapesWorld verifier checks images; clips of a video pipeline are judged only)

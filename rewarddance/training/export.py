@@ -167,35 +167,51 @@ def save_single_file(pipe, path, dtype: torch.dtype | None = None) -> Path:
 COMFY_LORA_FILE = "lora_comfyui.safetensors"
 
 
-def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = None) -> Path:
+def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = None, suffix: str = "") -> Path:
     """Write the LoRA twice: in diffusers' format (``pipe.load_lora_weights(out_dir)`` loads it) and as
     ``lora_comfyui.safetensors`` for ComfyUI's LoraLoader (``models/loras``).
 
     The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets and
     ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers; each module carries its ``alpha``, so
     strength 1.0 there applies the same ``alpha / rank`` scale as the trained model. ``state_dict``: the gathered
-    weights of a sharded (FSDP) denoiser.
+    weights of a sharded (FSDP) denoiser, or a snapshot of the LoRA (``keep_best``). ``suffix`` ends both file names.
+
+    The trained experts of a Wan 2.2 pipeline (:class:`~.experts.Experts`) get both files each: the high-noise
+    expert's under the names above, the low-noise expert's as ``pytorch_lora_weights_low_noise.safetensors`` (loaded
+    with ``pipe.load_lora_weights(out_dir, weight_name=..., load_into_transformer_2=True)``) and
+    ``lora_comfyui_low_noise.safetensors`` (for the low-noise model's LoraLoader).
     """
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    from .experts import Experts, expert_weights, export_suffix
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(denoiser, Experts):  # one LoRA per trained expert, its weights under "<expert name>."
+        for name, expert in denoiser.named_children():
+            own = None if state_dict is None else expert_weights(state_dict, name)
+            save_lora(pipe, expert, out, alpha, own, suffix=export_suffix(name))
+        return out
     peft_sd = get_peft_model_state_dict(denoiser, state_dict=state_dict)
     layers = convert_state_dict_to_diffusers(peft_sd)
     unet = pipeline_family(pipe) == "unet"
     key = "unet" if unet else "transformer"
     # the adapter config travels in the file's metadata; without it a loader assumes alpha = rank (scale 1)
     meta = {f"{key}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict()}
-    type(pipe).save_lora_weights(str(out), **{f"{key}_lora_layers": layers}, **meta, safe_serialization=True)
+    weight_name = f"pytorch_lora_weights{suffix}.safetensors"
+    type(pipe).save_lora_weights(
+        str(out), **{f"{key}_lora_layers": layers}, **meta, weight_name=weight_name, safe_serialization=True
+    )
     if unet:
         comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
     else:
         comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
     for key in [k for k in comfy if k.endswith((".lora_down.weight", ".lora_A.weight"))]:
         comfy[key.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(float(alpha))
-    tmp = out / (COMFY_LORA_FILE + ".tmp")
+    comfy_file = COMFY_LORA_FILE.replace(".safetensors", f"{suffix}.safetensors")
+    tmp = out / (comfy_file + ".tmp")
     save_file({k: v.detach().contiguous() for k, v in comfy.items()}, str(tmp))
-    tmp.replace(out / COMFY_LORA_FILE)
+    tmp.replace(out / comfy_file)
     return out

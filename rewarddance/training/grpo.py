@@ -23,8 +23,9 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
    (``accelerator.accumulate``; the rollouts are sampled together in 1.), their gradients summed to the whole batch's
    before each optimiser step.
 
-On a video pipeline (those with one denoiser: Wan 2.1, CogVideoX, LTX-Video, and the Wan and LTX-Video image-to-video
-ones, each prompt with its image from a ``.jsonl`` file) the same steps run on the clips' latents (5-D, or LTX-Video's
+On a video pipeline (Wan 2.1, Wan 2.2 with a LoRA per trained expert, each step recomputed by the expert that sampled
+it (:mod:`.experts`), CogVideoX, LTX-Video, and the Wan and LTX-Video image-to-video ones, each prompt with its image
+from a ``.jsonl`` file) the same steps run on the clips' latents (5-D, or LTX-Video's
 tokens; ``log p`` is averaged over all their elements; a conditioning frame the pipeline holds fixed stays fixed, the
 step's mean and sample both taken from it, so it adds nothing to the ratio), and step 2 scores whole decoded clips, the
 judge shown ``reward_frames`` frames of each sampled uniformly (``score(videos=..., num_frames=...)``) and, for
@@ -75,6 +76,7 @@ from .diffusion_loop import (
     setup_trainable,
     step_generator,
 )
+from .experts import check_expert_levels, trained_steps
 from .grpo_config import GRPOConfig
 from .metrics import append_csv
 from .video_checks import check_judge_media, judge_context, judge_frames
@@ -340,6 +342,9 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     probe = Sampler(pipe, prompts[0], sampler_cfg)
     check_sde(cfg.sde, pipe.scheduler)
     window = training_window(cfg, step_stds(probe.levels, cfg.eta, cfg.sde))
+    named = f"train_steps {cfg.train_steps}" if cfg.train_steps else f"the window of stochastic steps {window}"
+    check_expert_levels(cfg, pipe, probe.timesteps, window, named)  # Wan 2.2: the window must reach a trained expert
+    trained = set(trained_steps(cfg, pipe, probe.timesteps, window))  # (steps of an untrained expert: no gradient)
     clip_frames = probe.num_frames if family in VIDEO_FAMILIES else None  # (video) of which the judge sees some
     check_judge_media(cfg, pipe, rm, context, clip_frames)
     seen_frames = judge_frames(cfg, clip_frames) if clip_frames is not None else None
@@ -391,7 +396,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                 for m in range(micro_batches):
                     part = list(range(m * per_micro, (m + 1) * per_micro)) if micro_batches > 1 else None
                     with accelerator.accumulate(tr.model):  # (entered for every micro-batch: it counts them)
-                        for k in [] if bad else steps:
+                        for k in [] if bad else [k for k in steps if k in trained]:
                             with accelerator.autocast():
                                 loss, st = step_loss(ro, k, adv, tr.denoiser, cfg, rows=part)
                                 loss = loss / len(steps)

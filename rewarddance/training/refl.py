@@ -29,13 +29,13 @@ over several processes DDP averages the gradients in the backward pass. The rows
 stream and each process takes its slice, so a step trains on the same global batch however many processes share it
 (two processes of ``batch_size: 1`` equal one of ``batch_size: 2``); only the pretraining items are drawn per process.
 Supported pipelines are those of :mod:`rewarddance.pipelines` (SD 1.5 / 2.x, SDXL, SD3 / 3.5, Flux), the
-text-to-video pipelines with one denoiser (Wan 2.1, CogVideoX, LTX-Video) and the image-to-video ones (Wan, LTX-Video;
-each prompt with its image, from a ``.jsonl`` file: :mod:`.video_checks`). On a video pipeline step 4 decodes the
-whole clip (the VAEs are causal in time, see :mod:`rewarddance.video_pipelines`) and step 5 shows the judge
-``reward_frames`` of its frames, a random subset drawn per rollout from a generator keyed on ``(seed, step)``
-(:func:`draw_frames`): the judge's activations, kept for the backward pass, grow with the frames it sees, and over
-the steps every frame is judged. The reward is pointwise there (the cached references are images); image-to-video
-clips are judged with their conditioning image as the first frame (``first_frame_context``).
+text-to-video pipelines (Wan 2.1; Wan 2.2, a LoRA per trained expert: :mod:`.experts`; CogVideoX, LTX-Video) and the
+image-to-video ones (Wan, LTX-Video; each prompt with its image, from a ``.jsonl`` file: :mod:`.video_checks`). On a
+video pipeline step 4 decodes the whole clip (the VAEs are causal in time, see :mod:`rewarddance.video_pipelines`)
+and step 5 shows the judge ``reward_frames`` of its frames, a random subset drawn per rollout from a generator keyed
+on ``(seed, step)`` (:func:`draw_frames`): the judge's activations, kept for the backward pass, grow with the frames
+it sees, and over the steps every frame is judged. The reward is pointwise there (the cached references are
+images); image-to-video clips are judged with their conditioning image as the first frame (``first_frame_context``).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from .diffusion_loop import (
     setup_trainable,
     step_generator,
 )
+from .experts import check_expert_levels
 from .metrics import append_csv
 from .refl_config import ReFLConfig
 from .video_checks import check_judge_media, judge_context, judge_frames
@@ -224,7 +225,10 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     context = RewardContext(task=cfg.task, cot=cfg.cot)
     clip_frames = None  # a video pipeline's frames per clip, of which the judge sees a random reward_frames
     if family in VIDEO_FAMILIES:
-        clip_frames = Sampler(pipe, prompts[0], sampler_config(cfg, pipe, family)).num_frames
+        probe = Sampler(pipe, prompts[0], sampler_config(cfg, pipe, family))
+        clip_frames = probe.num_frames
+        stops = range(cfg.stop_range[0], cfg.stop_range[1] + 1)  # Wan 2.2: they must reach a trained expert
+        check_expert_levels(cfg, pipe, probe.timesteps, stops, f"stop_range {cfg.stop_range}")
         if cfg.mode == "pairwise":
             raise ValueError(f"mode pairwise: the cached references are images; ReFL on {family} clips is pointwise")
         if pretrain is not None:
@@ -292,8 +296,10 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                                 per_row = -torch.log(r.clamp_min(1e-12))
                             loss = cfg.reward_scale * per_row.mean()
                         # every process runs every backward (DDP reduces inside them), a NaN one too: its step is
-                        # skipped below; accelerate divides each by the number of micro-batches
-                        accelerator.backward(loss)
+                        # skipped below; accelerate divides each by the number of micro-batches. (Rows that all
+                        # stop on an untrained Wan 2.2 expert reach no LoRA: no gradient, nothing to propagate.)
+                        if loss.requires_grad:
+                            accelerator.backward(loss)
                         total += float(loss.detach()) / micro_batches
                         rewards.extend(float(v) for v in r.detach().float())
                         for _b in range(B if pretrain is not None else 0):  # one image-caption item a row

@@ -13,6 +13,7 @@ MODEL_TYPES = ("auto", "sd", "sdxl", "sd3", "flux")
 LOSSES = ("hinge", "log")
 ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TRACKERS = tuple(LOGGER_TYPE_TO_CLASS)
+EXPERTS = ("both", "high", "low")  # which of Wan 2.2's two experts get a LoRA (rewarddance.training.experts)
 
 
 @dataclass
@@ -84,6 +85,13 @@ class DiffusionTrainConfig:
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha"})
     lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})
+    experts: str = field(
+        default="both",
+        metadata={
+            "help": "Wan 2.2's two experts: both (a LoRA each), high (the high-noise transformer only) or low "
+            "(the low-noise transformer_2 only); pipelines with one denoiser take both"
+        },
+    )
     lr: float = field(default=1e-4, metadata={"help": "learning rate"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
     max_steps: int = field(default=100, metadata={"help": "optimiser steps"})
@@ -163,6 +171,7 @@ class DiffusionTrainConfig:
             ),
             (self.optimizer in ("adamw", "adamw8bit"), f"optimizer must be adamw or adamw8bit, got {self.optimizer}"),
             (self.distributed in ("ddp", "fsdp"), f"distributed must be ddp or fsdp, got {self.distributed!r}"),
+            (self.experts in EXPERTS, f"experts must be both, high or low, got {self.experts!r}"),
             (
                 not (self.distributed == "fsdp" and self.optimizer == "adamw8bit"),
                 "optimizer adamw8bit does not take FSDP's sharded parameters; use adamw with distributed fsdp",

@@ -69,9 +69,13 @@ def check_prompt_images(cfg: DiffusionTrainConfig, pipe) -> None:
 
 def check_pipeline_media(cfg: DiffusionTrainConfig, pipe, family: str) -> None:
     """Phase 2, before the judge loads: the settings for clips given to an image pipeline are errors; of the video
-    pipelines the trainers take those with one denoiser that the sampler drives (Wan 2.1 and Wan image-to-video,
-    CogVideoX, LTX-Video and its image-to-video); prompt images must match the pipeline (:func:`check_prompt_images`)."""
+    pipelines the trainers take those that the sampler drives (Wan 2.1 and Wan image-to-video, Wan 2.2's two experts:
+    ``experts``, :func:`~.experts.check_experts`; CogVideoX, LTX-Video and its image-to-video); prompt images must match
+    the pipeline (:func:`check_prompt_images`)."""
+    from .experts import check_experts
+
     name = type(pipe).__name__
+    check_experts(cfg, pipe)
     check_prompt_images(cfg, pipe)
     if family not in VIDEO_FAMILIES:
         for field_name in ("num_frames", "reward_frames"):
@@ -83,11 +87,6 @@ def check_pipeline_media(cfg: DiffusionTrainConfig, pipe, family: str) -> None:
     if pipeline_task(pipe) is None:
         raise PipelineError(
             f"pretrained: {name} is not a pipeline the trainers drive ({', '.join(TEXT_TO_VIDEO + IMAGE_TO_VIDEO)})"
-        )
-    if getattr(pipe, "transformer_2", None) is not None or getattr(pipe, "transformer", None) is None:
-        raise PipelineError(
-            f"pretrained: {name} has two experts (Wan 2.2); the LoRA trains one denoiser, so the trainers take "
-            "one-expert pipelines (Wan 2.1, CogVideoX, LTX-Video) for now"
         )
 
 
