@@ -34,6 +34,7 @@ from .pipelines import (
     decode,
     decompose,
     levels,
+    model_levels,
     pipeline_family,
 )
 from .video_pipelines import JUDGE_FRAMES, i2v_context, judge_sampling
@@ -121,7 +122,7 @@ class RewardGuidanceCallback(PipelineCallback):
         self.rm_calls = 0
         self.images_scored = 0
         self._prev = None
-        self._levels = None
+        self._levels = self._read_at = None
         self._family: str | None = None  # the pipeline's, read when a run starts
         self._last = None  # per particle: reward at the last scored step
         self._best = None  # per particle: best reward so far
@@ -215,12 +216,13 @@ class RewardGuidanceCallback(PipelineCallback):
             self._family = check_pipeline(pipeline)
         if self._levels is None:
             self._levels = levels(pipeline.scheduler)
+            self._read_at = model_levels(pipeline.scheduler)  # where a step took its latents from (DDIM: its t)
         num_steps = len(self._levels) - 1
         plan = self.scoring_steps(num_steps)
         latents = callback_kwargs["latents"]
         out = {}
         if i in plan and self._prev is not None:
-            x0, e = decompose(self._prev.float(), latents.float(), self._levels[i], self._levels[i + 1])
+            x0, e = decompose(self._prev.float(), latents.float(), self._read_at[i], self._levels[i + 1])
             B = latents.shape[0]
             prompts = self._prompts(B)
             r = self._score(pipeline, x0.to(latents.dtype), latents, prompts)

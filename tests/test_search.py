@@ -104,6 +104,37 @@ def test_callback_x0_equals_the_denoiser_prediction(pipes, kind, scheduler):
         assert (x0 - want).abs().max() < 1e-4 * (1 + want.abs().max())
 
 
+def test_callback_x0_is_exact_on_an_uneven_ddim_spacing(pipes, rm, monkeypatch):
+    """3 "trailing" DDIM steps of 1000 land a timestep away from where the next step reads its latents (333 vs 332):
+    the x0 the callback scores is still the denoiser's own prediction at that step."""
+    from diffusers import DDIMScheduler
+
+    pipe = build_tiny_pipeline("sd", "ddim")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    seen, scored = {}, {}
+    cb = RewardGuidanceCallback(rm, PROMPT, steps=[1, 2], mode="prune", keep=1, refresh=0.0)
+    real = cb._score
+
+    def score(pipeline, x0, latents, prompts):
+        scored[len(scored) + 1] = x0.clone()
+        return real(pipeline, x0, latents, prompts)
+
+    monkeypatch.setattr(cb, "_score", score)
+
+    def both(p, i, t, kw):
+        seen[i] = kw["latents"].clone()
+        return cb(p, i, t, kw)
+
+    pipe(PROMPT, generator=[torch.Generator().manual_seed(3)], output_type="latent", callback_on_step_end=both,
+         callback_on_step_end_tensor_inputs=["latents"], **_kw("sd", 3))  # fmt: skip
+    assert [int(t) for t in pipe.scheduler.timesteps] == [999, 666, 332]
+    sampler = Sampler(pipe, PROMPT, _cfg("sd", 3))
+    for i in (1, 2):
+        want, _ = sampler.predict(seen[i - 1], i)
+        assert (scored[i] - want).abs().max() < 1e-5 * (1 + want.abs().max())  # off by 5e-5 relative if read at 333
+
+
 @pytest.mark.parametrize("kind,scheduler", CASES)
 def test_prune_at_the_last_step_keeps_the_best(pipes, rm, kind, scheduler):
     pipe = pipes(kind, scheduler)
