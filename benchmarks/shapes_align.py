@@ -10,7 +10,8 @@ the same images is recorded beside it (a judge gain without a verifier gain is r
     python benchmarks/shapes_align.py --method grpo --config examples/training/grpo-shapes.yaml --out /tmp/al/g1 \\
         [--set lr=3e-4 --set max_steps=60] [--judge shapes-m] [--held-out 96] [--samples 2] [--threads 2]
 
-Writes ``OUT/result.json`` and prints it; the base measurement is cached in ``OUT/../base-<judge>-<n>.json``.
+``--lora DIR`` measures a LoRA trained elsewhere instead (e.g. a one-prompt run: does it carry over to other
+prompts?). Writes ``OUT/result.json`` (with alignment by category) and prints it; the base measurement is cached in ``OUT/../base-<judge>-<n>.json``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ def summary(before: dict, after: dict) -> dict:
     return out
 
 
+def by_category(prompts: list[str], samples: int, before: dict, after: dict) -> dict:
+    """Alignment before and after for each ShapesWorld category: ``{category: [before, after, images]}``."""
+    from rewarddance.shapes import parse_prompt
+
+    out: dict[str, list] = {}
+    for i, prompt in enumerate(prompts):
+        row = out.setdefault(parse_prompt(prompt).category, [0, 0, 0])
+        for k in range(i * samples, (i + 1) * samples):
+            row[0] += before["passed"][k]
+            row[1] += after["passed"][k]
+            row[2] += 1
+    return {c: [round(b / n, 3), round(a / n, 3), n] for c, (b, a, n) in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", choices=["refl", "grpo"], required=True)
@@ -84,6 +99,9 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=96)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--lora", default=None, help="measure this trained LoRA folder instead of training (the recipe names the judge)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {}
@@ -112,7 +130,7 @@ def main() -> None:
         base_path.parent.mkdir(parents=True, exist_ok=True)
         base_path.write_text(json.dumps(before))
     t0 = time.time()
-    result = train(cfg, progress=False)
+    result = {"lora": args.lora, "step": None} if args.lora else train(cfg, progress=False)
     minutes = (time.time() - t0) / 60
     _load_lora(pipe, Path(result["lora"]))
     after = measure(pipe, rm, prompts, kw, args.samples)
@@ -121,10 +139,16 @@ def main() -> None:
         "config": args.config,
         "overrides": {k: v for k, v in overrides.items() if k != "output_dir"},
         "judge": judge,
-        "train_minutes": round(minutes, 1),
+        "train_minutes": None if args.lora else round(minutes, 1),
+        "lora": args.lora,
         "steps": result.get("step"),
         **summary(before, after),
-        "trainer": {k: result.get(k) for k in ("reward_before", "reward_after")},
+        "by_category": by_category(prompts, args.samples, before, after),
+        "trainer": {  # the trainer's own evaluation (its eval_prompts, or training prompts), when it ran one
+            k: result.get(k)
+            for k in ("reward_before", "reward_after", "alignment_before", "alignment_before_se", "alignment_after")
+            + ("alignment_after_se", "alignment_n")
+        },
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"),
     }
