@@ -629,6 +629,96 @@ print("RESULT", len(expected), worst(), before, len(unmatched), unmatched[:3])
     assert worst < 2e-3 < before, line  # ComfyUI patches in the checkpoint's fp16; diffusers fused in fp32
 
 
+COMFY_HEADER = """
+import sys, json, torch
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+"""
+# ComfyUI's WanModel; dim 128, as ComfyUI reads one head per 128 channels (and text_dim 4096) from a Wan checkpoint
+COMFY_WAN = dict(dim=128, ffn_dim=256, num_heads=1, num_layers=2, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
+
+
+def _in_comfyui(script: str) -> str:
+    """Run ``script`` in ComfyUI's interpreter, from its checkout; its stdout."""
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    env = {**os.environ, "PYTHONPATH": COMFYUI_DIR, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [python, "-c", COMFY_HEADER + script], capture_output=True, text=True, cwd=COMFYUI_DIR, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_wan_lora_export_patches_comfyuis_wan_model_as_diffusers_fuses_it(tmp_path):
+    """The ComfyUI file of a Wan LoRA, applied by ComfyUI's LoraLoader path (load_lora_for_models) to a WAN 2.1 model
+    that ComfyUI builds from a Wan checkpoint: every key is mapped (no "lora key not loaded"), every LoRA layer is
+    patched, and the patched weights, read back under diffusers' names by diffusers' own Wan checkpoint converter,
+    equal the diffusers transformer's with the LoRA fused (both from the same random checkpoint)."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    from rewarddance.testing.tiny_video import build_tiny_video_pipeline
+    from rewarddance.training.export import COMFY_LORA_FILE, save_lora
+
+    checkpoint, patched = tmp_path / "wan.safetensors", tmp_path / "patched.safetensors"
+    _in_comfyui(f"""
+import comfy.ops, comfy.ldm.wan.model
+from safetensors.torch import save_file
+g = torch.Generator().manual_seed(0)
+net = comfy.ldm.wan.model.WanModel(model_type="t2v", operations=comfy.ops.disable_weight_init, **{COMFY_WAN!r})
+save_file({{k: 0.1 * torch.randn(v.shape, generator=g) for k, v in net.state_dict().items()}}, {str(checkpoint)!r})
+""")
+    base = convert_wan_transformer_to_diffusers(load_file(checkpoint))
+    transformer = WanTransformer3DModel(
+        **dict(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16, out_channels=16),
+        **dict(text_dim=4096, freq_dim=256, ffn_dim=256, num_layers=2, cross_attn_norm=True, eps=1e-6),
+        qk_norm="rms_norm_across_heads",
+    )
+    transformer.load_state_dict(base, strict=True)
+    pipe = build_tiny_video_pipeline("wan")
+    pipe.register_modules(transformer=transformer)
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "net.0.proj", "net.2", "linear_1", "linear_2", "time_proj"]
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets + ["proj_out"]))
+    gen = torch.Generator().manual_seed(1)
+    for name, p in transformer.named_parameters():
+        if "lora_" in name:
+            p.data = 0.05 * torch.randn(p.shape, generator=gen)
+    save_lora(pipe, transformer, tmp_path / "lora", alpha=8)
+    transformer.fuse_lora()
+    transformer.unload_lora()
+    expected = transformer.state_dict()
+    layers = [k for k in expected if not torch.equal(expected[k], base[k])]
+    assert len(layers) == 2 * 10 + 6, layers  # 10 Linear layers a block, 6 outside: each has its update
+    out = _in_comfyui(f"""
+import logging, comfy.sd, comfy.utils
+from safetensors.torch import save_file
+unmatched = []
+class Catch(logging.Handler):
+    def emit(self, record):
+        if "not loaded" in record.getMessage().lower():
+            unmatched.append(record.getMessage())
+logging.getLogger().addHandler(Catch())
+model = comfy.sd.load_diffusion_model_state_dict(comfy.utils.load_torch_file({str(checkpoint)!r}),
+                                                 model_options={{"dtype": torch.float32}})
+lora = comfy.utils.load_torch_file({str(tmp_path / "lora" / COMFY_LORA_FILE)!r})
+model, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+model.patch_model()
+sd = model.model.diffusion_model.state_dict()
+save_file({{k: v.contiguous() for k, v in sd.items()}}, {str(patched)!r})
+print("RESULT", json.dumps(dict(model=type(model.model).__name__, patched=len(model.patches), unmatched=unmatched)))
+""")
+    got = json.loads([x for x in out.splitlines() if x.startswith("RESULT")][0].split(maxsplit=1)[1])
+    assert got["model"] == "WAN21" and got["unmatched"] == [] and got["patched"] == len(layers), got
+    comfy = convert_wan_transformer_to_diffusers(load_file(patched))
+    assert comfy.keys() == expected.keys()
+    worst = max((comfy[k] - expected[k]).abs().max().item() for k in expected)
+    print(f"{len(layers)} LoRA layers patched; largest difference to diffusers' fused weights {worst:.1e}")
+    assert worst < 1e-5
+
+
 def test_guided_sampler_logic_judges_what_comfyuis_wan_vae_decodes():
     """No Wan model runs here, but its VAE does: ComfyUI's own Wan 2.1 VAE (random weights, built by comfy.sd.VAE as
     from a checkpoint) decodes 5-D latents [1, 16, 3, 4, 4] to [1, 9, 32, 32, 3], and the guided sampler's logic, on

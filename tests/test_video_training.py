@@ -585,3 +585,89 @@ def test_bad_two_expert_settings_fail_before_training(rm, tmp_path):
     two = SimpleNamespace(accelerator=SimpleNamespace(num_processes=2))
     with pytest.raises(ValueError, match="WanPipeline has two experts .*one process"):
         trained_experts(_refl(out), build_tiny_video_pipeline("wan22"), two)
+
+
+# --------------------------------------------------------------------------------------- the Wan LoRA for ComfyUI
+WAN_ALL_LAYERS = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj", "net.0.proj", "net.2"]
+WAN_ALL_LAYERS += ["linear_1", "linear_2", "time_proj", "proj_out"]  # the embedders' and the output's Linear layers
+COMFY_WAN_KEY = r"diffusion_model\.[a-z_0-9.]+\.(lora_A\.weight|lora_B\.weight|alpha)"
+
+
+def _random_lora(denoiser, targets, seed: int) -> None:
+    """A rank-4, alpha-8 LoRA on ``targets`` of ``denoiser`` with random A and B (B starts at zero otherwise)."""
+    from peft import LoraConfig
+
+    denoiser.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in denoiser.named_parameters():
+        if "lora_" in name:
+            p.data = 0.1 * torch.randn(p.shape, generator=gen)
+
+
+def _deltas(lora: dict, scale: float = 1.0) -> dict:
+    """``scale * B @ A`` of every layer of a diffusers LoRA state dict, by layer name (``lora.down`` / ``lora.up``,
+    the names diffusers' export gives attention layers, read as ``lora_A`` / ``lora_B``)."""
+    lora = {k.replace(".lora.down.", ".lora_A.").replace(".lora.up.", ".lora_B."): v for k, v in lora.items()}
+    return {
+        k.removesuffix(".lora_A.weight"): scale * lora[k.replace("lora_A", "lora_B")] @ lora[k]
+        for k in lora
+        if k.endswith(".lora_A.weight")
+    }
+
+
+def test_wan_lora_for_comfyui_has_the_original_wan_names_that_diffusers_reads_back(tmp_path):
+    """The ComfyUI file of a Wan LoRA is written with the original Wan module names (``diffusion_model.blocks.N.
+    self_attn.q.lora_A.weight`` ... and each block layer's alpha), the form ComfyUI maps onto its WAN models.
+    Converted back by diffusers' own reader of that form, every layer (self- and cross-attention, the image
+    cross-attention of Wan 2.1 I2V, feed-forward, embedders, output) has the update ``alpha / rank * B @ A`` of the
+    diffusers export; both experts of Wan 2.2 load from their ComfyUI files into a fresh pipeline and predict as the
+    trained one; a layer without a Wan name is an error naming it."""
+    import re
+
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_wan_lora_to_diffusers
+
+    from rewarddance.testing.tiny_video import build_tiny_video_pipeline
+    from rewarddance.training.experts import Experts
+    from rewarddance.training.export import save_lora
+
+    pipe = build_tiny_video_pipeline("wan")
+    torch.manual_seed(0)  # Wan 2.1 I2V's layout: CLIP image embeddings through image_embedder, add_k/v_proj
+    i2v = dict(image_dim=20, added_kv_proj_dim=24, rope_max_seq_len=32, freq_dim=32, text_dim=32)
+    shape = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, in_channels=16)
+    pipe.register_modules(transformer=WanTransformer3DModel(**i2v, **shape, cross_attn_norm=True))
+    _random_lora(pipe.transformer, WAN_ALL_LAYERS, seed=1)
+    save_lora(pipe, pipe.transformer, tmp_path / "all", alpha=8)
+    comfy = load_file(tmp_path / "all" / "lora_comfyui.safetensors")
+    assert all(re.fullmatch(COMFY_WAN_KEY, k) for k in comfy), sorted(comfy)[:4]
+    for name in ("blocks.1.self_attn.o", "blocks.0.cross_attn.k_img", "blocks.1.ffn.2", "head.head", "img_emb.proj.3"):
+        assert f"diffusion_model.{name}.lora_A.weight" in comfy, name
+    theirs = _deltas(_convert_non_diffusers_wan_lora_to_diffusers(dict(comfy)))
+    ours = _deltas(load_file(tmp_path / "all" / "pytorch_lora_weights.safetensors"), scale=8 / 4)
+    assert theirs.keys() == ours.keys() and len(ours) == 2 * 12 + 8  # 12 layers a block, 8 outside
+    for k in ours:
+        assert torch.allclose(theirs[k], ours[k], atol=1e-6), k
+
+    # Wan 2.2: the ComfyUI file of each expert, loaded by diffusers, predicts as the trained expert
+    pipe, fresh = build_tiny_video_pipeline("wan22"), build_tiny_video_pipeline("wan22")
+    for seed, name in enumerate(("transformer", "transformer_2")):
+        _random_lora(getattr(pipe, name), ["to_q", "to_k", "to_v", "to_out.0"], seed=seed)
+    save_lora(pipe, Experts(pipe, ["transformer", "transformer_2"]), tmp_path / "wan22", alpha=8)
+    fresh.load_lora_weights(tmp_path / "wan22", weight_name="lora_comfyui.safetensors")
+    fresh.load_lora_weights(
+        tmp_path / "wan22", weight_name="lora_comfyui_low_noise.safetensors", load_into_transformer_2=True
+    )
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 1, 4, 4, generator=gen), torch.randn(1, 5, pipe.transformer.config.text_dim)
+    for name in ("transformer", "transformer_2"):
+        with torch.no_grad():
+            trained, loaded = (getattr(p, name)(x, torch.tensor([500]), text).sample for p in (pipe, fresh))
+            fresh.disable_lora()
+            base = getattr(fresh, name)(x, torch.tensor([500]), text).sample
+            fresh.enable_lora()
+        assert (loaded - trained).abs().max() < 1e-5 < (base - trained).abs().max(), name
+
+    wan = build_tiny_video_pipeline("wan")
+    _random_lora(wan.transformer, ["to_q", "patch_embedding"], seed=0)
+    with pytest.raises(ValueError, match="the LoRA layer 'patch_embedding' has no Wan name that ComfyUI maps"):
+        save_lora(wan, wan.transformer, tmp_path / "bad", alpha=8)

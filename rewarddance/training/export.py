@@ -166,15 +166,67 @@ def save_single_file(pipe, path, dtype: torch.dtype | None = None) -> Path:
 
 COMFY_LORA_FILE = "lora_comfyui.safetensors"
 
+# diffusers' module names in a Wan transformer -> the original Wan names that ComfyUI's WAN models carry (the inverse of
+# diffusers' _convert_non_diffusers_wan_lora_to_diffusers). Inside each block:
+_WAN_ATTENTION = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+_WAN_BLOCK = {
+    **{f"attn1.{d}": f"self_attn.{w}" for d, w in _WAN_ATTENTION.items()},
+    **{f"attn2.{d}": f"cross_attn.{w}" for d, w in _WAN_ATTENTION.items()},
+    "attn2.add_k_proj": "cross_attn.k_img",
+    "attn2.add_v_proj": "cross_attn.v_img",
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+# outside the blocks (diffusers reads no alpha for these, so their alpha / rank goes into lora_B)
+_WAN_OUTER = {
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.image_embedder.ff.net.0.proj": "img_emb.proj.1",
+    "condition_embedder.image_embedder.ff.net.2": "img_emb.proj.3",
+    "proj_out": "head.head",
+}
+
+
+def wan_lora_to_comfy(peft_sd: dict, alpha: float) -> dict:
+    """A Wan transformer's LoRA (peft names) under the original Wan names: ``diffusion_model.<wan module>.lora_A``
+    / ``.lora_B.weight``, the form ComfyUI maps onto its WAN models (and diffusers' ``load_lora_weights`` reads back);
+    block layers carry ``.alpha``. A layer with no Wan name is an error naming it, never a dropped key."""
+    out = {}
+    for key, value in peft_sd.items():
+        module, _, part = key.rpartition(".lora_")  # "blocks.0.attn1.to_q", "A.weight"
+        block = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+        if part not in ("A.weight", "B.weight"):
+            raise ValueError(f"transformer: the LoRA tensor {key!r} has no place in a Wan LoRA for ComfyUI")
+        if block and block[2] in _WAN_BLOCK:
+            name = f"blocks.{block[1]}.{_WAN_BLOCK[block[2]]}"
+            if part == "A.weight":
+                out[f"diffusion_model.{name}.alpha"] = torch.tensor(float(alpha))
+        elif module in _WAN_OUTER:
+            name = _WAN_OUTER[module]
+            if part == "B.weight":
+                value = value * (alpha / peft_sd[f"{module}.lora_A.weight"].shape[0])
+        else:
+            raise ValueError(
+                f"transformer: the LoRA layer {module!r} has no Wan name that ComfyUI maps (those are the blocks' "
+                f"attention and feed-forward, {', '.join(_WAN_BLOCK)}, and {', '.join(_WAN_OUTER)})"
+            )
+        out[f"diffusion_model.{name}.lora_{part}"] = value
+    return out
+
 
 def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = None, suffix: str = "") -> Path:
     """Write the LoRA twice: in diffusers' format (``pipe.load_lora_weights(out_dir)`` loads it) and as
     ``lora_comfyui.safetensors`` for ComfyUI's LoraLoader (``models/loras``).
 
-    The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets and
-    ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers; each module carries its ``alpha``, so
-    strength 1.0 there applies the same ``alpha / rank`` scale as the trained model. ``state_dict``: the gathered
-    weights of a sharded (FSDP) denoiser, or a snapshot of the LoRA (``keep_best``). ``suffix`` ends both file names.
+    The ComfyUI file uses the names ComfyUI maps onto its own models: kohya's ``lora_unet_*`` for UNets,
+    ``transformer.*`` (diffusers' module names) for SD3 / Flux transformers and ``diffusion_model.*`` with the original
+    Wan module names for Wan transformers (:func:`wan_lora_to_comfy`); each module carries its ``alpha`` (or has it in
+    its weights), so strength 1.0 there applies the same ``alpha / rank`` scale as the trained model. ``state_dict``:
+    the gathered weights of a sharded (FSDP) denoiser, or a snapshot of the LoRA (``keep_best``). ``suffix`` ends both
+    file names.
 
     The trained experts of a Wan 2.2 pipeline (:class:`~.experts.Experts`) get both files each: the high-noise
     expert's under the names above, the low-noise expert's as ``pytorch_lora_weights_low_noise.safetensors`` (loaded
@@ -204,12 +256,15 @@ def save_lora(pipe, denoiser, out_dir, alpha: float, state_dict: dict | None = N
     type(pipe).save_lora_weights(
         str(out), **{f"{key}_lora_layers": layers}, **meta, weight_name=weight_name, safe_serialization=True
     )
-    if unet:
-        comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
+    if pipeline_family(pipe) == "wan":  # ComfyUI maps Wan LoRAs only under the original Wan names
+        comfy = wan_lora_to_comfy(peft_sd, alpha)
     else:
-        comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
-    for key in [k for k in comfy if k.endswith((".lora_down.weight", ".lora_A.weight"))]:
-        comfy[key.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(float(alpha))
+        if unet:
+            comfy = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_sd.items()})
+        else:
+            comfy = {f"transformer.{k}": v for k, v in peft_sd.items()}
+        for key in [k for k in comfy if k.endswith((".lora_down.weight", ".lora_A.weight"))]:
+            comfy[key.rsplit(".", 2)[0] + ".alpha"] = torch.tensor(float(alpha))
     comfy_file = COMFY_LORA_FILE.replace(".safetensors", f"{suffix}.safetensors")
     tmp = out / (comfy_file + ".tmp")
     save_file({k: v.detach().contiguous() for k, v in comfy.items()}, str(tmp))
