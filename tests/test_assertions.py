@@ -69,6 +69,7 @@ def test_potentials_follow_each_particle_through_resampling(monkeypatch, potenti
     each particle's own line of ancestors, as recorded in the history."""
     monkeypatch.setattr(guidance, "check_pipeline", lambda pipe: "sd")
     monkeypatch.setattr(guidance, "levels", lambda scheduler: [1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+    monkeypatch.setattr(guidance, "model_levels", lambda scheduler: [1.0, 0.8, 0.6, 0.4, 0.2])
     monkeypatch.setattr(guidance, "decompose", lambda prev, x, a, b: (x, torch.zeros_like(x)))
     monkeypatch.setattr(guidance, "decode", lambda pipe, x0, h, w: x0[:, :3].clamp(0, 1))
     monkeypatch.setattr(guidance, "compose", lambda x0, e, level: x0 + e)
