@@ -68,9 +68,10 @@ def write_data(work: Path) -> dict[str, Path]:
     return out
 
 
-def eval_data(work: Path) -> dict[str, Path]:
+def eval_data(work: Path, generated: bool = True) -> dict[str, Path]:
     """Only the held-out pair folders (what the bundled-model tests measure against the card): rendered in-domain
-    and out-of-domain pairs, and pairs of the bundled generator's samples."""
+    and out-of-domain pairs, a clean scene against garbage, and (``generated``; 1,200 samples to draw) pairs of the
+    bundled generator's samples."""
     from ..bundled import bundled_path
     from ..shapes import write_dataset
     from ..shapes.generator import load_generator
@@ -81,11 +82,12 @@ def eval_data(work: Path) -> dict[str, Path]:
         out[name] = work / name
         if not (out[name] / "pairs.jsonl").exists():
             write_dataset(out[name], n=n, size=IMAGE_SIZE, pairs=True, split=split, seed=seed, progress=False)
-    out["generated"] = work / "generated-eval"
-    pipe = load_generator(bundled_path("shapes-gen"))
-    write_generated_pairs(pipe, out["generated"], **GENERATED["generated-eval"])
     out["garbage"] = work / "garbage-eval"
     write_garbage_pairs(out["garbage"], **GARBAGE_EVAL)
+    if generated:
+        out["generated"] = work / "generated-eval"
+        pipe = load_generator(bundled_path("shapes-gen"))
+        write_generated_pairs(pipe, out["generated"], **GENERATED["generated-eval"])
     return out
 
 
