@@ -175,14 +175,26 @@ def stochastic_mean(x0: torch.Tensor, e: torch.Tensor, lv_next, std: float) -> t
     return a1 * x0 + math.sqrt(max(s1 * s1 - std * std, 0.0)) * e
 
 
-def gaussian_logp(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+def free_mean(values: torch.Tensor, pinned: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of each row of ``values`` over its free elements: those not ``pinned`` (a bool mask broadcastable to
+    ``values``, :attr:`Sampler.pinned`; None: every element is free). float32 ``[B]``."""
+    values = values.float()
+    if pinned is None:
+        return values.flatten(1).mean(1)
+    free = (~pinned.to(values.device)).expand_as(values).flatten(1)
+    return (values.flatten(1) * free).sum(1) / free.sum(1).clamp(min=1)
+
+
+def gaussian_logp(x: torch.Tensor, mean: torch.Tensor, std: float, pinned: torch.Tensor | None = None) -> torch.Tensor:
     """Log-density of ``x`` under ``N(mean, std^2 I)`` per row, averaged over the latent's elements (as Flow-GRPO
-    and DDPO do, so its size does not depend on the resolution): float32 ``[B]``."""
+    and DDPO do, so its size does not depend on the resolution): float32 ``[B]``. With ``pinned`` (positions the
+    sampler holds fixed, whose density is a constant) only the free elements count, so a held conditioning frame or
+    image channels do not dilute the log-ratio of the rest."""
     if std <= 0:
         raise ValueError(f"gaussian_logp: std must be positive, got {std}")
     z = (x.float() - mean.float()) / std
     per = -0.5 * z * z - math.log(std) - 0.5 * math.log(2 * math.pi)
-    return per.flatten(1).mean(1)
+    return free_mean(per, pinned)
 
 
 def decode(pipe, x0: torch.Tensor, height: int, width: int, num_frames: int | None = None) -> torch.Tensor:

@@ -260,6 +260,12 @@ class VideoSampler(Sampler):
         return self.denoiser if self.denoiser is not None else self.pipe.transformer_2
 
     @property
+    def model_module(self):
+        """The module of :attr:`model`, whose ``config`` and ``dtype`` are read: a trainer's DDP wrapper has neither
+        (it is called in the denoiser's place, see ``SamplerConfig.denoiser``), its ``module`` has both."""
+        return getattr(self.model, "module", self.model)
+
+    @property
     def latent_frames(self) -> int:
         """Latent frames of a clip (CogVideoX 1.5 pads them to its temporal patch, as its pipeline does)."""
         p = self.pipe
@@ -279,7 +285,7 @@ class VideoSampler(Sampler):
             max_sequence_length=self.cfg.max_sequence_length,
             device=dev,
         )
-        dtype = self.model.dtype
+        dtype = self.model_module.dtype
         if self.family == "ltx":
             pe, mask, npe, nmask = out
             cond = dict(pe=pe.to(dtype), mask=mask, npe=npe, nmask=nmask)
@@ -372,7 +378,7 @@ class VideoSampler(Sampler):
                 lat = vae.encode(px.to(vae.dtype)).latent_dist.mode().to(dev, torch.float32)
                 latents.append((lat - mean) * inv_std)
                 if p.transformer is not None and p.transformer.config.image_dim is not None:  # Wan 2.1: CLIP
-                    embeds.append(p.encode_image(img, dev).to(self.model.dtype))
+                    embeds.append(p.encode_image(img, dev).to(self.model_module.dtype))
         rows = self.image_rows.to(dev)
         if expand:  # Wan 2.2 TI2V: the first latent frame is the image's, at timestep 0
             self.image_latents = torch.cat(latents)[rows]  # [rows, C, 1, h, w]
@@ -419,7 +425,7 @@ class VideoSampler(Sampler):
         follow the latents on the channels: ``[B, F, 2C, h, w]``)."""
         p, B = self.pipe, len(seeds)
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        ch = self.model.config.in_channels
+        ch = self.model_module.config.in_channels
         if self.task == "i2v":
             index = self._rows_of(B, rows)  # None: one prompt for all rows, or one per row
             if index is None:

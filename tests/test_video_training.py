@@ -166,6 +166,41 @@ def test_refl_on_cogvideox_judges_the_drawn_frames_and_evaluates_clips(rm, tmp_p
     assert _moved(_lora(res)) > 0
 
 
+def test_two_processes_train_wan_like_one_on_the_same_global_batch(tiny_vlm, tmp_path, launch_two, json_objects):
+    """``accelerate launch`` of 2 CPU processes of ``batch_size: 1`` on tiny Wan 2.1 (the transformer wrapped by DDP;
+    the video sampler reads config and dtype from the module inside) against one process of ``batch_size: 2``: the rows,
+    noise, stop levels and judged frames of a step are drawn for both processes from one stream, so both ranks end
+    with one LoRA, the 1-process run's."""
+    import yaml
+
+    pipe_dir = tmp_path / "pipe"
+    build_tiny_video_pipeline("wan").save_pretrained(pipe_dir)
+    models = dict(pretrained=str(pipe_dir), reward_model=tiny_vlm("qwen2_vl"), device="cpu", mixed_precision="no")
+    settings = {"stop_range": [1, 2], "loss": "log", **models}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(_settings(tmp_path / "two", batch_size=1, **settings)))
+    proc = launch_two(["train-refl", "--config", str(tmp_path / "two.yaml"), "--no-progress"], port=29563)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json_objects(proc.stdout)  # (the processes share stdout: their lines may interleave)
+    assert len(rows) == 2 and all(r["processes"] == 2 and r["step"] == 2 for r in rows)
+    assert rows[0]["lora_checksum"] == pytest.approx(rows[1]["lora_checksum"], rel=1e-9)  # both ranks: one LoRA
+    one = train_refl(ReFLConfig(**_settings(tmp_path / "one", batch_size=2, **settings)), progress=False)
+    assert one["processes"] == 1
+    logged = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
+    header = logged[0].split(",")
+    two = [dict(zip(header, line.split(","))) for line in logged[1:]]
+    assert len(two) == 2
+    # the main process logs its own rows' loss and reward, and the gradient norm DDP averaged over both processes
+    assert all(math.isfinite(float(r[key])) for r in two for key in ("loss", "reward_mean", "grad_norm"))
+    assert [float(r["grad_norm"]) for r in two] == pytest.approx([h["grad_norm"] for h in one["history"]], rel=1e-4)
+    ours, theirs = _lora(one), load_file(tmp_path / "two" / "lora" / "pytorch_lora_weights.safetensors")
+    assert ours.keys() == theirs.keys() and _moved(ours) > 1e-3
+    worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
+    print(f"Wan, 2 processes x batch 1 vs 1 process x batch 2: largest LoRA difference {worst:.2e}")
+    # 6.9e-6 measured against two Adam steps of lr = 3e-2 (batched kernels of 2 rows against 1 round differently;
+    # Adam magnifies it on gradient entries near its eps); one rank drawing other rows instead: 0.1
+    assert worst < 3e-5, worst
+
+
 # ------------------------------------------------------------------------------------------------------ GRPO
 def test_grpo_on_wan_scores_whole_clips_resumes_exactly_and_exports_a_lora_diffusers_loads(rm, tmp_path):
     judge = RecordingJudge(rm)
@@ -671,3 +706,102 @@ def test_wan_lora_for_comfyui_has_the_original_wan_names_that_diffusers_reads_ba
     _random_lora(wan.transformer, ["to_q", "patch_embedding"], seed=0)
     with pytest.raises(ValueError, match="the LoRA layer 'patch_embedding' has no Wan name that ComfyUI maps"):
         save_lora(wan, wan.transformer, tmp_path / "bad", alpha=8)
+
+
+# ------------------------------------------------------------------------- CogVideoX: image channels, dynamic guidance
+def _held(ro) -> bool:
+    """Every latent of the rollouts keeps the pinned positions of its first."""
+    pinned = ro.sampler.pinned.expand_as(ro.latents[0])
+    return all(torch.equal(x[pinned], ro.latents[0][pinned]) for x in ro.latents)
+
+
+def test_grpo_log_p_and_kl_average_over_the_free_elements_only(tmp_path):
+    """CogVideoX image-to-video holds half its latent channels (the image's): GRPO's log p and KL term average over
+    the other half only, as the Gaussian density computed here, so the held channels do not halve the log-ratio."""
+    from torch.distributions import Normal
+
+    from rewarddance.pipelines import stochastic_mean
+    from rewarddance.training import grpo
+
+    pipe = build_tiny_video_pipeline("cogvideox_i2v")
+    _random_lora(pipe.transformer, ["to_q", "to_k", "to_v", "to_out.0"], seed=3)  # LoRA on != base: a KL to measure
+    rows = refl.read_prompts(_image_prompts(tmp_path / "data"))[:2]
+    sampler_cfg = SamplerConfig(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16)
+    ro = grpo.sample_rollouts(pipe, sampler_cfg, rows, [1, 2], 1.0, torch.Generator().manual_seed(0), {0, 1})
+    assert _held(ro)
+    free = ~ro.sampler.pinned.expand_as(ro.latents[0])
+    assert free.float().mean() == 0.5  # the image's channels: half of them
+    cfg = _grpo(tmp_path, kl_weight=1.0)
+    for k in (0, 1):
+        x, std, levels = ro.latents[k], ro.stds[k], ro.sampler.levels
+        with torch.no_grad():
+            mean = torch.where(free, stochastic_mean(*ro.sampler.predict(x, k), levels[k + 1], std), x)
+            pipe.transformer.disable_adapters()
+            base = torch.where(free, stochastic_mean(*ro.sampler.predict(x, k), levels[k + 1], std), x)
+            pipe.transformer.enable_adapters()
+        density = Normal(mean, std).log_prob(ro.latents[k + 1])
+        want = torch.stack([density[i][free[i]].mean() for i in range(2)])
+        assert torch.allclose(ro.logp[k], want, atol=1e-5), (ro.logp[k], want)
+        assert (density.flatten(1).mean(1) - want).abs().min() > 1e-2  # (all elements would give another value)
+        want_kl = torch.stack([((mean - base)[i][free[i]] ** 2).mean() for i in range(2)]).mean() / (2 * std * std)
+        _, stats = grpo.step_loss(ro, k, torch.tensor([1.0, -1.0]), pipe.transformer, cfg)
+        assert stats["ratio_dev"] < 1e-5 and want_kl > 0
+        assert stats["kl"] == pytest.approx(float(want_kl), rel=1e-4)
+
+
+def test_use_dynamic_cfg_reaches_the_sampler_of_cogvideox_and_fails_elsewhere(rm, tmp_path, monkeypatch):
+    """``use_dynamic_cfg`` samples GRPO's rollouts with CogVideoX's dynamic guidance: the same latents as the sampler
+    given it directly, other than without it; a pipeline without dynamic guidance refuses it before training."""
+    from rewarddance.training import grpo
+
+    real, calls = grpo.sample_rollouts, []
+
+    def recording(pipe, sampler_cfg, rows, seeds, eta, noise, steps, sde="ddim"):
+        state = noise.get_state()
+        ro = real(pipe, sampler_cfg, rows, seeds, eta, noise, steps, sde)
+        calls.append((sampler_cfg.use_dynamic_cfg, rows, seeds, eta, state, steps, ro.latents))
+        return ro
+
+    monkeypatch.setattr(grpo, "sample_rollouts", recording)
+    for dynamic in (True, False):
+        cfg = _grpo(tmp_path / f"dynamic-{dynamic}", max_steps=1, use_dynamic_cfg=dynamic)
+        train_grpo(cfg, progress=False, pipe=build_tiny_video_pipeline("cogvideox"), rm=rm)
+    (on, rows, seeds, eta, state, steps, dyn), (off, *_, plain) = calls
+    assert on and not off
+    assert torch.equal(dyn[0], plain[0]) and (dyn[-1] - plain[-1]).abs().max() > 1e-3
+    direct = SamplerConfig(
+        num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16, use_dynamic_cfg=True
+    )
+    noise = torch.Generator()
+    noise.set_state(state)
+    ro = real(build_tiny_video_pipeline("cogvideox"), direct, rows, seeds, eta, noise, steps)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ro.latents, dyn))
+    out = tmp_path / "bad"
+    for train, make in ((train_refl, _refl), (train_grpo, _grpo)):
+        with pytest.raises(ValueError, match=r"use_dynamic_cfg: WanPipeline has no dynamic .*CogVideoX pipelines only"):
+            train(make(out, use_dynamic_cfg=True), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm)
+    assert not out.exists() or not (out / "metrics.csv").exists()
+
+
+def test_both_trainers_run_on_cogvideox_image_to_video(rm, tmp_path, monkeypatch):
+    """CogVideoX image-to-video (the image's latents on half the channels) from a .jsonl of prompts and images: ReFL
+    and GRPO train the LoRA with finite losses, GRPO's rollouts keep the image channels, the judge sees each image."""
+    from rewarddance.training import grpo
+
+    prompts = _image_prompts(tmp_path / "data")
+    real, kept = grpo.sample_rollouts, []
+
+    def recording(*args):
+        ro = real(*args)
+        kept.append(_held(ro))
+        return ro
+
+    monkeypatch.setattr(grpo, "sample_rollouts", recording)
+    for train, make in ((train_refl, _refl), (train_grpo, _grpo)):
+        judge = RecordingJudge(rm)
+        pipe = build_tiny_video_pipeline("cogvideox_i2v")
+        res = train(make(tmp_path / train.__name__, prompts=prompts), progress=False, pipe=pipe, rm=judge)
+        assert res["step"] == 2 and all(math.isfinite(h["loss"]) for h in res["history"])
+        assert _moved(_lora(res)) > 0
+        _shown_first_frames(judge)
+    assert kept == [True, True]

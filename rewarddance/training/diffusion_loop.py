@@ -342,6 +342,7 @@ def sampler_config(cfg: DiffusionTrainConfig, pipe, family: str, tr: Trainable |
         width=size,
         **sampler_callers(tr),
         num_frames=cfg.num_frames,
+        use_dynamic_cfg=cfg.use_dynamic_cfg,
     )
     if cfg.max_sequence_length is not None:
         sampler_cfg.max_sequence_length = cfg.max_sequence_length

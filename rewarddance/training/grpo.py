@@ -8,7 +8,7 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
    marginals of the deterministic sampler, for DDIM, Euler and flow-matching schedules alike) or, with ``sde:
    flow_grpo`` on a flow-matching schedule, Flow-GRPO's Euler-Maruyama step of the flow SDE with noise level ``eta``
    (:func:`~rewarddance.pipelines.flow_sde_stds`, :func:`~rewarddance.pipelines.flow_sde_mean`), keeping every latent
-   and, for the steps trained on, ``log p_old(x' | x)`` (a Gaussian, averaged over the latent's elements);
+   and, for the steps trained on, ``log p_old(x' | x)`` (a Gaussian, averaged over the latent's free elements);
 2. decode the final latents and score them with the judge, without gradients (``score``: any judge, quantised or
    not, any :class:`~rewarddance.context.RewardContext`): P(yes), the yes/no margin, or the win rate of each sample
    against the others of its group (Pref-GRPO: ``compare`` in both orders, the order-averaged probability of
@@ -24,12 +24,13 @@ One step (Flow-GRPO / DanceGRPO's recipe, on the pipelines of :mod:`rewarddance.
    before each optimiser step.
 
 On a video pipeline (Wan 2.1, Wan 2.2 with a LoRA per trained expert, each step recomputed by the expert that sampled
-it (:mod:`.experts`), CogVideoX, LTX-Video, and the Wan and LTX-Video image-to-video ones, each prompt with its image
-from a ``.jsonl`` file) the same steps run on the clips' latents (5-D, or LTX-Video's
-tokens; ``log p`` is averaged over all their elements; a conditioning frame the pipeline holds fixed stays fixed, the
-step's mean and sample both taken from it, so it adds nothing to the ratio), and step 2 scores whole decoded clips, the
-judge shown ``reward_frames`` frames of each sampled uniformly (``score(videos=..., num_frames=...)``) and, for
-image-to-video, the conditioning image first (``first_frame_context``).
+it (:mod:`.experts`), CogVideoX, LTX-Video, and the Wan, CogVideoX and LTX-Video image-to-video ones, each prompt
+with its image from a ``.jsonl`` file) the same steps run on the clips' latents (5-D, or LTX-Video's tokens; a
+conditioning frame or CogVideoX's image channels, which the pipeline holds fixed, stay fixed, the step's mean and
+sample both taken from them, and ``log p`` and the KL term are averaged over the free elements only, so the held ones
+neither add to the ratio nor dilute it), and step 2 scores whole decoded clips, the judge shown ``reward_frames``
+frames of each sampled uniformly (``score(videos=..., num_frames=...)``) and, for image-to-video, the conditioning
+image first (``first_frame_context``).
 
 Every draw of step ``s`` (prompts, initial noise, the sampler's noise, the subset of steps) comes from generators
 keyed on ``(seed, s)``, so a resumed run equals an uninterrupted one. Loading, LoRA, checkpoints, evaluation,
@@ -56,6 +57,7 @@ from ..pipelines import (
     Sampler,
     flow_sde_mean,
     flow_sde_stds,
+    free_mean,
     gaussian_logp,
     stochastic_mean,
     stochastic_std,
@@ -246,7 +248,7 @@ def sample_rollouts(
         z = torch.randn(x.shape, generator=noise, dtype=torch.float32).to(x.device, x.dtype)
         x = sampler.pin(mean + stds[k] * z, x) if stds[k] > 0 else mean
         if k in logp_steps:
-            logp[k] = gaussian_logp(x, mean, stds[k])
+            logp[k] = gaussian_logp(x, mean, stds[k], sampler.pinned)  # (over the free elements)
         latents.append(x)
     images = sampler.decode(x)  # images, or whole clips of a video pipeline
     return Rollouts(sampler, latents, stds, logp, images, sde)
@@ -262,7 +264,7 @@ def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig
         x, x_next, logp_old, adv = x[index], x_next[index], logp_old[index.to(logp_old.device)], adv[torch.tensor(rows)]
     x0, e = sampler.predict(x, k, rows=rows)
     mean = sampler.pin(step_mean(x0, e, sampler.levels, k, std, ro.sde), x)
-    logp = gaussian_logp(x_next, mean, std)
+    logp = gaussian_logp(x_next, mean, std, sampler.pinned)
     ratio = torch.exp(logp - logp_old.to(logp.device))
     a = adv.to(logp.device)
     clipped = ratio.clamp(1.0 - cfg.clip_range, 1.0 + cfg.clip_range)
@@ -272,7 +274,7 @@ def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig
         with torch.no_grad(), base_model(denoiser):
             x0_base, e_base = sampler.predict(x, k, rows=rows)
             mean_base = sampler.pin(step_mean(x0_base, e_base, sampler.levels, k, std, ro.sde), x)
-        kl = ((mean.float() - mean_base.float()) ** 2).flatten(1).mean(1).mean() / (2 * std * std)
+        kl = free_mean((mean.float() - mean_base.float()) ** 2, sampler.pinned).mean() / (2 * std * std)
     stats = {
         "kl": float(kl.detach()),
         "clip_frac": float(((ratio - 1).abs() > cfg.clip_range).float().mean()),

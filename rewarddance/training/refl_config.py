@@ -82,6 +82,13 @@ class DiffusionTrainConfig:
             "default for video (within its tokenizer's length)"
         },
     )
+    use_dynamic_cfg: bool = field(
+        default=False,
+        metadata={
+            "help": "CogVideoX only: the guidance scale follows its pipelines' cosine schedule over the steps (as "
+            "their use_dynamic_cfg), in training and evaluation; other pipelines refuse it"
+        },
+    )
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha"})
     lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS), metadata={"help": "module names"})

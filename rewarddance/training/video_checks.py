@@ -71,10 +71,12 @@ def check_pipeline_media(cfg: DiffusionTrainConfig, pipe, family: str) -> None:
     """Phase 2, before the judge loads: the settings for clips given to an image pipeline are errors; of the video
     pipelines the trainers take those that the sampler drives (Wan 2.1 and Wan image-to-video, Wan 2.2's two experts:
     ``experts``, :func:`~.experts.check_experts`; CogVideoX, LTX-Video and its image-to-video); prompt images must match
-    the pipeline (:func:`check_prompt_images`)."""
+    the pipeline (:func:`check_prompt_images`); ``use_dynamic_cfg`` needs CogVideoX."""
     from .experts import check_experts
 
     name = type(pipe).__name__
+    if cfg.use_dynamic_cfg and family != "cogvideox":
+        raise ValueError(f"use_dynamic_cfg: {name} has no dynamic guidance (CogVideoX pipelines only); set it false")
     check_experts(cfg, pipe)
     check_prompt_images(cfg, pipe)
     if family not in VIDEO_FAMILIES:
