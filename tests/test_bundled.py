@@ -399,3 +399,18 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
         assert verify(folder / row["chosen"], row["prompt"]).passed
         verdict = verify(folder / row["rejected"], row["prompt"])
         assert not verdict.passed and row["reason"] == verdict.reason[0].upper() + verdict.reason[1:] + "."
+
+
+def test_a_stopped_recipe_stage_ends_the_recipe_and_records_nothing(tmp_path):
+    """A stage stopped midway (SIGINT / SIGTERM: the trainer returns ``stopped_at``) ends the recipe with one line
+    instead of going on to the next stage from a model that was never finished; no stage record is written, so the
+    next run resumes the stage from its checkpoints."""
+    from rewarddance.recipes.shapes import RecipeStopped, _stage
+
+    folder = tmp_path / "s-captions"
+    folder.mkdir()
+    with pytest.raises(RecipeStopped, match="s-captions: stopped at step 7; run the same command again to resume"):
+        _stage(folder, lambda: {"stopped_at": 7, "history": []}, print)
+    assert not (folder / "stage.json").exists()
+    done = _stage(folder, lambda: {"history": [{"step": 9, "loss": 0.5}]}, print)
+    assert done["last"] == {"step": 9, "loss": 0.5} and (folder / "stage.json").exists()

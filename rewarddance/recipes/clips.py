@@ -91,7 +91,7 @@ def base_model(base: str, work: Path, log=print) -> Path:
     from ..shapes import write_dataset
     from ..testing.tiny import build_tiny_vlm
     from ..training.caption import CaptionTrainConfig, train_captions
-    from .shapes import CAPTION, VLM_SEED, _stage
+    from .shapes import CAPTION, STAGE_CHECKPOINT_EVERY, VLM_SEED, _stage
     from .shapes import DATA as IMAGE_DATA
 
     n, split, seed, _ = IMAGE_DATA["scenes"]
@@ -103,7 +103,11 @@ def base_model(base: str, work: Path, log=print) -> Path:
     def run():
         random_vlm = build_tiny_vlm("qwen2_vl", work / "qwen2_vl-random", image_size=SIZE, seed=VLM_SEED, **QWEN)
         cfg = CaptionTrainConfig(
-            model=str(random_vlm), data=str(scenes), output_dir=str(folder), save_every=0, **CAPTION
+            model=str(random_vlm),
+            data=str(scenes),
+            output_dir=str(folder),
+            save_every=STAGE_CHECKPOINT_EVERY,
+            **CAPTION,
         )
         return train_captions(cfg, progress=False)
 

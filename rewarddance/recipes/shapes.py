@@ -107,18 +107,31 @@ def measure_rm(model, folders: dict[str, Path], objective: str = "pointwise", co
     return out
 
 
+STAGE_CHECKPOINT_EVERY = 250  # training steps between a stage's checkpoints: an interrupted stage resumes from one
+
+
 def _stage(folder: Path, run, log) -> dict:
-    """Run a training stage into ``folder`` unless its ``final`` model is already there (stages resume); returns
-    ``stage.json``: the minutes it took and its last logged metrics."""
+    """Run a training stage into ``folder`` unless its ``final`` model is already there (stages resume, and a stage
+    stopped midway resumes from its last checkpoint); returns ``stage.json``: the minutes it took and its last logged
+    metrics. A stage that was stopped (SIGINT / SIGTERM) ends the recipe with a one-line error instead of going on."""
     record = folder / "stage.json"
     if (folder / "final").exists() and record.exists():
         log(f"reusing {folder / 'final'}")
         return json.loads(record.read_text(encoding="utf-8"))
     t0 = time.time()
     result = run()
+    if "stopped_at" in result:
+        raise RecipeStopped(
+            f"{folder.name}: stopped at step {result['stopped_at']}; run the same command again to resume from its "
+            "last checkpoint"
+        )
     facts = {"minutes": round((time.time() - t0) / 60, 1), "last": result["history"][-1] if result["history"] else {}}
     record.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
     return facts
+
+
+class RecipeStopped(RuntimeError):
+    """A training stage of a recipe was stopped before its end (its checkpoints stay for the next run)."""
 
 
 def write_generated_pairs(
@@ -302,7 +315,11 @@ def caption_stage(size: str, work: Path, data: dict[str, Path], log=print) -> tu
             "llava", work / f"{size}-random", image_size=IMAGE_SIZE, seed=VLM_SEED, **RM_SIZES[size]
         )
         cfg = CaptionTrainConfig(
-            model=str(random_vlm), data=str(data["scenes"]), output_dir=str(folder), save_every=0, **CAPTION
+            model=str(random_vlm),
+            data=str(data["scenes"]),
+            output_dir=str(folder),
+            save_every=STAGE_CHECKPOINT_EVERY,
+            **CAPTION,
         )
         return train_captions(cfg, progress=False)
 
@@ -317,7 +334,12 @@ def judge_stages(base: Path, name: str, work: Path, data: dict[str, Path], chang
 
     def judge(start: Path, folder: Path, train_data: Path, settings: dict):
         cfg = RMTrainConfig(
-            model=str(start), data=str(train_data), output_dir=str(folder), eval_every=0, save_every=0, **settings
+            model=str(start),
+            data=str(train_data),
+            output_dir=str(folder),
+            eval_every=0,
+            save_every=STAGE_CHECKPOINT_EVERY,
+            **settings,
         )
         return lambda: train_rm(cfg, progress=False)
 
@@ -479,12 +501,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, flush=True)
 
-    if args.what == "generator":
-        train_generator_bundle(args.out, log, args.work)
-    elif args.what == "rm":
-        train_rm_size(args.size, args.work, args.out, log)
-    else:
-        log(f"{args.size}-{args.variant}: {train_variant(args.size, args.variant, args.work, log)}")
+    try:
+        if args.what == "generator":
+            train_generator_bundle(args.out, log, args.work)
+        elif args.what == "rm":
+            train_rm_size(args.size, args.work, args.out, log)
+        else:
+            log(f"{args.size}-{args.variant}: {train_variant(args.size, args.variant, args.work, log)}")
+    except RecipeStopped as err:
+        log(f"stopped: {err}")
+        return 130
     return 0
 
 
