@@ -27,7 +27,7 @@ import yaml
 
 from rewarddance import RewardModel
 from rewarddance.bundled import generator_defaults, load_generator
-from rewarddance.demo import DEMO_SEED, _load_lora, _to_pil, demo_prompts, sample_prompts
+from rewarddance.demo import DEMO_SEED, _load_lora, _to_pil, demo_prompts, mean_se, paired_difference, sample_prompts
 from rewarddance.shapes import verify
 
 HELD_OUT_SEED = DEMO_SEED + 2  # as shapes_scaling.py and shapes_refl_sweep.py
@@ -48,20 +48,13 @@ def measure(pipe, rm, prompts: list[str], kw: dict, samples: int) -> dict:
     return {"passed": passed, "p_yes": p_yes}
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return mean, math.sqrt(var / n)
-
-
 def summary(before: dict, after: dict) -> dict:
     out = {"n": len(before["passed"])}
     for key in ("passed", "p_yes"):
         b = [float(v) for v in before[key]]
         a = [float(v) for v in after[key]]
         (mb, sb), (ma, sa) = mean_se(b), mean_se(a)
-        md, sd = mean_se([y - x for x, y in zip(b, a)])
+        md, sd = paired_difference(b, a)
         name = "alignment" if key == "passed" else "judge_p_yes"
         out[name] = {
             "before": round(mb, 4),

@@ -394,12 +394,17 @@ def run_refl_demo(
     return {"steps": cfg.max_steps, "before": before, "after": after, "gain": gain, "prompts": len(held_out)}
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` and its standard error (sample standard deviation / sqrt n)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
+    return mean, math.sqrt(var / n)
+
+
 def paired_difference(before: list[float], after: list[float]) -> tuple[float, float]:
     """Mean of ``after - before`` over paired items and its standard error."""
-    d = [float(a) - float(b) for a, b in zip(after, before)]
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / max(len(d) - 1, 1)
-    return mean, math.sqrt(var / len(d))
+    return mean_se([float(a) - float(b) for a, b in zip(after, before)])
 
 
 def _load_lora(pipe, folder: Path) -> None:
