@@ -8,7 +8,8 @@ judge's own mean P(yes) is recorded. ``+pre`` adds the plain diffusion loss on 2
 
     python benchmarks/shapes_refl_sweep.py [--judge shapes-m] [--threads 2] [--only lr1e-3,lr3e-4]
 
-Prints one line per setting; the numbers are copied into ``benchmarks/RESULTS.md`` by hand.
+Prints a markdown row per setting (alignment and P(yes) after, each with its paired difference from the base on
+the same 192 images and that difference's standard error); the rows are copied into ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,25 @@ import torch
 
 from rewarddance import RewardModel
 from rewarddance.bundled import bundled_path, generator_defaults, load_generator
-from rewarddance.demo import DEMO_SEED, demo_prompts, measure_alignment, refl_config
+from rewarddance.demo import DEMO_SEED, demo_prompts, measure_alignment, paired_difference, refl_config
 from rewarddance.shapes import write_dataset
 from rewarddance.training.refl import train_refl
 
 PROMPT_SEED = DEMO_SEED + 2  # as in shapes_scaling.py: held-out prompts, and + 1 for the training prompts
+
+
+def row(before: dict, after: dict) -> str:
+    """Alignment and P(yes) after, each with its paired difference from ``before`` (+- SE; under 2 SE: none)."""
+    cells = []
+    for key, each, scale, unit in (("alignment", "passed_each", 100, " %"), ("p_yes", "p_yes_each", 1, "")):
+        diff, se = paired_difference(before[each], after[each])
+        verdict = "no difference" if abs(diff) < 2 * se or diff == 0 else f"{abs(diff) / se:.1f} SE" if se else "all"
+        digits = 1 if scale == 100 else 3
+        cells += [
+            f"{scale * after[key]:.{digits}f}{unit} (n = {after['images']})",
+            f"{scale * diff:+.{digits}f} +- {scale * se:.{digits}f}: {verdict}",
+        ]
+    return " | ".join(cells)
 
 
 def settings(pretrain: Path) -> dict[str, dict]:
@@ -59,7 +74,10 @@ def main() -> None:
         rm = RewardModel.from_pretrained(args.judge, device="cpu", dtype="float32")
         base = load_generator()
         kw = generator_defaults(base)
-        print("base", measure_alignment(base, rm, held_out, kw), flush=True)
+        before = measure_alignment(base, rm, held_out, kw)
+        print(f"base: {row(before, before)}", flush=True)
+        print("| setting | verifier alignment | gain (paired SE) | judge's mean P(yes) | gain (paired SE) | time |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
         table = settings(pretrain)
         for name in args.only.split(",") if args.only else table:
             with tempfile.TemporaryDirectory() as out:
@@ -68,7 +86,8 @@ def main() -> None:
                 train_refl(dataclasses.replace(cfg, **table[name]), progress=False, rm=rm)
                 pipe = load_generator()
                 pipe.load_lora_weights(str(Path(out) / "lora"))
-                print(name, measure_alignment(pipe, rm, held_out, kw), f"{time.time() - t0:.0f} s", flush=True)
+                after = measure_alignment(pipe, rm, held_out, kw)
+                print(f"| {name} | {row(before, after)} | {time.time() - t0:.0f} s |", flush=True)
 
 
 if __name__ == "__main__":

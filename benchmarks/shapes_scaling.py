@@ -34,6 +34,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import platform
 import statistics
 import tempfile
@@ -44,7 +45,15 @@ import torch
 
 from rewarddance import RewardContext, RewardModel
 from rewarddance.bundled import REWARD_MODELS, available, bundled_path, card, generator_defaults, load_generator
-from rewarddance.demo import DEMO_SEED, _to_pil, demo_prompts, refl_config, sample_prompts
+from rewarddance.demo import (
+    DEMO_SEED,
+    _to_pil,
+    demo_prompts,
+    mean_se,
+    paired_difference,
+    refl_config,
+    sample_prompts,
+)
 from rewarddance.pipelines import SamplerConfig
 from rewarddance.recipes.shapes import eval_data, measure_rm, train_variant
 from rewarddance.reference_sets import build_references, load_references
@@ -85,8 +94,13 @@ class HeldOut:
         return cls(prompts, images, [passes(im, p) for im, p in zip(images, prompts)])
 
     @property
+    def flat(self) -> list[bool]:
+        """The verdicts, prompt by prompt (the same order for every generator: seeds are fixed by position)."""
+        return [v for row in self.passed for v in row]
+
+    @property
     def alignment(self) -> float:
-        return statistics.mean(v for row in self.passed for v in row)
+        return statistics.mean(self.flat)
 
     def p_yes(self, rm, context=None) -> float:
         """The judge's mean pointwise P(yes) over the samples."""
@@ -95,12 +109,12 @@ class HeldOut:
         )
 
 
-def best_of_n(rm, cands: list[torch.Tensor], verdicts: list[list[bool]], prompts: list[str], context=None) -> float:
-    """Verifier alignment of the candidate the judge scores highest, per prompt."""
+def best_of_n(rm, cands: list[torch.Tensor], verdicts: list[list[bool]], prompts: list[str], context=None) -> list:
+    """The verifier's verdict on the candidate the judge scores highest, per prompt."""
     chosen = []
     for c, v, prompt in zip(cands, verdicts, prompts):
         chosen.append(v[int(torch.argmax(rm.score(c, prompt, context=context).p_yes.float()))])
-    return statistics.mean(chosen)
+    return chosen
 
 
 def part_alignment(pipe, rms: dict, prompts: list[str], cands, verdicts, kw: dict) -> dict:
@@ -122,15 +136,19 @@ def part_alignment(pipe, rms: dict, prompts: list[str], cands, verdicts, kw: dic
                 config=SamplerConfig(guidance_scale=kw["guidance_scale"], height=kw["height"], width=kw["width"]),
             )
             searched.append(passes(res.images[:1], prompt)[0])
+        chosen = best_of_n(rm, cands, verdicts, prompts)
         rows[name] = {
-            "best_of_n": best_of_n(rm, cands, verdicts, prompts),
+            "best_of_n": statistics.mean(chosen),
             "search": statistics.mean(searched),
+            "best_of_n_passed": chosen,
+            "search_passed": searched,
             "seconds": round(time.time() - t0, 1),
         }
     return {
         "prompts": len(prompts),
         "n": n,
         "first": statistics.mean(v[0] for v in verdicts),
+        "first_passed": [v[0] for v in verdicts],
         "mean_candidate": statistics.mean(statistics.mean(v) for v in verdicts),
         "oracle": statistics.mean(any(v) for v in verdicts),
         "by_rm": rows,
@@ -152,6 +170,7 @@ def run_refl(rm, model: str, train_prompts: list[str], held_out: list[str], step
         after = HeldOut.sample(pipe, held_out, kw)
     facts = {
         "alignment_after": after.alignment,
+        "after_passed": after.flat,
         "late_reward_std": statistics.mean(float(r["window_std"]) for r in late),
         "late_reward_mean": statistics.mean(float(r["window_mean"]) for r in late),
         "seconds": round(time.time() - t0, 1),
@@ -164,7 +183,13 @@ def part_refl(rms: dict, train_prompts: list[str], base: HeldOut, steps: int, kw
     for name, rm in rms.items():
         facts, after = run_refl(rm, name, train_prompts, base.prompts, steps, kw)
         rows[name] = {**facts, "own_reward_before": base.p_yes(rm), "own_reward_after": after.p_yes(rm)}
-    return {"steps": steps, "prompts": len(base.prompts), "alignment_before": base.alignment, "by_rm": rows}
+    return {
+        "steps": steps,
+        "prompts": len(base.prompts),
+        "alignment_before": base.alignment,
+        "before_passed": base.flat,
+        "by_rm": rows,
+    }
 
 
 def part_pairwise(pipe, size: str, work: Path, folders: dict, train_prompts: list[str], base: HeldOut, steps, kw):
@@ -207,7 +232,8 @@ def part_cot(size: str, work: Path, folders: dict, prompts, cands, verdicts, tra
     path = train_variant(size, "cot", work)
     judge = RewardModel.from_pretrained(path, device="cpu", dtype="float32")
     out = {"size": size, "accuracy": measure_rm(judge, folders, context=COT)}
-    out["best_of_n"], out["n"] = best_of_n(judge, cands, verdicts, prompts, context=COT), len(cands[0])
+    out["best_of_n_passed"] = best_of_n(judge, cands, verdicts, prompts, context=COT)
+    out["best_of_n"], out["n"] = statistics.mean(out["best_of_n_passed"]), len(cands[0])
     facts, after = run_refl(judge, str(path), train_prompts, base.prompts, steps, kw, cot="judgment_first")
     out["refl"] = {**facts, "own_reward_before": base.p_yes(judge, COT), "own_reward_after": after.p_yes(judge, COT)}
     return out
@@ -217,21 +243,59 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _share(passed: list) -> str:
+    """A share of passes with its standard error: ``34.4 +- 3.4 %``."""
+    mean, se = mean_se([float(v) for v in passed])
+    return f"{100 * mean:.1f} +- {100 * se:.1f} %"
+
+
+def _gain(before: list, after: list) -> str:
+    """``after - before`` over paired items in points, its SE, and whether it is a difference at 2 SE."""
+    diff, se = paired_difference([float(v) for v in before], [float(v) for v in after])
+    if diff == 0 or abs(diff) < 2 * se:
+        verdict = "no difference"
+    else:
+        verdict = f"{abs(diff) / se:.1f} SE" if se else "every item"
+    return f"{100 * diff:+.1f} +- {100 * se:.1f} ({verdict})"
+
+
+def _accuracy(cell: dict) -> tuple[float, float]:
+    """A pair accuracy and its binomial standard error over the ``pairs`` it was measured on."""
+    p, n = cell["accuracy"], cell["pairs"]
+    return p, math.sqrt(p * (1 - p) / n) if n else 0.0
+
+
 def _accuracy_cells(acc: dict) -> str:
-    return " | ".join(_pct(acc[k]["accuracy"]) for k in ("id", "ood", "generated"))
+    cells = []
+    for k in ("id", "ood", "generated"):
+        p, se = _accuracy(acc[k])
+        cells.append(f"{100 * p:.1f} +- {100 * se:.1f} %")
+    return " | ".join(cells)
 
 
 def markdown(results: dict) -> str:
+    """The RESULTS.md section: every share with its standard error, every gain paired with the same prompts and seeds
+    before (a gain under 2 SE reads "no difference")."""
     names = [n for n in REWARD_MODELS if n in results.get("params", {})]
     lines = [
         "<!-- shapes_scaling: written by benchmarks/shapes_scaling.py; do not edit by hand -->",
         "### Reward scaling in miniature (ShapesWorld, bundled models)",
         "",
-        f"`python benchmarks/shapes_scaling.py` on {results['machine']}, {results['date']}; {results['minutes']} min.",
+        f"`python benchmarks/shapes_scaling.py` on {results['machine']}, {results['date']}; {results['minutes']} min. "
+        "Shares are +- one standard error; gains are paired (same prompts and seeds) and read as a difference only "
+        "at 2 SE or more.",
         "",
     ]
     if "accuracy" in results:
+        acc = results["accuracy"][names[0]] if names else {}
+        counts = ", ".join(
+            f"{acc[k]['pairs']} {label}"
+            for k, label in (("id", "in-domain"), ("ood", "out-of-domain"), ("generated", "generated"))
+            if k in acc
+        )
         lines += [
+            f"Pointwise accuracy on held-out preference pairs ({counts}):",
+            "",
             "| RM | parameters | in-domain accuracy | out-of-domain accuracy | on the generator's samples |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
@@ -241,32 +305,36 @@ def markdown(results: dict) -> str:
     if "alignment" in results:
         al = results["alignment"]
         lines += [
-            f"Verifier alignment of the bundled generator, {al['prompts']} held-out prompts: first sample "
-            f"{_pct(al['first'])}, mean over all {al['n']} candidates {_pct(al['mean_candidate'])}, "
-            f"oracle (any candidate passes) {_pct(al['oracle'])}.",
+            f"Verifier alignment of the bundled generator, {al['prompts']} held-out prompts (n = {al['prompts']} per "
+            f"cell): first sample {_share(al['first_passed'])}, mean over all {al['n']} candidates "
+            f"{_pct(al['mean_candidate'])}, oracle (any candidate passes) {_pct(al['oracle'])}.",
             "",
-            f"| RM | best-of-{al['n']} | search over paths (same budget) |",
-            "| --- | ---: | ---: |",
+            f"| RM | best-of-{al['n']} | gain over the first sample | search over paths (same budget) | gain |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
         for n in names:
             r = al["by_rm"][n]
-            lines.append(f"| {n} | {_pct(r['best_of_n'])} | {_pct(r['search'])} |")
+            lines.append(
+                f"| {n} | {_share(r['best_of_n_passed'])} | {_gain(al['first_passed'], r['best_of_n_passed'])} | "
+                f"{_share(r['search_passed'])} | {_gain(al['first_passed'], r['search_passed'])} |"
+            )
         lines.append("")
     refl = results.get("refl")
     if refl:
+        before = refl["before_passed"]
         lines += [
             f"ReFL, {refl['steps']} steps ({refl.get('settings', 'pointwise, LoRA rank 8, batch 4')}); first-sample "
-            f"verifier alignment on {refl['prompts']} held-out prompts x 2 seeds, before: "
-            f"{_pct(refl['alignment_before'])}.",
+            f"verifier alignment on {refl['prompts']} held-out prompts x 2 seeds (n = {len(before)}), before: "
+            f"{_share(before)}.",
             "",
-            "| RM | alignment after ReFL | RM's own P(yes) before -> after | reward std, last quarter |",
-            "| --- | ---: | ---: | ---: |",
+            "| RM | alignment after ReFL | gain | RM's own P(yes) before -> after | reward std, last quarter |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
         for n in names:
             r = refl["by_rm"][n]
             lines.append(
-                f"| {n} | {_pct(r['alignment_after'])} | {r['own_reward_before']:.3f} -> "
-                f"{r['own_reward_after']:.3f} | {r['late_reward_std']:.4f} |"
+                f"| {n} | {_share(r['after_passed'])} | {_gain(before, r['after_passed'])} | "
+                f"{r['own_reward_before']:.3f} -> {r['own_reward_after']:.3f} | {r['late_reward_std']:.4f} |"
             )
         lines.append("")
     pw = results.get("pairwise")
@@ -276,23 +344,27 @@ def markdown(results: dict) -> str:
             f"Pointwise vs pairwise judging (paper Tables 7 and 8): the {control} recipe, and the same recipe trained "
             "as a pairwise judge (reference image + candidate; accuracy with both image orders averaged). Pairwise "
             "ReFL rewards P(candidate better than a cached reference of the prompt): the top 2 or the bottom 2 of 16 "
-            "base samples ranked by the pairwise judge's tournament, one drawn per rollout.",
+            "base samples ranked by the pairwise judge's tournament, one drawn per rollout. Gains against the "
+            "alignment before ReFL above.",
             "",
             "| judge | in-domain | out-of-domain | generated | ReFL reward | references pass the verifier "
-            "| alignment after ReFL | reward std, last quarter |",
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+            "| alignment after ReFL | gain | reward std, last quarter |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
         ]
         if control in results.get("accuracy", {}) and refl and control in refl["by_rm"]:
             r = refl["by_rm"][control]
             lines.append(
                 f"| {control} (pointwise) | {_accuracy_cells(results['accuracy'][control])} | P(yes) | - | "
-                f"{_pct(r['alignment_after'])} | {r['late_reward_std']:.4f} |"
+                f"{_share(r['after_passed'])} | {_gain(refl['before_passed'], r['after_passed'])} | "
+                f"{r['late_reward_std']:.4f} |"
             )
         for keep in ("top", "bottom"):
             r = pw[keep]
+            gain = _gain(refl["before_passed"], r["after_passed"]) if refl else "-"
             lines.append(
                 f"| pairwise | {_accuracy_cells(pw['accuracy'])} | vs {keep}-2 of best-of-16 | "
-                f"{_pct(r['reference_alignment'])} | {_pct(r['alignment_after'])} | {r['late_reward_std']:.4f} |"
+                f"{_pct(r['reference_alignment'])} | {_share(r['after_passed'])} | {gain} | "
+                f"{r['late_reward_std']:.4f} |"
             )
         lines.append("")
     cot = results.get("cot")
@@ -310,12 +382,25 @@ def markdown(results: dict) -> str:
         if control in results.get("accuracy", {}) and control in al.get("by_rm", {}) and refl:
             lines.append(
                 f"| {control} (verdict only) | {_accuracy_cells(results['accuracy'][control])} | "
-                f"{_pct(al['by_rm'][control]['best_of_n'])} | {_pct(refl['by_rm'][control]['alignment_after'])} |"
+                f"{_share(al['by_rm'][control]['best_of_n_passed'])} | "
+                f"{_share(refl['by_rm'][control]['after_passed'])} |"
             )
         lines.append(
-            f"| {control} + CoT | {_accuracy_cells(cot['accuracy'])} | {_pct(cot['best_of_n'])} | "
-            f"{_pct(cot['refl']['alignment_after'])} |"
+            f"| {control} + CoT | {_accuracy_cells(cot['accuracy'])} | {_share(cot['best_of_n_passed'])} | "
+            f"{_share(cot['refl']['after_passed'])} |"
         )
+        if control in al.get("by_rm", {}):
+            lines += [
+                "",
+                f"CoT minus verdict-only, paired: best-of-{cot['n']} "
+                f"{_gain(al['by_rm'][control]['best_of_n_passed'], cot['best_of_n_passed'])}"
+                + (
+                    f"; after ReFL {_gain(refl['by_rm'][control]['after_passed'], cot['refl']['after_passed'])}"
+                    if refl and control in refl["by_rm"]
+                    else ""
+                )
+                + ".",
+            ]
         lines.append("")
     if results.get("plot"):
         lines += [f"![accuracy and alignment by RM size]({results['plot']})", ""]
@@ -323,46 +408,50 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-SERIES = (  # what the plot draws against RM size: label, colour, value of results for an RM name
-    ("in-domain accuracy", (31, 119, 180), lambda r, n: r["accuracy"][n]["id"]["accuracy"]),
-    ("out-of-domain accuracy", (255, 127, 14), lambda r, n: r["accuracy"][n]["ood"]["accuracy"]),
-    ("accuracy on generated pairs", (44, 160, 44), lambda r, n: r["accuracy"][n]["generated"]["accuracy"]),
-    ("best-of-N alignment", (214, 39, 40), lambda r, n: r["alignment"]["by_rm"][n]["best_of_n"]),
-    ("alignment after ReFL", (148, 103, 189), lambda r, n: r["refl"]["by_rm"][n]["alignment_after"]),
+SERIES = (  # what the plot draws against RM size: label, value and SE of results for an RM name
+    ("in-domain accuracy", lambda r, n: _accuracy(r["accuracy"][n]["id"])),
+    ("out-of-domain accuracy", lambda r, n: _accuracy(r["accuracy"][n]["ood"])),
+    ("accuracy on generated pairs", lambda r, n: _accuracy(r["accuracy"][n]["generated"])),
+    ("best-of-N alignment", lambda r, n: mean_se([float(v) for v in r["alignment"]["by_rm"][n]["best_of_n_passed"]])),
+    ("alignment after ReFL", lambda r, n: mean_se([float(v) for v in r["refl"]["by_rm"][n]["after_passed"]])),
 )
 
 
-def plot(results: dict, path: Path, width: int = 640, height: int = 360) -> bool:
-    """``path``: each series of :data:`SERIES` over the RM sizes (0-100 %), the first-sample alignment in grey."""
-    from PIL import Image, ImageDraw
+def plot(results: dict, path: Path) -> bool:
+    """``path``: each series of :data:`SERIES` over the RM sizes with 1-SE error bars, the base generator's
+    first-sample alignment as a grey band (its own SE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     names = [n for n in REWARD_MODELS if n in results.get("params", {})]
     if len(names) < 2 or not all(k in results for k in ("accuracy", "alignment", "refl")):
         return False
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 50, width - 190, 20, height - 40
-
-    def xy(i: int, v: float) -> tuple[float, float]:
-        return left + i * (right - left) / (len(names) - 1), bottom - v * (bottom - top)
-
-    for tick in range(0, 101, 20):
-        y = xy(0, tick / 100)[1]
-        draw.line([(left, y), (right, y)], fill=(225, 225, 225))
-        draw.text((left - 40, y - 6), f"{tick} %", fill="black")
-    for i, n in enumerate(names):
-        draw.text((xy(i, 0)[0] - 30, bottom + 8), f"{n} {results['params'][n] / 1e6:.2f} M", fill="black")
-    first = results["alignment"]["first"]
-    draw.line([xy(0, first), xy(len(names) - 1, first)], fill=(150, 150, 150), width=1)
-    legend = [*((label, colour) for label, colour, _ in SERIES), ("first sample (base)", (150, 150, 150))]
-    for _label, colour, value in SERIES:
-        points = [xy(i, value(results, n)) for i, n in enumerate(names)]
-        draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    for k, (label, colour) in enumerate(legend):
-        draw.text((right + 15, top + 18 * k), label, fill=colour)
-    img.save(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    xs = list(range(len(names)))
+    for k, (label, value) in enumerate(SERIES):
+        points = [value(results, n) for n in names]
+        shift = (k - len(SERIES) / 2) * 0.03  # keep the error bars apart
+        ax.errorbar(
+            [x + shift for x in xs],
+            [100 * m for m, _ in points],
+            yerr=[100 * se for _, se in points],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    first, first_se = mean_se([float(v) for v in results["alignment"]["first_passed"]])
+    ax.axhspan(
+        100 * (first - first_se), 100 * (first + first_se), color="grey", alpha=0.25, label="first sample (base)"
+    )
+    ax.set_xticks(xs, [f"{n}\n{results['params'][n] / 1e6:.2f} M" for n in names])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%  (+- 1 SE)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return True
 
 
@@ -382,7 +471,7 @@ def write_results_md(section: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="accuracy,alignment,refl,pairwise,cot")
-    parser.add_argument("--prompts-per-category", type=int, default=4, help="held-out prompts for best-of-N")
+    parser.add_argument("--prompts-per-category", type=int, default=8, help="held-out prompts for best-of-N")
     parser.add_argument("--n", type=int, default=16, help="best-of-N candidates (search gets the same budget)")
     parser.add_argument("--refl-steps", type=int, default=40)
     parser.add_argument("--refl-prompts-per-category", type=int, default=8, help="ReFL training prompts")
