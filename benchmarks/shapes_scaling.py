@@ -265,9 +265,12 @@ def _accuracy(cell: dict) -> tuple[float, float]:
     return p, math.sqrt(p * (1 - p) / n) if n else 0.0
 
 
+ACCURACY_SETS = ("id", "ood", "generated", "garbage")  # the pair folders of ``eval_data``, in table order
+
+
 def _accuracy_cells(acc: dict) -> str:
     cells = []
-    for k in ("id", "ood", "generated"):
+    for k in ACCURACY_SETS[:3]:
         p, se = _accuracy(acc[k])
         cells.append(f"{100 * p:.1f} +- {100 * se:.1f} %")
     return " | ".join(cells)
@@ -290,17 +293,24 @@ def markdown(results: dict) -> str:
         acc = results["accuracy"][names[0]] if names else {}
         counts = ", ".join(
             f"{acc[k]['pairs']} {label}"
-            for k, label in (("id", "in-domain"), ("ood", "out-of-domain"), ("generated", "generated"))
+            for k, label in zip(ACCURACY_SETS, ("in-domain", "out-of-domain", "generated", "clean vs garbage"))
             if k in acc
         )
         lines += [
             f"Pointwise accuracy on held-out preference pairs ({counts}):",
             "",
-            "| RM | parameters | in-domain accuracy | out-of-domain accuracy | on the generator's samples |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| RM | parameters | in-domain accuracy | out-of-domain accuracy | on the generator's samples "
+            "| a clean scene vs garbage |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for n in names:
-            lines.append(f"| {n} | {results['params'][n]:,} | {_accuracy_cells(results['accuracy'][n])} |")
+            acc_n = results["accuracy"][n]
+            garbage = (
+                "{:.1f} +- {:.1f} %".format(*(100 * v for v in _accuracy(acc_n["garbage"])))
+                if "garbage" in acc_n
+                else "-"
+            )
+            lines.append(f"| {n} | {results['params'][n]:,} | {_accuracy_cells(acc_n)} | {garbage} |")
         lines.append("")
     if "alignment" in results:
         al = results["alignment"]

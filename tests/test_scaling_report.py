@@ -25,7 +25,7 @@ def scaling():
 
 def _results() -> dict:
     names = ("shapes-s", "shapes-m", "shapes-l")
-    acc = {k: {"pairs": 300, "accuracy": 0.8, "ece": 0.05} for k in ("id", "ood", "generated")}
+    acc = {k: {"pairs": 300, "accuracy": 0.8, "ece": 0.05} for k in ("id", "ood", "generated", "garbage")}
     before = [True] * 40 + [False] * 60  # 40 %
     after = {  # +1 point (no difference), +20 points
         "shapes-s": [True] * 41 + [False] * 59,
