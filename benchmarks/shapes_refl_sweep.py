@@ -24,7 +24,7 @@ import torch
 
 from rewarddance import RewardModel
 from rewarddance.bundled import bundled_path, generator_defaults, load_generator
-from rewarddance.demo import DEMO_SEED, demo_prompts, measure_alignment, paired_difference, refl_config
+from rewarddance.demo import DEMO_SEED, demo_prompts, measure_alignment, paired_difference, read_difference, refl_config
 from rewarddance.shapes import write_dataset
 from rewarddance.training.refl import train_refl
 
@@ -36,11 +36,10 @@ def row(before: dict, after: dict) -> str:
     cells = []
     for key, each, scale, unit in (("alignment", "passed_each", 100, " %"), ("p_yes", "p_yes_each", 1, "")):
         diff, se = paired_difference(before[each], after[each])
-        verdict = "no difference" if abs(diff) < 2 * se or diff == 0 else f"{abs(diff) / se:.1f} SE" if se else "all"
         digits = 1 if scale == 100 else 3
         cells += [
             f"{scale * after[key]:.{digits}f}{unit} (n = {after['images']})",
-            f"{scale * diff:+.{digits}f} +- {scale * se:.{digits}f}: {verdict}",
+            f"{scale * diff:+.{digits}f} +- {scale * se:.{digits}f}: {read_difference(diff, se)}",
         ]
     return " | ".join(cells)
 

@@ -51,6 +51,7 @@ from rewarddance.demo import (
     demo_prompts,
     mean_se,
     paired_difference,
+    read_difference,
     refl_config,
     sample_prompts,
 )
@@ -252,11 +253,7 @@ def _share(passed: list) -> str:
 def _gain(before: list, after: list) -> str:
     """``after - before`` over paired items in points, its SE, and whether it is a difference at 2 SE."""
     diff, se = paired_difference([float(v) for v in before], [float(v) for v in after])
-    if diff == 0 or abs(diff) < 2 * se:
-        verdict = "no difference"
-    else:
-        verdict = f"{abs(diff) / se:.1f} SE" if se else "every item"
-    return f"{100 * diff:+.1f} +- {100 * se:.1f} ({verdict})"
+    return f"{100 * diff:+.1f} +- {100 * se:.1f} ({read_difference(diff, se)})"
 
 
 def _accuracy(cell: dict) -> tuple[float, float]:

@@ -407,6 +407,14 @@ def paired_difference(before: list[float], after: list[float]) -> tuple[float, f
     return mean_se([float(a) - float(b) for a, b in zip(after, before)])
 
 
+def read_difference(diff: float, se: float) -> str:
+    """How a difference reads: "no difference" when it is zero or under 2 standard errors, else its size in SE
+    ("every item" when every paired item moved alike, so the SE is 0)."""
+    if diff == 0 or abs(diff) < 2 * se:
+        return "no difference"
+    return f"{abs(diff) / se:.1f} SE" if se else "every item"
+
+
 def _load_lora(pipe, folder: Path) -> None:
     """``pipe.load_lora_weights(folder)`` without diffusers' note that the text encoder has no LoRA (it has none:
     ReFL trains the UNet only)."""
