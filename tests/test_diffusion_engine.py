@@ -142,13 +142,19 @@ def test_grpo_accumulating_micro_batches_of_groups_equals_one_step_on_all_of_the
     parts = train_grpo(
         _grpo_cfg(tmp_path / "parts", gradient_accumulation_steps=2), progress=False, pipe=_pipe(), rm=judge
     )
-    for a, b in zip(whole["history"], parts["history"]):
-        assert b["reward_mean"] == a["reward_mean"]  # the same rollouts: sampled together either way
-        for key in ("loss", "kl", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-9), key
+    first_whole, first_parts = whole["history"][0], parts["history"][0]
+    assert first_parts["reward_mean"] == first_whole["reward_mean"]  # the same rollouts: sampled together either way
+    for key in ("loss", "kl", "grad_norm"):  # the same step from the same rollouts, up to summation order
+        assert first_parts[key] == pytest.approx(first_whole[key], rel=1e-5, abs=1e-9), key
+    for a, b in zip(whole["history"][1:], parts["history"][1:]):
+        # later steps start from LoRAs that differ by float rounding that Adam magnifies (below; 1.2e-4 relative in
+        # step 2's gradient norm measured with transformers 5.25): the same run, not bit for bit
+        for key in ("reward_mean", "loss", "kl", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-9), key
     # Adam's step on gradient entries near its eps (this step's gradient norm is 3e-3) magnifies float rounding:
-    # 4e-5 measured, against steps of lr = 3e-2
-    _same_lora(whole["lora"], parts["lora"], atol=2e-4)
+    # 4e-5 measured in an earlier environment, 1.2e-3 with transformers 5.25, against steps of lr = 3e-2 (a micro-batch
+    # lost or counted twice moves entries by up to 2 lr a step, and the first step's gradient norm above by far more)
+    _same_lora(whole["lora"], parts["lora"], atol=5e-3)
 
 
 # ---------------------------------------------------------------------------------------------------- processes
