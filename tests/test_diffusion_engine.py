@@ -158,6 +158,7 @@ def test_grpo_accumulating_micro_batches_of_groups_equals_one_step_on_all_of_the
 
 
 # ---------------------------------------------------------------------------------------------------- processes
+@pytest.mark.slow  # two processes: run by .ci/run after the README command
 def test_two_processes_train_like_one_on_the_same_global_batch(tiny_vlm, tmp_path, launch_two, json_objects):
     """``accelerate launch`` of 2 CPU processes with ``batch_size: 1`` (DDP averages their gradients) against one
     process with ``batch_size: 2``: each step's rows are drawn from one stream and split between the processes, so

@@ -282,6 +282,7 @@ def test_bad_configs_fail_before_training(smooth_rm, tmp_path):
     assert not (tmp_path / "o2" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # two processes: run by .ci/run after the README command
 def test_two_processes_train_in_step(tiny_vlm, tmp_path, launch_two, json_objects):
     """``accelerate launch`` with 2 CPU processes: each draws its own prompts and noise, gradients are averaged, so
     both end with the same LoRA; the main process alone writes checkpoints, metrics and the LoRA."""
@@ -357,6 +358,7 @@ def test_tensorboard_gets_the_same_numbers_as_the_csv(smooth_rm, tmp_path):
     assert evals == pytest.approx([res["reward_before"], res["reward_after"]], rel=1e-6)
 
 
+@pytest.mark.slow  # two processes: run by .ci/run after the README command
 def test_fsdp_trains_like_ddp_and_resumes(tiny_vlm, tmp_path, launch_two, json_objects):
     """``distributed: fsdp`` shards the denoiser over 2 CPU processes (gloo). With one stop level every step does
     the same arithmetic as data parallel, so the LoRA must match the DDP run's; a run stopped after 2 steps and

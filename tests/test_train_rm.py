@@ -254,6 +254,7 @@ def test_item_order_is_chosen_then_rejected(pairs_dir):
     assert items[0].images[1].tobytes() == items[1].images[0].tobytes()  # the chosen image is image 2, then image 1
 
 
+@pytest.mark.slow  # two processes: run by .ci/run after the README command
 def test_two_processes_train_in_step(tiny_vlm, pairs_dir, tmp_path, launch_two, json_objects):
     """``accelerate launch`` with 2 CPU processes: each takes half of a global batch, gradients are averaged, both
     end with the same weights; only the main process writes checkpoints and the final model."""

@@ -166,6 +166,7 @@ def test_refl_on_cogvideox_judges_the_drawn_frames_and_evaluates_clips(rm, tmp_p
     assert _moved(_lora(res)) > 0
 
 
+@pytest.mark.slow  # two processes: run by .ci/run after the README command
 def test_two_processes_train_wan_like_one_on_the_same_global_batch(tiny_vlm, tmp_path, launch_two, json_objects):
     """``accelerate launch`` of 2 CPU processes of ``batch_size: 1`` on tiny Wan 2.1 (the transformer wrapped by DDP;
     the video sampler reads config and dtype from the module inside) against one process of ``batch_size: 2``: the rows,
