@@ -69,7 +69,7 @@ def remeasure(work: Path, log=print, models: list[str] | None = None) -> dict:
         return out
     facts = card(GENERATOR)
     before = facts["measured"]
-    measured = measure_generator(load_generator(), before["prompts"], before["seed"], samples=before.get("samples", 1))
+    measured = measure_generator(load_generator(), before["prompts"], before["seed"], samples=before["samples"])
     facts.setdefault("remeasured", {"before": {"measured": before}})
     facts["remeasured"].update(date=date, verifier=VERIFIER)
     facts["measured"] = measured

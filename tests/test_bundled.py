@@ -102,7 +102,6 @@ def test_bundled_generator_first_samples_match_its_card(generator):
     print("card", facts, "now", measured)
     assert measured["samples"] == 1
     assert measured["alignment"] == pytest.approx(facts["first_sample_alignment"], abs=0.03)
-    assert measured["first_sample_alignment"] == measured["alignment"]
     assert measured["alignment_se"] == pytest.approx(
         math.sqrt(measured["alignment"] * (1 - measured["alignment"]) / measured["prompts"]), abs=1e-4
     )

@@ -87,22 +87,14 @@ def _percent_se(rate: float, n: int) -> str:
 
 
 def _samples(measured: dict) -> str:
-    n = measured.get("samples", 1)
+    n = measured["samples"]
     return "one sample per prompt" if n == 1 else f"{n} samples per prompt ({n * measured['prompts']:,} images)"
 
 
-def _share_se(measured: dict) -> str:
-    """The generator's alignment with its recorded SE (over prompts when a prompt has several samples)."""
-    if "alignment_se" not in measured:
-        return _percent_se(measured["alignment"], measured["prompts"])
-    return f"{100 * measured['alignment']:.1f} ± {100 * measured['alignment_se']:.1f} %"
-
-
 def _first(measured: dict) -> str:
-    if measured.get("samples", 1) == 1 or "first_sample_alignment" not in measured:
+    if measured["samples"] == 1:
         return ""
-    rate, n = measured["first_sample_alignment"], measured["prompts"]
-    return f" The first sample of each prompt alone: {_percent_se(rate, n)}."
+    return f" The first sample of each prompt alone: {_percent_se(measured['first_sample_alignment'], measured['prompts'])}."
 
 
 def _join(values) -> str:
@@ -134,7 +126,7 @@ purpose: a reward model has room to help.
 Strict-verifier alignment (ShapesWorld's programmatic verifier: the image must be a clean ShapesWorld scene and its
 detected objects must satisfy the prompt) of {_samples(base)}, {base["prompts"]} in-domain prompts (seed
 {base["seed"]}), guidance {c["guidance_scale"]}, {c["num_inference_steps"]} DDIM steps:
-**{_share_se(base)}** overall; by category:
+**{100 * base["alignment"]:.1f} ± {100 * base["alignment_se"]:.1f} %** overall (SE over prompts); by category:
 {", ".join(f"{k} {100 * v:.0f} %" for k, v in base["by_category"].items())}.{unclean}{_first(base)}
 
 ## Training (seeded; `python -m rewarddance.recipes.shapes generator`)
