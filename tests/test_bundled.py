@@ -370,9 +370,8 @@ def test_garbage_pairs_set_a_clean_scene_against_every_kind_of_garbage(held_out)
         assert not verify(folder / row["rejected"], row["prompt"]).passed
 
 
-def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch):
-    """``train_variant`` end to end at a toy scale: the pairwise and chain-of-thought judges start from the same
-    caption-pretrained base (trained once) and differ from the bundled recipe in their one setting only."""
+def _toy_recipe(monkeypatch):
+    """The judges' recipe at a toy scale (a few images, two steps a stage); returns the recipe module."""
     from rewarddance.recipes import shapes as train
 
     for name, n in (("scenes", 24), ("train", 12), ("id", 6), ("ood", 6)):
@@ -386,6 +385,13 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
     monkeypatch.setattr(train, "CAPTION", {**train.CAPTION, "max_steps": 2, "batch_size": 4})
     for stage in ("POINTWISE", "ONPOLICY"):
         monkeypatch.setattr(train, stage, {**getattr(train, stage), "max_steps": 2, "batch_size": 2, "warmup_steps": 0})
+    return train
+
+
+def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch):
+    """``train_variant`` end to end at a toy scale: the pairwise and chain-of-thought judges start from the same
+    caption-pretrained base (trained once) and differ from the bundled recipe in their one setting only."""
+    train = _toy_recipe(monkeypatch)
     judges, base_written = {}, set()
     for variant in train.VARIANTS:
         judges[variant] = train.train_variant("s", variant, tmp_path)
@@ -412,6 +418,26 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
         assert verify(folder / row["chosen"], row["prompt"]).passed
         verdict = verify(folder / row["rejected"], row["prompt"])
         assert not verdict.passed and row["reason"] == verdict.reason[0].upper() + verdict.reason[1:] + "."
+
+
+def test_a_judge_with_another_vision_patch_has_its_own_folders_and_card(tmp_path, monkeypatch):
+    """``rm --patch 7``: the recipe unchanged but for the vision patch (64 image tokens instead of 16), in work
+    folders of its own so the bundled size's stages are never reused for it; a patch that does not divide the image
+    size is refused before anything is trained."""
+    train = _toy_recipe(monkeypatch)
+    with pytest.raises(ValueError, match="patch 5 must be a positive divisor of the judges' image size 56"):
+        train.train_rm_size("s", tmp_path, tmp_path / "out5", patch=5)
+    assert not (tmp_path / "scenes").exists()
+    facts = train.train_rm_size("s", tmp_path, tmp_path / "out", patch=7)
+    assert facts["name"] == "shapes-s-p7" and facts["shape"] == {**train.RM_SIZES["s"], "patch_size": 7}
+    assert not list(tmp_path.glob("s-captions")) and (tmp_path / "s-p7-onpolicy" / "final").is_dir()
+    vision = json.loads((tmp_path / "out" / "config.json").read_text())["vision_config"]
+    assert (vision["patch_size"], vision["image_size"]) == (7, train.IMAGE_SIZE)
+    assert json.loads((tmp_path / "out" / "card.json").read_text())["name"] == "shapes-s-p7"
+    from PIL import Image
+
+    rm = RewardModel.from_pretrained(tmp_path / "out", device="cpu")
+    assert rm.score([Image.new("RGB", (32, 32), "grey")], ["a photo of a circle"]).p_yes.shape == (1,)
 
 
 def test_a_stopped_recipe_stage_ends_the_recipe_and_records_nothing(tmp_path):

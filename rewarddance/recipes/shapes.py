@@ -3,6 +3,7 @@
     python -m rewarddance.recipes.shapes generator --out rewarddance/bundled/shapes-gen
     python -m rewarddance.recipes.shapes rm --size m --work /tmp/shapes-rm --out rewarddance/bundled/shapes-m
     python -m rewarddance.recipes.shapes variant --size m --variant cot --work /tmp/shapes-rm   # an ablation judge
+    python -m rewarddance.recipes.shapes rm --size m --patch 7 --work /tmp/shapes-rm --out DIR   # 7 px patches
 
 Generator first (:mod:`rewarddance.shapes.generator`): the judges' last stage learns from its samples. Reward
 models: a tiny LLaVA of the size's shape (:data:`RM_SIZES`), caption-pretrained on 16,000 ShapesWorld scenes
@@ -303,17 +304,28 @@ def prepare_rm_data(work: Path, log=print) -> tuple[dict[str, Path], dict]:
     return data, generated
 
 
-def caption_stage(size: str, work: Path, data: dict[str, Path], log=print) -> tuple[Path, dict]:
+def rm_shape(size: str, patch: int | None = None) -> tuple[str, dict]:
+    """The work-folder name and the tiny LLaVA's shape of judge ``size``; ``patch`` (px) replaces the vision patch
+    of the bundled judges (CLIP's 14: 4 x 4 image tokens at :data:`IMAGE_SIZE`) and names its own folders."""
+    if patch is None:
+        return size, dict(RM_SIZES[size])
+    if patch <= 0 or IMAGE_SIZE % patch:
+        raise ValueError(f"patch {patch} must be a positive divisor of the judges' image size {IMAGE_SIZE}")
+    return f"{size}-p{patch}", dict(RM_SIZES[size], patch_size=patch)
+
+
+def caption_stage(
+    size: str, work: Path, data: dict[str, Path], log=print, patch: int | None = None
+) -> tuple[Path, dict]:
     """Stage 1 for ``size``: caption pretraining of a random tiny LLaVA (reused when done); its folder and facts."""
     from ..testing.tiny import build_tiny_vlm
     from ..training.caption import CaptionTrainConfig, train_captions
 
-    folder = work / f"{size}-captions"
+    name, shape = rm_shape(size, patch)
+    folder = work / f"{name}-captions"
 
     def run():
-        random_vlm = build_tiny_vlm(
-            "llava", work / f"{size}-random", image_size=IMAGE_SIZE, seed=VLM_SEED, **RM_SIZES[size]
-        )
+        random_vlm = build_tiny_vlm("llava", work / f"{name}-random", image_size=IMAGE_SIZE, seed=VLM_SEED, **shape)
         cfg = CaptionTrainConfig(
             model=str(random_vlm),
             data=str(data["scenes"]),
@@ -351,22 +363,23 @@ def judge_stages(base: Path, name: str, work: Path, data: dict[str, Path], chang
     return facts
 
 
-def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
+def train_rm_size(size: str, work: Path, out: Path, log=print, patch: int | None = None) -> dict:
     """The three stages for ``size`` (caption pretraining, judge on rendered pairs, judge on the generator's own
-    samples mixed with rendered pairs); the judge and its card go to ``out``. Finished stages in ``work`` are reused."""
-    shape = RM_SIZES[size]
+    samples mixed with rendered pairs); the judge and its card go to ``out``. Finished stages in ``work`` are reused.
+    ``patch``: another vision patch than the bundled judges' (see :func:`rm_shape`)."""
+    name, shape = rm_shape(size, patch)
     start = time.time()
     data = write_data(work)
-    caption_dir, caption_facts = caption_stage(size, work, data, log)
-    stages = {"caption": caption_facts, **judge_stages(caption_dir / "final", size, work, data, {}, log)}
+    caption_dir, caption_facts = caption_stage(size, work, data, log, patch)
+    stages = {"caption": caption_facts, **judge_stages(caption_dir / "final", name, work, data, {}, log)}
     data, generated = prepare_rm_data(work, log)  # made by judge_stages before its last stage; read back here
-    final_dir = work / f"{size}-onpolicy"
+    final_dir = work / f"{name}-onpolicy"
     notes = [stage["note"] for stage in stages.values() if stage.get("note")]
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(final_dir / "final", out)
     facts = {
-        "name": f"shapes-{size}",
+        "name": f"shapes-{name}",
         "architecture": "llava",
         "shape": shape,
         "parameters": _count_parameters(out),
@@ -390,7 +403,7 @@ def train_rm_size(size: str, work: Path, out: Path, log=print) -> dict:
     if notes:
         facts["note"] = " ".join(notes)
     write_card(out, facts)
-    log(f"shapes-{size}: {facts['measured']} in {(time.time() - start) / 60:.1f} min")
+    log(f"shapes-{name}: {facts['measured']} in {(time.time() - start) / 60:.1f} min")
     return facts
 
 
@@ -505,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     rm.add_argument("--size", required=True, choices=sorted(RM_SIZES))
     rm.add_argument("--work", required=True, type=Path, help="data and intermediate models (about 200 MB)")
     rm.add_argument("--out", required=True, type=Path)
+    rm.add_argument("--patch", type=int, help="vision patch in px (the bundled judges: 14); its own work folders")
     var = sub.add_parser("variant", help="an ablation judge (not bundled): the recipe with one setting changed")
     var.add_argument("--size", required=True, choices=sorted(RM_SIZES))
     var.add_argument("--variant", required=True, choices=sorted(VARIANTS))
@@ -520,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "generator":
             train_generator_bundle(args.out, log, args.work)
         elif args.what == "rm":
-            train_rm_size(args.size, args.work, args.out, log)
+            train_rm_size(args.size, args.work, args.out, log, args.patch)
         else:
             log(f"{args.size}-{args.variant}: {train_variant(args.size, args.variant, args.work, log)}")
     except RecipeStopped as err:
