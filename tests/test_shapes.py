@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -449,3 +450,24 @@ def test_bad_folders(tmp_path):
     (folder / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ShapesError, match="cannot read image"):
         verify(folder / "bad.png", "a photo of a circle")
+
+
+def test_blob_pairs_bend_shapes_until_the_verifier_rejects_them(tmp_path):
+    """benchmarks/blob_pairs.py: every pair sets a clean scene the strict verifier passes against the same scene
+    with its shapes bent, which the verifier rejects as a shapeless blob; the background is left as it was."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "blob_pairs.py"
+    spec = importlib.util.spec_from_file_location("blob_pairs", path)
+    blob_pairs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blob_pairs)
+    counts = blob_pairs.write_blob_pairs(tmp_path, scenes=12, seed=3)
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert counts["pairs"] == len(rows) >= 6
+    for row in rows:
+        chosen, rejected = Image.open(tmp_path / row["chosen"]), Image.open(tmp_path / row["rejected"])
+        assert verify(chosen, row["prompt"]).passed
+        verdict = verify(rejected, row["prompt"])
+        assert not verdict.passed and "fits no shape" in verdict.reason and "fits no shape" in row["reason"]
+        a, b = np.asarray(chosen, dtype=int), np.asarray(rejected, dtype=int)
+        assert (a != b).any() and (a == b).all(axis=-1).mean() > 0.5  # shapes moved, most of the frame did not
