@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rewarddance.recipes.shapes import _sentence
 from rewarddance.shapes import CATEGORIES, verify
 from rewarddance.shapes.render import _draw_objects, render_array, render_background
 from rewarddance.shapes.sample import sample_examples
@@ -64,9 +65,8 @@ def write_blob_pairs(out: Path, scenes: int, seed: int) -> dict:
         chosen, rejected = f"images/{k:05d}.png", f"images/{k:05d}-blob.png"
         Image.fromarray(clean).save(out / chosen)
         Image.fromarray(bent).save(out / rejected)
-        reason = verdict.reason[0].upper() + verdict.reason[1:] + "."
         row = dict(id=f"blob-{k:05d}", prompt=ex.prompt, category=ex.category, chosen=chosen, rejected=rejected)
-        lines.append(json.dumps({**row, "reason": reason, "split": "id"}) + "\n")
+        lines.append(json.dumps({**row, "reason": _sentence(verdict.reason), "split": "id"}) + "\n")
     (out / "pairs.jsonl").write_text("".join(lines), encoding="utf-8")
     return {"scenes": scenes, "seed": seed, "pairs": len(lines), "bends": tries}
 
