@@ -440,6 +440,38 @@ def test_a_judge_with_another_vision_patch_has_its_own_folders_and_card(tmp_path
     assert rm.score([Image.new("RGB", (32, 32), "grey")], ["a photo of a circle"]).p_yes.shape == (1,)
 
 
+def test_a_size_named_in_scaled_gets_its_factors_and_the_blob_pairs(tmp_path, monkeypatch):
+    """``rm --size l`` at a toy scale with the scaling RESULTS measured for L in :data:`SCALED`: its factors reach
+    L's stages (half the caption learning rate, 1.5x the rendered-pair steps, 3x the last stage's), its last stage
+    learns from the recipe's mix followed by the rendered blob negatives, which its card reports, and S's settings
+    stay the recipe's own."""
+    train = _toy_recipe(monkeypatch)
+    monkeypatch.setattr(train, "BLOB_PAIRS", dict(scenes=12, seed=3))
+    scaled = {"caption": {"lr": 0.5}, "pointwise": {"max_steps": 1.5}, "onpolicy": {"max_steps": 3}, "blob_pairs": True}
+    monkeypatch.setattr(train, "SCALED", {"l": scaled})  # the scaling RESULTS measured for L
+    facts = train.train_rm_size("l", tmp_path, tmp_path / "out")
+    config = {
+        stage: json.loads((tmp_path / f"l-{stage}" / "config.json").read_text())
+        for stage in ("captions", "pointwise", "onpolicy")
+    }
+    assert config["captions"]["lr"] == train.CAPTION["lr"] / 2
+    assert (config["pointwise"]["max_steps"], config["onpolicy"]["max_steps"]) == (3, 6)
+    assert config["onpolicy"]["data"] == str(tmp_path / "mixed-train-blobs")
+    assert [train.stage_settings("s", stage) for stage in ("caption", "pointwise", "onpolicy")] == [
+        train.CAPTION,
+        train.POINTWISE,
+        train.ONPOLICY,
+    ]
+    mixed, blobs = (
+        (tmp_path / name / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+        for name in ("mixed-train-blobs", "blob-pairs")
+    )
+    recipe_mix = (tmp_path / "mixed-train" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()
+    assert blobs and [json.loads(row)["id"] for row in mixed] == [json.loads(row)["id"] for row in recipe_mix + blobs]
+    assert facts["blob_pairs"]["pairs"] == len(blobs) and facts["onpolicy_training"]["max_steps"] == 6
+    assert f"{len(blobs)} rendered blob negatives" in (tmp_path / "out" / "README.md").read_text()
+
+
 def test_a_stopped_recipe_stage_ends_the_recipe_and_records_nothing(tmp_path):
     """A stage stopped midway (SIGINT / SIGTERM: the trainer returns ``stopped_at``) ends the recipe with one line
     instead of going on to the next stage from a model that was never finished; no stage record is written, so the

@@ -216,9 +216,9 @@ def test_shapes_m_recipe_files_are_the_bundled_recipe():
     from rewarddance.recipes import shapes as recipe
 
     stages = {
-        "1-captions.yaml": {**recipe.CAPTION, "save_every": 0},
-        "2-pointwise.yaml": {**recipe.POINTWISE, "eval_every": 0, "save_every": 0},
-        "3-onpolicy.yaml": {**recipe.ONPOLICY, "eval_every": 0, "save_every": 0},
+        "1-captions.yaml": {**recipe.stage_settings("m", "caption"), "save_every": 0},
+        "2-pointwise.yaml": {**recipe.stage_settings("m", "pointwise"), "eval_every": 0, "save_every": 0},
+        "3-onpolicy.yaml": {**recipe.stage_settings("m", "onpolicy"), "eval_every": 0, "save_every": 0},
     }
     paths = {
         "1-captions.yaml": ("work/m-random", "work/scenes", "work/m-captions"),

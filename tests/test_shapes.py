@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -453,15 +452,12 @@ def test_bad_folders(tmp_path):
 
 
 def test_blob_pairs_bend_shapes_until_the_verifier_rejects_them(tmp_path):
-    """benchmarks/blob_pairs.py: every pair sets a clean scene the strict verifier passes against the same scene
-    with its shapes bent, which the verifier rejects as a shapeless blob; the background is left as it was."""
-    import importlib.util
+    """``shapes.blobs`` (the recipe's blob negatives, benchmarks/blob_pairs.py): every pair sets a clean scene the
+    strict verifier passes against the same scene with its shapes bent, which the verifier rejects as a shapeless
+    blob; the background is left as it was. A folder already written is reused, not redrawn."""
+    from rewarddance.shapes.blobs import write_blob_pairs
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "blob_pairs.py"
-    spec = importlib.util.spec_from_file_location("blob_pairs", path)
-    blob_pairs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(blob_pairs)
-    counts = blob_pairs.write_blob_pairs(tmp_path, scenes=12, seed=3)
+    counts = write_blob_pairs(tmp_path, scenes=12, seed=3)
     rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert counts["pairs"] == len(rows) >= 6
     for row in rows:
@@ -471,3 +467,6 @@ def test_blob_pairs_bend_shapes_until_the_verifier_rejects_them(tmp_path):
         assert not verdict.passed and "fits no shape" in verdict.reason and "fits no shape" in row["reason"]
         a, b = np.asarray(chosen, dtype=int), np.asarray(rejected, dtype=int)
         assert (a != b).any() and (a == b).all(axis=-1).mean() > 0.5  # shapes moved, most of the frame did not
+    written = (tmp_path / "pairs.jsonl").stat().st_mtime_ns
+    assert write_blob_pairs(tmp_path, scenes=12, seed=3) == counts
+    assert (tmp_path / "pairs.jsonl").stat().st_mtime_ns == written

@@ -37,6 +37,13 @@ def render_card(facts: dict) -> str:
     )
     garbage = g["train"].get("garbage_pairs")
     junk = f" and {garbage:,} (pass, garbage) pairs (every garbage kind in turn)" if garbage else ""
+    blobs = ""
+    if facts.get("blob_pairs"):
+        b = facts["blob_pairs"]
+        blobs = (
+            f" and {b['pairs']:,} rendered blob negatives (a clean scene against the same scene with its shapes bent"
+            f" into blobs; {b['scenes']:,} scenes, seed {b['seed']})"
+        )
     return f"""# {facts["name"]}: a ShapesWorld reward model (RewardDance, bundled)
 
 A generative reward model: the reward is P("yes") of a tiny LLaVA ({facts["parameters"]:,} parameters; language model
@@ -63,7 +70,7 @@ project's synthetic ShapesWorld data only; it knows nothing else.
 4. The same on the bundled generator's own samples: {g["train"]["prompts"]:,} prompts (seed {g["train"]["seed"]}) x
    {g["train"]["samples"]} samples, labelled by the strict ShapesWorld verifier ({100 * g["train"]["pass_rate"]:.1f} %
    pass), {g["train"]["pairs"]:,} pairs: (pass, fail) pairs of one prompt{junk}, mixed with
-   {facts["mixed_rendered_pairs"]:,} rendered pairs: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}.
+   {facts["mixed_rendered_pairs"]:,} rendered pairs{blobs}: {op["max_steps"]:,} steps, batch {op["batch_size"]}, lr {op["lr"]}.
 
 Time on 2 CPU cores: {", ".join(f"{k} {v} min" for k, v in facts["minutes"].items())}.{note}
 

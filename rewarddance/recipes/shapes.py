@@ -10,9 +10,10 @@ models: a tiny LLaVA of the size's shape (:data:`RM_SIZES`), caption-pretrained 
 (``training.caption``), trained as a pointwise judge on 8,000 rendered preference pairs (``training.rm``,
 Bradley-Terry + weighted cross-entropy; stages 1-2 are the slow quality test's recipe, tests/test_rm_quality.py),
 then on pairs of the bundled generator's own samples labelled by the ShapesWorld verifier, mixed with rendered
-pairs; measured on 300 in-domain and 300 out-of-domain rendered pairs and on held-out generated pairs. Each output
-folder gets ``card.json`` (the measured facts) and a ``README.md`` model card written from it. Finished stages in
-``--work`` are reused, so an interrupted run continues.
+pairs (a size named in :data:`SCALED` gets its settings scaled and may add rendered blob negatives,
+:mod:`rewarddance.shapes.blobs`); measured on 300 in-domain and 300 out-of-domain rendered pairs and on held-out
+generated pairs. Each output folder gets ``card.json`` (the measured facts) and a ``README.md`` model card written
+from it. Finished stages in ``--work`` are reused, so an interrupted run continues.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..shapes.verify import reason_sentence
 from .cards import write_card
 
 IMAGE_SIZE = 56  # the judges' working resolution (the generator's 32 px images are resized up to it)
@@ -51,6 +53,25 @@ GENERATED = {
 GARBAGE_EVAL = dict(pairs=130, seed=43, size=32)
 MIX_RENDERED = 3000  # rendered pairs mixed into the on-policy stage, so the judge keeps what it knew
 ONPOLICY = dict(objective="pointwise", train="all", lr=1e-4, batch_size=16, max_steps=1000, warmup_steps=50, seed=0)
+# What the recipe scales with a judge's size (the paper scales data and steps with the model): for a size named
+# here, factors on the settings above and, with "blob_pairs", the rendered blob negatives of BLOB_PAIRS added to the
+# last stage's mix. Empty: the bundled judges are all trained by the settings above as they are. RESULTS.md
+# ("shapes-l by a scaled recipe") measured L with {"caption": {"lr": 0.5}, "pointwise": {"max_steps": 1.5},
+# "onpolicy": {"max_steps": 3}, "blob_pairs": True}; that judge is not bundled.
+SCALED: dict[str, dict] = {}
+BLOB_PAIRS = dict(scenes=12000, seed=71)  # :func:`rewarddance.shapes.blobs.write_blob_pairs`: 9,704 pairs
+
+
+def stage_settings(size: str, stage: str) -> dict:
+    """The training settings of ``stage`` (caption, pointwise, onpolicy) for judge ``size``: the stage's settings
+    times the factors :data:`SCALED` gives that size (step counts rounded)."""
+    settings = dict({"caption": CAPTION, "pointwise": POINTWISE, "onpolicy": ONPOLICY}[stage])
+    for key, factor in SCALED.get(size, {}).get(stage, {}).items():
+        value = settings[key] * factor
+        settings[key] = round(value) if isinstance(settings[key], int) else value
+    return settings
+
+
 # the one setting each ablation judge changes (paper Table 7: pairwise judging against a reference image; Table 9:
 # chain-of-thought training, here the verdict first and then the reason, teacher-forced; the reward stays P(yes) at
 # the verdict, so scoring costs what it did)
@@ -173,7 +194,7 @@ def write_generated_pairs(
             images[g].save(out / names[0])
             images[b].save(out / names[1])
             row = {"id": f"gen-{i:05d}-{k}", "prompt": spec.text, "category": spec.category}
-            reason = _sentence(verdicts[b].reason)
+            reason = reason_sentence(verdicts[b].reason)
             lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": reason, "split": "generated"})
         for k in range(garbage if good else 0):
             kind = GARBAGE[(i * garbage + k) % len(GARBAGE)]
@@ -187,7 +208,7 @@ def write_generated_pairs(
             images[good[k % len(good)]].save(out / names[0])
             junk.save(out / names[1])
             row = {"id": f"gen-{i:05d}-g{k}", "prompt": spec.text, "category": spec.category, "garbage": kind}
-            reason = _sentence(verdict.reason)
+            reason = reason_sentence(verdict.reason)
             lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": reason, "split": "generated"})
             n_garbage += 1
     with open(out / "pairs.jsonl", "w", encoding="utf-8") as f:
@@ -237,16 +258,11 @@ def write_garbage_pairs(out: Path, pairs: int, seed: int, size: int) -> dict:
         clean.save(out / names[0])
         junk.save(out / names[1])
         row = {"id": f"garbage-{i:04d}", "prompt": spec.text, "category": spec.category, "garbage": kind}
-        lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": _sentence(verdict.reason)})
+        lines.append({**row, "chosen": names[0], "rejected": names[1], "reason": reason_sentence(verdict.reason)})
     (out / "pairs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     facts = {"pairs": pairs, "seed": seed, "size": size, "kinds": len(GARBAGE)}
     info.write_text(json.dumps(facts) + "\n", encoding="utf-8")
     return facts
-
-
-def _sentence(reason: str) -> str:
-    """A verifier reason ("the image shows one square instead of three") as a sentence, like the rendered pairs'."""
-    return reason[:1].upper() + reason[1:].rstrip(".") + "."
 
 
 def add_verifier_reasons(folder: Path) -> None:
@@ -264,7 +280,7 @@ def add_verifier_reasons(folder: Path) -> None:
     for row in rows:
         if "reason" not in row:
             with Image.open(folder / row["rejected"]) as im:
-                row["reason"] = _sentence(verify(im.convert("RGB"), row["prompt"]).reason)
+                row["reason"] = reason_sentence(verify(im.convert("RGB"), row["prompt"]).reason)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(path)
@@ -331,17 +347,18 @@ def caption_stage(
             data=str(data["scenes"]),
             output_dir=str(folder),
             save_every=STAGE_CHECKPOINT_EVERY,
-            **CAPTION,
+            **stage_settings(size, "caption"),
         )
         return train_captions(cfg, progress=False)
 
     return folder, _stage(folder, run, log)
 
 
-def judge_stages(base: Path, name: str, work: Path, data: dict[str, Path], change: dict, log=print) -> dict:
-    """Stages 2 and 3 from the caption-pretrained ``base``: the judge on rendered pairs (:data:`POINTWISE`), then on
-    ``mixed-train`` (:data:`ONPOLICY`), both with ``change`` applied; into ``work/{name}-pointwise`` and
-    ``work/{name}-onpolicy``. Returns each stage's facts."""
+def judge_stages(base: Path, size: str, name: str, work: Path, data: dict[str, Path], change: dict, log=print) -> dict:
+    """Stages 2 and 3 of judge ``size`` from the caption-pretrained ``base``: the judge on rendered pairs, then on
+    the mix of the generator's samples and rendered pairs (``mixed-train``, or ``mixed-train-blobs`` where
+    :data:`SCALED` adds blob pairs), settings by :func:`stage_settings` with ``change`` applied; into
+    ``work/{name}-pointwise`` and ``work/{name}-onpolicy``. Returns each stage's facts."""
     from ..training.rm import RMTrainConfig, train_rm
 
     def judge(start: Path, folder: Path, train_data: Path, settings: dict):
@@ -356,11 +373,25 @@ def judge_stages(base: Path, name: str, work: Path, data: dict[str, Path], chang
         return lambda: train_rm(cfg, progress=False)
 
     first, second = work / f"{name}-pointwise", work / f"{name}-onpolicy"
-    facts = {"pointwise": _stage(first, judge(base, first, data["train"], {**POINTWISE, **change}), log)}
+    pointwise, onpolicy = ({**stage_settings(size, stage), **change} for stage in ("pointwise", "onpolicy"))
+    facts = {"pointwise": _stage(first, judge(base, first, data["train"], pointwise), log)}
     if "mixed" not in data:  # the generator's samples are made only now: the stages before need none of them
         data.update(prepare_rm_data(work, log)[0])
-    facts["onpolicy"] = _stage(second, judge(first / "final", second, data["mixed"], {**ONPOLICY, **change}), log)
+    mixed = data["mixed"]
+    if SCALED.get(size, {}).get("blob_pairs"):
+        mixed = mix_blob_pairs(work, data, log)
+    facts["onpolicy"] = _stage(second, judge(first / "final", second, mixed, onpolicy), log)
     return facts
+
+
+def mix_blob_pairs(work: Path, data: dict[str, Path], log=print) -> Path:
+    """``work/mixed-train-blobs``: the recipe's mix (``mixed-train``'s pairs) followed by the rendered blob
+    negatives of :data:`BLOB_PAIRS` (written to ``work/blob-pairs`` once)."""
+    from ..shapes.blobs import write_blob_pairs
+
+    log(f"blob pairs: {write_blob_pairs(work / 'blob-pairs', **BLOB_PAIRS)}")
+    sources = [(work / "generated-train", 10**9), (data["train"], MIX_RENDERED), (work / "blob-pairs", 10**9)]
+    return mix_pairs(work / "mixed-train-blobs", sources)
 
 
 def train_rm_size(size: str, work: Path, out: Path, log=print, patch: int | None = None) -> dict:
@@ -371,7 +402,7 @@ def train_rm_size(size: str, work: Path, out: Path, log=print, patch: int | None
     start = time.time()
     data = write_data(work)
     caption_dir, caption_facts = caption_stage(size, work, data, log, patch)
-    stages = {"caption": caption_facts, **judge_stages(caption_dir / "final", name, work, data, {}, log)}
+    stages = {"caption": caption_facts, **judge_stages(caption_dir / "final", size, name, work, data, {}, log)}
     data, generated = prepare_rm_data(work, log)  # made by judge_stages before its last stage; read back here
     final_dir = work / f"{name}-onpolicy"
     notes = [stage["note"] for stage in stages.values() if stage.get("note")]
@@ -389,17 +420,21 @@ def train_rm_size(size: str, work: Path, out: Path, log=print, patch: int | None
         "generated": generated,
         "mixed_rendered_pairs": MIX_RENDERED,
         "caption_pretraining": {
-            **CAPTION,
+            **stage_settings(size, "caption"),
             "final_token_accuracy": round(stages["caption"]["last"]["token_accuracy"], 4),
         },
-        "judge_training": POINTWISE,
-        "onpolicy_training": ONPOLICY,
+        "judge_training": stage_settings(size, "pointwise"),
+        "onpolicy_training": stage_settings(size, "onpolicy"),
         "measured": measure_rm(
             out,
             {"id": data["id"], "ood": data["ood"], "generated": work / "generated-eval", "garbage": data["garbage"]},
         ),
         "minutes": {name: stage["minutes"] for name, stage in stages.items()},
     }
+    if SCALED.get(size, {}).get("blob_pairs"):  # written by judge_stages; read back here
+        from ..shapes.blobs import write_blob_pairs
+
+        facts["blob_pairs"] = write_blob_pairs(work / "blob-pairs", **BLOB_PAIRS)
     if notes:
         facts["note"] = " ".join(notes)
     write_card(out, facts)
@@ -413,7 +448,7 @@ def train_variant(size: str, variant: str, work: Path, log=print) -> Path:
     control). Not bundled: ``benchmarks/shapes_scaling.py`` trains them into its work folder. Returns the judge."""
     data = write_data(work)
     caption_dir, _ = caption_stage(size, work, data, log)
-    judge_stages(caption_dir / "final", f"{size}-{variant}", work, data, VARIANTS[variant], log)
+    judge_stages(caption_dir / "final", size, f"{size}-{variant}", work, data, VARIANTS[variant], log)
     return work / f"{size}-{variant}-onpolicy" / "final"
 
 

@@ -7,8 +7,9 @@ as in RewardDance (arXiv 2509.08826). Needs only numpy, Pillow and tqdm.
 
 Modules: ``scene`` (the spec), ``render`` (PIL, anti-aliased, 16-512+ px), ``prompts`` (templates, parser, the
 pass/fail rule), ``sample`` (seeded, balanced, ``id``/``ood`` splits), ``verify`` (segmentation, components,
-shape moments), ``pairs`` (hard and easy negatives), ``corrupt`` (blur, JPEG, noise), ``dataset`` (disk format
-and evaluation), ``cli`` (``rewarddance shapes make|eval``).
+shape moments), ``pairs`` (hard and easy negatives), ``blobs`` (a scene against its shapes bent into blobs; uses
+torch), ``corrupt`` (blur, JPEG, noise), ``dataset`` (disk format and evaluation), ``cli`` (``rewarddance shapes
+make|eval``).
 
 On-disk format (details in ``FORMAT.md`` beside this file): a folder with ``manifest.jsonl`` (one line per image:
 ``id``, ``prompt``, ``category``, ``image`` as a path relative to the folder, ``split``, ``size``, ``scene``),

@@ -104,6 +104,12 @@ class Verdict:
 NOT_CLEAN = "not a clean scene: "  # the prefix of every reason given for an unclean image
 
 
+def reason_sentence(reason: str) -> str:
+    """A verdict's reason ("the image shows one square instead of three") as a sentence, as the rendered pairs
+    write theirs (chain-of-thought targets)."""
+    return reason[:1].upper() + reason[1:].rstrip(".") + "."
+
+
 def _as_array(image) -> np.ndarray:
     """PIL image, path, or ``[H, W, 3]`` uint8 / float-in-[0, 1] array -> uint8 ``[H, W, 3]``."""
     if isinstance(image, np.ndarray):
