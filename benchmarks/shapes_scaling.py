@@ -20,7 +20,11 @@ base; the changed judges are trained into ``--work`` by ``rewarddance.recipes.sh
 
 The verifier is a program, not a model, so it measures what the RMs are for without sharing their errors.
 
-    python benchmarks/shapes_scaling.py [--parts accuracy,alignment,refl,pairwise,cot] [--work DIR]
+    python benchmarks/shapes_scaling.py [--parts accuracy,alignment,refl,pairwise,cot] [--work DIR] [--keep]
+
+``--keep`` reruns only ``--parts`` and carries every other part over from the existing ``shapes_scaling.json``, with
+the date it was measured on (for a change that touches some parts only: a retrained ``shapes-l`` leaves the
+ablations, which change ``--ablation-size``'s judge, as they were).
 
 ``--work`` keeps the held-out pairs and the ablation judges between runs (the bundled training's work folder, if
 you have one, already holds the caption-pretrained bases). Writes ``benchmarks/shapes_scaling.json``, the plot
@@ -273,6 +277,16 @@ def _accuracy_cells(acc: dict) -> str:
     return " | ".join(cells)
 
 
+def _carried(results: dict) -> str:
+    """Which parts a ``--keep`` run carried over, and from when."""
+    carried = results.get("carried", {})
+    if not carried:
+        return ""
+    dates = sorted(set(carried.values()))
+    by_date = "; ".join(f"{', '.join(k for k, v in carried.items() if v == d)} measured {d}" for d in dates)
+    return f" for {', '.join(results['parts_run'])} (the other parts carried over from an earlier run: {by_date})"
+
+
 def markdown(results: dict) -> str:
     """The RESULTS.md section: every share with its standard error, every gain paired with the same prompts and seeds
     before (a gain under 2 SE reads "no difference")."""
@@ -281,9 +295,9 @@ def markdown(results: dict) -> str:
         "<!-- shapes_scaling: written by benchmarks/shapes_scaling.py; do not edit by hand -->",
         "### Reward scaling in miniature (ShapesWorld, bundled models)",
         "",
-        f"`python benchmarks/shapes_scaling.py` on {results['machine']}, {results['date']}; {results['minutes']} min. "
-        "Shares are +- one standard error; gains are paired (same prompts and seeds) and read as a difference only "
-        "at 2 SE or more.",
+        f"`python benchmarks/shapes_scaling.py` on {results['machine']}, {results['date']}; {results['minutes']} min"
+        f"{_carried(results)}. Shares are +- one standard error; gains are paired (same prompts and seeds) and read "
+        "as a difference only at 2 SE or more.",
         "",
     ]
     if "accuracy" in results:
@@ -475,6 +489,16 @@ def write_results_md(section: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+PARTS = ("accuracy", "alignment", "refl", "pairwise", "cot")
+
+
+def carry_over(previous: dict, parts: list[str]) -> dict:
+    """The parts of an earlier run that ``parts`` does not rerun, and the date each was measured on."""
+    old_carried = previous.get("carried", {})
+    kept = {k: previous[k] for k in PARTS if k in previous and k not in parts}
+    return {**kept, "parts_run": parts, "carried": {k: old_carried.get(k, previous["date"]) for k in kept}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="accuracy,alignment,refl,pairwise,cot")
@@ -486,7 +510,11 @@ def main() -> None:
     parser.add_argument("--ablation-size", default="m", help="the bundled judge the ablations change (s, m, l)")
     parser.add_argument("--work", default=None, help="held-out pairs and ablation judges (default: temporary)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite RESULTS.md from shapes_scaling.json")
+    parser.add_argument("--keep", action="store_true", help="carry the parts not in --parts over from the last run")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"--parts: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     if args.markdown_only:
         results = json.loads((HERE / "shapes_scaling.json").read_text(encoding="utf-8"))
         if plot(results, HERE / "shapes_scaling.png"):
@@ -502,7 +530,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "params": {n: card(n)["parameters"] for n in names},
     }
-    parts = args.parts.split(",")
+    if args.keep:
+        results.update(carry_over(json.loads((HERE / "shapes_scaling.json").read_text(encoding="utf-8")), parts))
     pipe = load_generator()
     kw = generator_defaults(pipe)
     held_out = [p for _, p in demo_prompts(args.prompts_per_category, seed=PROMPT_SEED)]

@@ -92,3 +92,19 @@ def test_the_plot_has_error_bars(scaling, tmp_path):
     path = tmp_path / "plot.png"
     assert scaling.plot(_results(), path)
     assert path.stat().st_size > 1000
+
+
+def test_keep_carries_the_parts_not_rerun_with_their_dates(scaling):
+    """``--keep``: a rerun of some parts takes the others from the last run and says when they were measured."""
+    previous = {**_results(), "pairwise": {"x": 1}, "date": "2026-12-01"}
+    carried = scaling.carry_over(previous, ["accuracy", "refl"])
+    assert carried["alignment"] == previous["alignment"] and carried["pairwise"] == {"x": 1}
+    assert "accuracy" not in carried and "refl" not in carried  # the rerun parts are measured anew
+    assert carried["carried"] == {"alignment": "2026-12-01", "pairwise": "2026-12-01"}
+    # carried again by a later run: the date stays the one it was measured on
+    again = scaling.carry_over({**_results(), **carried, "date": "2026-12-04"}, ["alignment"])
+    assert again["carried"]["pairwise"] == "2026-12-01"
+    assert again["carried"]["refl"] == "2026-12-04"
+    md = scaling.markdown({**_results(), **scaling.carry_over({**_results(), "date": "2026-12-01"}, ["refl"])})
+    assert "for refl (the other parts carried over from an earlier run: accuracy, alignment measured 2026-12-01)" in md
+    assert "carried over" not in scaling.markdown(_results())
