@@ -441,20 +441,21 @@ def test_a_judge_with_another_vision_patch_has_its_own_folders_and_card(tmp_path
 
 
 def test_a_size_named_in_scaled_gets_its_factors_and_the_blob_pairs(tmp_path, monkeypatch):
-    """``rm --size l`` at a toy scale with the scaling RESULTS measured for L in :data:`SCALED`: its factors reach
-    L's stages (half the caption learning rate, 1.5x the rendered-pair steps, 3x the last stage's), its last stage
-    learns from the recipe's mix followed by the rendered blob negatives, which its card reports, and S's settings
-    stay the recipe's own."""
+    """``rm --size l`` at a toy scale with the recipe's :data:`SCALED`: its factors reach L's stages (every learning
+    rate halved, 1.5x the rendered-pair steps, 3x the last stage's), its last stage learns from the recipe's mix
+    followed by the rendered blob negatives, which its card reports, and S's settings stay the recipe's own."""
     train = _toy_recipe(monkeypatch)
     monkeypatch.setattr(train, "BLOB_PAIRS", dict(scenes=12, seed=3))
-    scaled = {"caption": {"lr": 0.5}, "pointwise": {"max_steps": 1.5}, "onpolicy": {"max_steps": 3}, "blob_pairs": True}
-    monkeypatch.setattr(train, "SCALED", {"l": scaled})  # the scaling RESULTS measured for L
     facts = train.train_rm_size("l", tmp_path, tmp_path / "out")
     config = {
         stage: json.loads((tmp_path / f"l-{stage}" / "config.json").read_text())
         for stage in ("captions", "pointwise", "onpolicy")
     }
     assert config["captions"]["lr"] == train.CAPTION["lr"] / 2
+    assert (config["pointwise"]["lr"], config["onpolicy"]["lr"]) == (
+        train.POINTWISE["lr"] / 2,
+        train.ONPOLICY["lr"] / 2,
+    )
     assert (config["pointwise"]["max_steps"], config["onpolicy"]["max_steps"]) == (3, 6)
     assert config["onpolicy"]["data"] == str(tmp_path / "mixed-train-blobs")
     assert [train.stage_settings("s", stage) for stage in ("caption", "pointwise", "onpolicy")] == [
@@ -470,6 +471,22 @@ def test_a_size_named_in_scaled_gets_its_factors_and_the_blob_pairs(tmp_path, mo
     assert blobs and [json.loads(row)["id"] for row in mixed] == [json.loads(row)["id"] for row in recipe_mix + blobs]
     assert facts["blob_pairs"]["pairs"] == len(blobs) and facts["onpolicy_training"]["max_steps"] == 6
     assert f"{len(blobs)} rendered blob negatives" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("size", ["s", "m", "l"])
+def test_each_bundled_judges_card_holds_the_recipes_settings_for_its_size(size):
+    """The bundled judges were trained by what the recipe now says for their size (:data:`SCALED` included), so
+    ``rm --size SIZE`` rebuilds the judge its card describes."""
+    from rewarddance.recipes.shapes import BLOB_PAIRS, SCALED, stage_settings
+
+    facts = card(f"shapes-{size}")
+    caption = {k: v for k, v in facts["caption_pretraining"].items() if k != "final_token_accuracy"}
+    assert caption == stage_settings(size, "caption")
+    assert facts["judge_training"] == stage_settings(size, "pointwise")
+    assert facts["onpolicy_training"] == stage_settings(size, "onpolicy")
+    blobs = facts.get("blob_pairs")
+    assert bool(blobs) == bool(SCALED.get(size, {}).get("blob_pairs"))
+    assert not blobs or {k: blobs[k] for k in BLOB_PAIRS} == BLOB_PAIRS
 
 
 def test_a_stopped_recipe_stage_ends_the_recipe_and_records_nothing(tmp_path):

@@ -55,10 +55,17 @@ MIX_RENDERED = 3000  # rendered pairs mixed into the on-policy stage, so the jud
 ONPOLICY = dict(objective="pointwise", train="all", lr=1e-4, batch_size=16, max_steps=1000, warmup_steps=50, seed=0)
 # What the recipe scales with a judge's size (the paper scales data and steps with the model): for a size named
 # here, factors on the settings above and, with "blob_pairs", the rendered blob negatives of BLOB_PAIRS added to the
-# last stage's mix. Empty: the bundled judges are all trained by the settings above as they are. RESULTS.md
-# ("shapes-l by a scaled recipe") measured L with {"caption": {"lr": 0.5}, "pointwise": {"max_steps": 1.5},
-# "onpolicy": {"max_steps": 3}, "blob_pairs": True}; that judge is not bundled.
-SCALED: dict[str, dict] = {}
+# last stage's mix. S and M are trained by the settings above as they are. L (twice M's width) gets every learning
+# rate halved, as width-scaled recipes do, 1.5x the rendered-pair steps and 3x the last stage's steps on the mix with
+# blob pairs; at M's learning rates it fell below M (RESULTS.md, "shapes-l by a scaled recipe").
+SCALED: dict[str, dict] = {
+    "l": {
+        "caption": {"lr": 0.5},
+        "pointwise": {"lr": 0.5, "max_steps": 1.5},
+        "onpolicy": {"lr": 0.5, "max_steps": 3},
+        "blob_pairs": True,
+    }
+}
 BLOB_PAIRS = dict(scenes=12000, seed=71)  # :func:`rewarddance.shapes.blobs.write_blob_pairs`: 9,704 pairs
 
 
