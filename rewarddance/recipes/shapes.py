@@ -56,8 +56,9 @@ ONPOLICY = dict(objective="pointwise", train="all", lr=1e-4, batch_size=16, max_
 # What the recipe scales with a judge's size (the paper scales data and steps with the model): for a size named
 # here, factors on the settings above and, with "blob_pairs", the rendered blob negatives of BLOB_PAIRS added to the
 # last stage's mix. S and M are trained by the settings above as they are. L (twice M's width) gets every learning
-# rate halved, as width-scaled recipes do, 1.5x the rendered-pair steps and 3x the last stage's steps on the mix with
-# blob pairs; at M's learning rates it fell below M (RESULTS.md, "shapes-l by a scaled recipe").
+# rate halved (its caption loss showed M's rate too high for it), 1.5x the rendered-pair steps and 3x the last
+# stage's steps on the mix with blob pairs; at M's learning rates it fell below M (RESULTS.md, "shapes-l by a scaled
+# recipe").
 SCALED: dict[str, dict] = {
     "l": {
         "caption": {"lr": 0.5},
