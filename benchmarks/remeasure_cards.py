@@ -1,13 +1,15 @@
-"""Re-measure the verifier-dependent numbers of the bundled models' cards with the shipped code; no training.
+"""Re-measure the bundled models' cards on today's held-out data with the shipped code; no training.
 
     python benchmarks/remeasure_cards.py [--work /tmp/remeasure] [--models shapes-l]
 
-The generator's alignment (``recipes.shapes.measure_generator``, the card's prompts and seed) and each judge's
-accuracy on the held-out pairs of the generator's samples (``recipes.shapes.eval_data`` labels them with the
-verifier at the time it runs, as ``tests/test_bundled.py`` does) depend on the verifier. This rewrites those numbers
-in ``card.json`` and the ``README.md`` rendered from it, keeps the numbers they replace under ``remeasured.before``
-(the first time only), and says in the card's note that the judges' training pairs were labelled by the verifier of
-their time and not remade. The rendered in-domain and out-of-domain pairs do not depend on the verifier.
+For each judge: its accuracy on the held-out pairs of the bundled generator's samples (every set of
+``recipes.shapes.GENERATED_EVAL``, drawn and labelled by ``recipes.shapes.eval_data`` as ``tests/test_bundled.py``
+does) and on a clean scene against garbage; for the generator: its alignment (``recipes.shapes.measure_generator``
+on its card's prompts, seed and samples). Run it after the verifier, the generator or a held-out set changes. It
+rewrites those numbers in ``card.json`` and the ``README.md`` rendered from it and records, under ``remeasured`` with
+the date, the numbers it replaced. Nothing is retrained: a judge's card still describes the data it was trained on.
+(Before 2026-12-04 this script re-measured the cards of the lenient-verifier judges and wrote a note saying so;
+those judges are no longer bundled.)
 """
 
 from __future__ import annotations
@@ -20,62 +22,46 @@ from pathlib import Path
 
 from rewarddance.bundled import GENERATOR, REWARD_MODELS, available, bundled_path, card, load_generator
 from rewarddance.recipes.cards import write_card
-from rewarddance.recipes.shapes import eval_data, measure_generator, measure_rm
-
-VERIFIER = "strict (a clean scene and the prompt; rewarddance.shapes.verify, issue 19)"
+from rewarddance.recipes.shapes import GENERATED_EVAL, eval_data, measure_generator, measure_rm
 
 
-def _note(facts: dict, sentence: str) -> None:
-    """The card's note: the note it had before the first re-measurement, then ``sentence``."""
-    before = facts["remeasured"].setdefault("note_before", facts.get("note", ""))
-    facts["note"] = (before + " " + sentence).strip()
+def _record(facts: dict, date: str, before: dict) -> None:
+    """Keep ``before`` (the figures that changed; a set measured for the first time has none) under
+    ``facts["remeasured"][date]``."""
+    before = {k: v for k, v in before.items() if v is not None}
+    if before:
+        facts.setdefault("remeasured", {}).setdefault(date, {}).update(before)
 
 
 def remeasure(work: Path, log=print, models: list[str] | None = None) -> dict:
-    """Re-measure ``models`` (default: every bundled model) and rewrite their cards."""
+    """Re-measure ``models`` (default: every bundled model) and rewrite their cards; returns the new figures."""
     models = models or [*REWARD_MODELS, GENERATOR]
-    folders = eval_data(work)
-    info = json.loads((folders["generated"] / "info.json").read_text(encoding="utf-8"))
     date = time.strftime("%Y-%m-%d")
-    out = {"generated-eval": info}
-    for name in REWARD_MODELS:
-        if name not in available() or name not in models:
-            continue
+    judges = [name for name in REWARD_MODELS if name in available() and name in models]
+    folders = eval_data(work, generated=True) if judges else {}
+    infos = {f: json.loads((work / f / "info.json").read_text(encoding="utf-8")) for f in GENERATED_EVAL if judges}
+    out = {}
+    for name in judges:
         facts = card(name)
-        both = measure_rm(name, {"generated": folders["generated"], "garbage": folders["garbage"]})
-        measured = both["generated"]
-        facts["measured"]["garbage"] = both["garbage"]
-        facts.setdefault("remeasured", {"before": {}})
-        facts["remeasured"]["before"].setdefault("generated", facts["measured"]["generated"])
-        facts["remeasured"]["before"].setdefault("generated-eval", facts["generated"]["generated-eval"])
-        facts["remeasured"].update(date=date, verifier=VERIFIER)
-        facts["measured"]["generated"] = measured
-        facts["generated"]["generated-eval"] = info
-        old, old_eval = facts["remeasured"]["before"]["generated"], facts["remeasured"]["before"]["generated-eval"]
-        train_rate = 100 * facts["generated"]["generated-train"]["pass_rate"]
-        _note(
-            facts,
-            f"Re-measured {date} with the strict verifier (an image passes only if it is a clean ShapesWorld scene) on "
-            f"samples of the generator bundled then: the held-out pairs of the generator's samples are now "
-            f"{measured['pairs']} ({100 * info['pass_rate']:.1f} % of samples pass; when trained: {old['pairs']} "
-            f"pairs, {100 * old_eval['pass_rate']:.1f} % pass, accuracy {100 * old['accuracy']:.1f} %). Stage 4's "
-            f"{facts['generated']['generated-train']['pairs']:,} training pairs were samples of an earlier generator "
-            f"labelled by the earlier, lenient verifier ({train_rate:.1f} % pass) and were not remade.",
-        )
+        sets = {k: folders[k] for k in (*GENERATED_EVAL.values(), "garbage")}
+        measured = measure_rm(name, sets)
+        before = {k: facts["measured"].get(k) for k in sets if facts["measured"].get(k) != measured[k]}
+        before.update({f: facts["generated"].get(f) for f in infos if facts["generated"].get(f) != infos[f]})
+        facts["measured"].update(measured)
+        facts["generated"].update(infos)
+        _record(facts, date, before)
         write_card(bundled_path(name), facts)
         out[name] = measured
-        log(f"{name}: generated pairs {old} -> {measured}")
-    if GENERATOR not in models:
-        return out
-    facts = card(GENERATOR)
-    before = facts["measured"]
-    measured = measure_generator(load_generator(), before["prompts"], before["seed"], samples=before["samples"])
-    facts.setdefault("remeasured", {"before": {"measured": before}})
-    facts["remeasured"].update(date=date, verifier=VERIFIER)
-    facts["measured"] = measured
-    write_card(bundled_path(GENERATOR), facts)
-    out[GENERATOR] = measured
-    log(f"{GENERATOR}: alignment {before['alignment']} -> {measured['alignment']} ({measured['by_category']})")
+        log(f"{name}: {measured} (replaced: {before})")
+    if GENERATOR in models:
+        facts = card(GENERATOR)
+        old = facts["measured"]
+        measured = measure_generator(load_generator(), old["prompts"], old["seed"], samples=old["samples"])
+        _record(facts, date, {"measured": old} if measured != old else {})
+        facts["measured"] = measured
+        write_card(bundled_path(GENERATOR), facts)
+        out[GENERATOR] = measured
+        log(f"{GENERATOR}: alignment {old['alignment']} -> {measured['alignment']} ({measured['by_category']})")
     return out
 
 

@@ -266,12 +266,23 @@ def _accuracy(cell: dict) -> tuple[float, float]:
     return p, math.sqrt(p * (1 - p) / n) if n else 0.0
 
 
-ACCURACY_SETS = ("id", "ood", "generated", "garbage")  # the pair folders of ``eval_data``, in table order
+# the pair folders of ``eval_data``, in table order, with their labels
+ACCURACY_SETS = {
+    "id": "in-domain",
+    "ood": "out-of-domain",
+    "generated": "generated",
+    "generated-large": "generated (larger set)",
+    "garbage": "clean vs garbage",
+}
 
 
-def _accuracy_cells(acc: dict) -> str:
+def _accuracy_cells(acc: dict, sets=("id", "ood", "generated")) -> str:
+    """The accuracy +- SE of each of ``sets`` ("-" where it was not measured), as table cells."""
     cells = []
-    for k in ACCURACY_SETS[:3]:
+    for k in sets:
+        if k not in acc:
+            cells.append("-")
+            continue
         p, se = _accuracy(acc[k])
         cells.append(f"{100 * p:.1f} +- {100 * se:.1f} %")
     return " | ".join(cells)
@@ -302,26 +313,17 @@ def markdown(results: dict) -> str:
     ]
     if "accuracy" in results:
         acc = results["accuracy"][names[0]] if names else {}
-        counts = ", ".join(
-            f"{acc[k]['pairs']} {label}"
-            for k, label in zip(ACCURACY_SETS, ("in-domain", "out-of-domain", "generated", "clean vs garbage"))
-            if k in acc
-        )
+        counts = ", ".join(f"{acc[k]['pairs']} {label}" for k, label in ACCURACY_SETS.items() if k in acc)
         lines += [
             f"Pointwise accuracy on held-out preference pairs ({counts}):",
             "",
             "| RM | parameters | in-domain accuracy | out-of-domain accuracy | on the generator's samples "
-            "| a clean scene vs garbage |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| the generator's samples, larger set | a clean scene vs garbage |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for n in names:
-            acc_n = results["accuracy"][n]
-            garbage = (
-                "{:.1f} +- {:.1f} %".format(*(100 * v for v in _accuracy(acc_n["garbage"])))
-                if "garbage" in acc_n
-                else "-"
-            )
-            lines.append(f"| {n} | {results['params'][n]:,} | {_accuracy_cells(acc_n)} | {garbage} |")
+            cells = _accuracy_cells(results["accuracy"][n], tuple(ACCURACY_SETS))
+            lines.append(f"| {n} | {results['params'][n]:,} | {cells} |")
         lines.append("")
     if "alignment" in results:
         al = results["alignment"]
@@ -429,10 +431,15 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _larger_generated(acc: dict) -> dict:
+    """The larger set of generated pairs where it was measured (runs before 2026-12-04 have only the first)."""
+    return acc.get("generated-large", acc["generated"])
+
+
 SERIES = (  # what the plot draws against RM size: label, value and SE of results for an RM name
     ("in-domain accuracy", lambda r, n: _accuracy(r["accuracy"][n]["id"])),
     ("out-of-domain accuracy", lambda r, n: _accuracy(r["accuracy"][n]["ood"])),
-    ("accuracy on generated pairs", lambda r, n: _accuracy(r["accuracy"][n]["generated"])),
+    ("accuracy on generated pairs", lambda r, n: _accuracy(_larger_generated(r["accuracy"][n]))),
     ("best-of-N alignment", lambda r, n: mean_se([float(v) for v in r["alignment"]["by_rm"][n]["best_of_n_passed"]])),
     ("alignment after ReFL", lambda r, n: mean_se([float(v) for v in r["refl"]["by_rm"][n]["after_passed"]])),
 )

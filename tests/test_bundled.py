@@ -63,7 +63,10 @@ def _matches_card(name: str, folders: dict, splits: list[tuple[str, float]]) -> 
         assert abs(measured[split]["accuracy"] - facts["measured"][split]["accuracy"]) <= margin
 
 
-@pytest.mark.parametrize("name", BUNDLED_RMS)
+# the largest judge takes ~27 s to score its 730 pairs: run by .ci/run after the README command
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "shapes-l" else n for n in BUNDLED_RMS]
+)
 def test_bundled_judge_accuracy_matches_its_card(name, held_out):
     """Rendered in-domain and out-of-domain pairs and a clean scene against garbage, remade by the recipe's script:
     each judge's accuracy is its card's (the generator's samples: the slow test below)."""
@@ -74,11 +77,12 @@ def test_bundled_judge_accuracy_matches_its_card(name, held_out):
 
 @pytest.mark.slow
 def test_bundled_judges_on_the_generators_samples_match_their_cards(tmp_path):
-    """The held-out pairs of the bundled generator's own samples (150 prompts x 8 samples drawn again, about two
-    minutes on 2 cores) give each judge its card's accuracy."""
+    """The two held-out sets of pairs of the bundled generator's own samples (150 and 450 prompts x 8 samples drawn
+    again, about 13 minutes on 2 cores) give each judge its card's accuracy on both."""
     folders = eval_data(tmp_path, generated=True)
+    sets = ["generated", "generated-large"]
     for name in BUNDLED_RMS:
-        _matches_card(name, {"generated": folders["generated"]}, [("generated", 0.03)])
+        _matches_card(name, {k: folders[k] for k in sets}, [(k, 0.03) for k in sets])
 
 
 def test_a_local_folder_named_like_a_bundled_model_wins(tmp_path, monkeypatch, tiny_vlm):
@@ -95,6 +99,7 @@ def generator():
     return load_generator()
 
 
+@pytest.mark.slow  # 240 samples (~30 s); the slow test below checks the whole card
 def test_bundled_generator_first_samples_match_its_card(generator):
     """One sample per card prompt (the seeds of the card's first samples): the card's first-sample alignment."""
     facts = card(GENERATOR)["measured"]
@@ -261,6 +266,7 @@ def test_the_wheel_carries_the_bundled_weights(tmp_path):
                 assert f"rewarddance/bundled/{name}/{f.relative_to(bundled_path(name)).as_posix()}" in names
 
 
+@pytest.mark.slow  # a ReFL run of the bundled models (~17 s): run by .ci/run after the README command
 def test_demo_refl_reports_before_and_after_once_with_progress(tmp_path, capsys, monkeypatch):
     """`rewarddance demo --refl` with a few steps of the shipped ReFL recipe (bundled generator, bundled judge): the
     LoRA is trained by the recipe's settings, loaded and measured on the same held-out prompts and seeds, and the
@@ -337,6 +343,7 @@ def test_demo_grid_is_crisp_and_says_what_its_marks_mean(tmp_path):
     assert len(bands) == 2 and min(bands) >= 13, bands  # the legend line and the prompt line
 
 
+@pytest.mark.slow  # 192 samples of the generator (~30 s): run by .ci/run after the README command
 def test_generated_pairs_carry_the_verifiers_reasons(generator, tmp_path):
     """Pairs of the generator's own samples (the recipe's writer, 24 of its held-out prompts x 8 samples): each
     rejected image carries the verifier's reason, and a folder written without reasons gets the same ones back."""
@@ -381,6 +388,9 @@ def _toy_recipe(monkeypatch):
     )
     monkeypatch.setattr(train, "GARBAGE_EVAL", {**train.GARBAGE_EVAL, "pairs": 13})
     monkeypatch.setitem(train.GENERATED, "generated-eval", dict(prompts=3, samples=4, pairs_per_prompt=1, seed=42))
+    monkeypatch.setitem(
+        train.GENERATED, "generated-eval-large", dict(prompts=3, samples=4, pairs_per_prompt=1, seed=44)
+    )
     monkeypatch.setattr(train, "MIX_RENDERED", 4)
     monkeypatch.setattr(train, "CAPTION", {**train.CAPTION, "max_steps": 2, "batch_size": 4})
     for stage in ("POINTWISE", "ONPOLICY"):
@@ -388,6 +398,7 @@ def _toy_recipe(monkeypatch):
     return train
 
 
+@pytest.mark.slow  # the recipe end to end at toy scale (~10 s): run by .ci/run after the README command
 def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch):
     """``train_variant`` end to end at a toy scale: the pairwise and chain-of-thought judges start from the same
     caption-pretrained base (trained once) and differ from the bundled recipe in their one setting only."""
@@ -420,6 +431,7 @@ def test_ablation_judges_change_one_setting_of_the_recipe(tmp_path, monkeypatch)
         assert not verdict.passed and row["reason"] == verdict.reason[0].upper() + verdict.reason[1:] + "."
 
 
+@pytest.mark.slow  # the recipe end to end at toy scale (~10 s): run by .ci/run after the README command
 def test_a_judge_with_another_vision_patch_has_its_own_folders_and_card(tmp_path, monkeypatch):
     """``rm --patch 7``: the recipe unchanged but for the vision patch (64 image tokens instead of 16), in work
     folders of its own so the bundled size's stages are never reused for it; a patch that does not divide the image
@@ -440,6 +452,7 @@ def test_a_judge_with_another_vision_patch_has_its_own_folders_and_card(tmp_path
     assert rm.score([Image.new("RGB", (32, 32), "grey")], ["a photo of a circle"]).p_yes.shape == (1,)
 
 
+@pytest.mark.slow  # the recipe end to end at toy scale (~13 s): run by .ci/run after the README command
 def test_a_size_named_in_scaled_gets_its_factors_and_the_blob_pairs(tmp_path, monkeypatch):
     """``rm --size l`` at a toy scale with the recipe's :data:`SCALED`: its factors reach L's stages (every learning
     rate halved, 1.5x the rendered-pair steps, 3x the last stage's), its last stage learns from the recipe's mix

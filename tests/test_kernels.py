@@ -257,6 +257,7 @@ def test_triton_kernels_under_interpreter(tmp_path):
     assert int(suite.get("tests")) >= 100
 
 
+@pytest.mark.slow  # ~30 s of compiling: run by .ci/run after the README command
 def test_triton_kernels_compile_for_gpu(tmp_path):
     """Runs tests/kernels_compile_check.py: compiles every kernel to cubin for sm_80 / sm_90 (no GPU needed)."""
     triton = pytest.importorskip("triton")

@@ -165,6 +165,7 @@ def _train_cli(cfg_path: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow  # a child process killed mid-run (~30 s): run by .ci/run after the README command
 def test_killed_run_resumes_to_the_same_weights(tiny_vlm, pairs_dir, tmp_path):
     """SIGINT mid-run saves a checkpoint; rerunning the command finishes with the uninterrupted run's weights."""
     from safetensors.torch import load_file

@@ -28,6 +28,9 @@ def render_card(facts: dict) -> str:
         "id": f"in-domain (seed {data['id']['seed']})",
         "ood": f"out-of-domain (seed {data['ood']['seed']}; held-out colour/shape pairs, striped backgrounds)",
         "generated": f"the bundled generator's samples (seed {g['eval']['seed']}; strict-verifier labels)",
+        "generated-large": "the same, a larger draw (seed {}; other prompts)".format(
+            facts["generated"].get("generated-eval-large", {}).get("seed")
+        ),
         "garbage": "a clean scene against garbage (noise, textures, fills, smears, blobs; 13 kinds)",
     }
     rows = "\n".join(
