@@ -39,7 +39,11 @@ def remeasure(work: Path, log=print, models: list[str] | None = None) -> dict:
     date = time.strftime("%Y-%m-%d")
     judges = [name for name in REWARD_MODELS if name in available() and name in models]
     folders = eval_data(work, generated=True) if judges else {}
-    infos = {f: json.loads((work / f / "info.json").read_text(encoding="utf-8")) for f in GENERATED_EVAL if judges}
+    infos = (
+        {f: json.loads((folders[name] / "info.json").read_text(encoding="utf-8")) for f, name in GENERATED_EVAL.items()}
+        if judges
+        else {}
+    )
     out = {}
     for name in judges:
         facts = card(name)

@@ -105,7 +105,7 @@ def write_data(work: Path) -> dict[str, Path]:
 
 def eval_data(work: Path, generated: bool = True) -> dict[str, Path]:
     """Only the held-out pair folders (what the bundled-model tests measure against the card): rendered in-domain
-    and out-of-domain pairs, a clean scene against garbage, and (``generated``; 4,800 samples to draw, ~10 min on
+    and out-of-domain pairs, a clean scene against garbage, and (``generated``; 4,800 samples to draw, ~12 min on
     2 cores) the two held-out sets of pairs of the bundled generator's samples (:data:`GENERATED_EVAL`)."""
     from ..bundled import bundled_path
     from ..shapes import write_dataset
