@@ -78,6 +78,7 @@ from .diffusion_loop import (
     setup_trainable,
     step_generator,
 )
+from .ema import lora_ema
 from .experts import check_expert_levels, trained_steps
 from .grpo_config import GRPOConfig
 from .metrics import append_csv
@@ -356,12 +357,22 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
     # --- 3. the trainable part: LoRA, optimiser, resume, both prepared by the accelerator
     tr = setup_trainable(cfg, pipe, rt, out)
     step = tr.step
+    ema = lora_ema(cfg, tr)  # (ema_decay: the average is what is evaluated and exported; the live LoRA samples)
     sampler_cfg = sampler_config(cfg, pipe, family, tr)  # (the denoiser called as the accelerator prepared it)
 
     # --- 4. trackers, the reward before training
     trackers = open_trackers(cfg, out, name="grpo") if rt.main else []
-    evaluate = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, visits, trackers, tr)
-    reward_before = evaluate("", step) if step == 0 else tr.resumed.get("reward_before")
+    evaluator = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, visits, trackers, tr)
+
+    def evaluate(tag: str) -> float | None:
+        with ema.applied():
+            return evaluator(tag, step)
+
+    def checkpoint() -> None:  # a resumed run reports the reward and evaluations its first part measured
+        extra = {"reward_before": reward_before, **evaluator.state(), **ema.state()}
+        tr.checkpoint(step, extra, {**(evaluator.tensors() or {}), **ema.tensors()})
+
+    reward_before = evaluate("") if step == 0 else tr.resumed.get("reward_before")
     recent: deque = deque(maxlen=cfg.window)
     history, nan_run, nan_total = [], 0, 0
     metrics = out / "metrics.csv"
@@ -370,7 +381,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
 
     # --- 5. the training steps
     with StopFlag() as flag, finished(trackers, tr):
-        while not evaluate.ended(step):  # (early stopping ends it before max_steps)
+        while not evaluator.ended(step):  # (early stopping ends it before max_steps)
             started = time.perf_counter()
             gen = step_generator(cfg.seed, step)  # prompts, initial noise, the subset of steps
             noise = step_generator(cfg.seed, step, salt=1)  # the sampler's noise
@@ -414,12 +425,13 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                 grad_norm = float(accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm))  # (before clipping)
                 tr.optimizer.step()
                 tr.scheduler.step()
+                ema.update()
             if bad:
                 nan_run += 1
                 nan_total += 1
                 tr.optimizer.zero_grad(set_to_none=True)
                 if nan_run >= cfg.max_nan_steps:
-                    tr.checkpoint(step, {"reward_before": reward_before, **evaluate.state()}, evaluate.tensors())
+                    checkpoint()
                     raise RuntimeError(
                         f"GRPO stopped at step {step}: {nan_run} consecutive NaN/inf losses (lower lr; the last good "
                         "state is checkpointed)"
@@ -450,19 +462,21 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
                     tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
             bar.update(1)
             bar.set_postfix(reward=f"{row['window_mean']:.4f}")
-            if evaluate.due(step):  # every eval_every steps and after the last (before its checkpoint)
-                evaluate(evaluate.tag(step), step)
+            if evaluator.due(step):  # every eval_every steps and after the last (before its checkpoint)
+                evaluate(evaluator.tag(step))
             stopping = flag.stop or (stop_at is not None and step >= stop_at)
-            if stopping or evaluate.ended(step) or (cfg.save_every and step % cfg.save_every == 0):
-                tr.checkpoint(step, {"reward_before": reward_before, **evaluate.state()}, evaluate.tensors())
-            if stopping and not evaluate.ended(step):
+            if stopping or evaluator.ended(step) or (cfg.save_every and step % cfg.save_every == 0):
+                checkpoint()
+            if stopping and not evaluator.ended(step):
                 bar.close()
                 return {"stopped_at": step, "history": history}
         bar.close()
-        reward_after = evaluate.after(step)
+        with ema.applied():
+            reward_after = evaluator.after(step)
 
-    # --- 6. the LoRA (the last, or keep_best's) for diffusers and ComfyUI, the reward curve
-    lora_dir = finish(pipe, tr, out, history, evaluate)
+    # --- 6. the LoRA (the last or its average, or keep_best's) for diffusers and ComfyUI, the reward curve
+    with ema.applied():
+        lora_dir = finish(pipe, tr, out, history, evaluator)
     return {
         "processes": 1,
         "lora_checksum": lora_checksum(tr.params),
@@ -470,7 +484,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True, stop_at: int | None = Non
         "reward_before": reward_before,
         "reward_after": reward_after,
         "reward_on": reward_on,
-        **evaluate.summary(step),
+        **evaluator.summary(step),
         "window": window,
         "history": history,
         "lora": str(lora_dir),

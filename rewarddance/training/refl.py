@@ -73,6 +73,7 @@ from .diffusion_loop import (
     setup_trainable,
     step_generator,
 )
+from .ema import lora_ema
 from .experts import check_expert_levels
 from .metrics import append_csv
 from .refl_config import ReFLConfig
@@ -241,9 +242,11 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     # --- 3. the trainable part: LoRA, optimiser, resume, both prepared by the accelerator
     tr = setup_trainable(cfg, pipe, rt, out)
     params, optimizer, scheduler, step = tr.params, tr.optimizer, tr.scheduler, tr.step
+    ema = lora_ema(cfg, tr)  # (ema_decay: the average is what is evaluated and exported)
 
     def checkpoint() -> None:  # a resumed run reports the reward and evaluations its first part measured
-        tr.checkpoint(step, {"reward_before": reward_before, **evaluator.state()}, evaluator.tensors())
+        extra = {"reward_before": reward_before, **evaluator.state(), **ema.state()}
+        tr.checkpoint(step, extra, {**(evaluator.tensors() or {}), **ema.tensors()})
 
     # --- 4. sampling settings (the denoiser called through the prepared model), trackers, the reward before training
     sampler_cfg = sampler_config(cfg, pipe, family, tr)
@@ -251,7 +254,8 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
     evaluator = make_evaluator(cfg, pipe, rm, context, sampler_cfg, eval_prompts, out, rt, rm_on_device, trackers, tr)
 
     def evaluate(tag: str) -> float | None:
-        return evaluator(tag, step)
+        with ema.applied():
+            return evaluator(tag, step)
 
     reward_before = evaluate("") if step == 0 else tr.resumed.get("reward_before")
     window: deque = deque(maxlen=cfg.window)
@@ -324,6 +328,7 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))  # (before clipping)
                 optimizer.step()
                 scheduler.step()
+                ema.update()
             step += 1
             window.extend(rewards)
             row = {
@@ -355,9 +360,11 @@ def train_refl(cfg: ReFLConfig, progress: bool = True, stop_at: int | None = Non
                 bar.close()
                 return {"stopped_at": step, "history": history}
         bar.close()
-        reward_after = evaluator.after(step)
-    # --- 6. the LoRA (the last, or keep_best's) for diffusers and ComfyUI, the reward curve
-    lora_dir = finish(pipe, tr, out, history, evaluator)
+        with ema.applied():
+            reward_after = evaluator.after(step)
+    # --- 6. the LoRA (the last or its average, or keep_best's) for diffusers and ComfyUI, the reward curve
+    with ema.applied():
+        lora_dir = finish(pipe, tr, out, history, evaluator)
     return {
         "processes": world,
         "lora_checksum": lora_checksum(params),

@@ -142,6 +142,13 @@ class DiffusionTrainConfig:
             "help": "export the LoRA of the best evaluation (verifier alignment, else judge reward), not the last"
         },
     )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "evaluate and export an exponential moving average of the LoRA with this decay (0: the last "
+            "weights)"
+        },
+    )
     sample_every: int = field(default=0, metadata={"help": "save a sample grid of eval prompts every N steps"})
     window: int = field(default=20, metadata={"help": "sliding window of the reward mean / std"})
     trackers: list[str] = field(
@@ -203,6 +210,7 @@ class DiffusionTrainConfig:
                 self.early_stopping_patience is None or self.eval_every > 0,
                 "early_stopping_patience needs eval_every > 0 (it counts the evaluations during training)",
             ),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (not set(self.trackers) - set(TRACKERS), f"trackers must be among {sorted(TRACKERS)}, got {self.trackers}"),
         ]
         for ok, msg in checks:
