@@ -241,6 +241,33 @@ def test_a_run_changes_the_lora_resumes_exactly_and_exports_a_loadable_lora(judg
     assert (base - trained).abs().max() > 1e-4
 
 
+def _lora(result) -> dict:
+    return load_file(f"{result['lora']}/pytorch_lora_weights.safetensors")
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_ema_decay_exports_the_average_trains_as_before_and_resumes_exactly(judge, tmp_path):
+    def run(name, stop_at=None, **kw):
+        cfg = _cfg(tmp_path / name, max_steps=4, train_subset=2, **kw)
+        return train_grpo(cfg, progress=False, pipe=_pipe(), rm=judge, stop_at=stop_at)
+
+    plain, averaged = run("plain"), run("ema", ema_decay=0.5)
+    keys = ("loss", "reward_mean", "kl")
+    assert [[h[k] for k in keys] for h in averaged["history"]] == [[h[k] for k in keys] for h in plain["history"]]
+    assert averaged["lora_checksum"] == pytest.approx(plain["lora_checksum"], rel=1e-9)  # the live LoRA: the same
+    assert not _same(_lora(averaged), _lora(plain))  # the export is the average
+    # a decay too small to hold anything back: the average is the last weights, exported under the same names
+    assert _same(_lora(run("tiny", ema_decay=1e-9)), _lora(plain))
+    # interrupted after step 2 and resumed: the average continues from the checkpoint's
+    assert run("b", stop_at=2, ema_decay=0.5)["stopped_at"] == 2
+    assert list((tmp_path / "b" / "checkpoints").glob("*/ema.safetensors"))
+    resumed = run("b", ema_decay=0.5)
+    assert resumed["step"] == 4 and _same(_lora(resumed), _lora(averaged))
+
+
 def test_flow_matching_trains_every_step_but_the_last(judge, tmp_path):
     res = train_grpo(_cfg(tmp_path, max_steps=1, reward="margin"), progress=False, pipe=_pipe("sd3"), rm=judge)
     assert res["window"] == [0, 1, 2]  # the step to sigma 0 has no noise, hence no density

@@ -141,6 +141,27 @@ def test_interrupted_run_resumes_exactly(smooth_rm, tmp_path):
     assert resumed["reward_after"] == pytest.approx(straight["reward_after"], abs=1e-6)
 
 
+def test_ema_decay_evaluates_and_exports_the_average_and_resumes_exactly(smooth_rm, tmp_path):
+    def run(name, stop_at=None, **kw):
+        cfg = _cfg(tmp_path / name, max_steps=4, eval_prompts=HELD_OUT[:1], verifier="none", **kw)
+        return train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm, stop_at=stop_at)
+
+    def lora(result):
+        return load_file(f"{result['lora']}/pytorch_lora_weights.safetensors")
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    plain, averaged = run("plain"), run("ema", ema_decay=0.6)
+    assert averaged["reward_before"] == pytest.approx(plain["reward_before"], abs=1e-9)  # nothing averaged yet
+    assert averaged["reward_after"] != pytest.approx(plain["reward_after"], abs=1e-7)  # measured on the average
+    assert not same(lora(averaged), lora(plain))
+    assert run("b", stop_at=2, ema_decay=0.6)["stopped_at"] == 2
+    resumed = run("b", ema_decay=0.6)
+    assert same(lora(resumed), lora(averaged))
+    assert resumed["reward_after"] == pytest.approx(averaged["reward_after"], abs=1e-6)
+
+
 def test_a_run_resumed_after_a_crash_logs_each_step_once(smooth_rm, tmp_path, monkeypatch, capsys):
     """A crash in step 4 with the newest checkpoint at step 2 and step 3 in metrics.csv: the rerun says where it
     resumes and metrics.csv holds each step once."""
