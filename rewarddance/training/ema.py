@@ -1,7 +1,7 @@
 """An exponential moving average of the LoRA weights a diffusion trainer optimises (``ema_decay`` > 0).
 
 The reward-driven steps of ReFL and GRPO are noisy (a few samples a step), so the LoRA they leave behind carries
-that noise on top of the base model; an average over the last steps keeps what the steps agree on. With
+that noise on top of the base model; an average over the last steps is meant to keep what they agree on. With
 ``ema_decay`` set, the trainers evaluate, keep-best and export the averaged weights and train the live ones; the
 average is saved in every checkpoint (``ema.safetensors``) and restored on resume, so a resumed run equals an
 uninterrupted one. The averaging itself is diffusers' :class:`~diffusers.training_utils.EMAModel` (its decay warms
@@ -23,7 +23,7 @@ class LoraEMA:
     nothing, so a trainer calls them unconditionally."""
 
     def __init__(self, params: list, decay: float, resumed_from: Path | None = None, resumed: dict | None = None):
-        self.params, self.decay, self.model = params, decay, None
+        self.params, self.model = params, None
         if not decay:
             return
         from diffusers.training_utils import EMAModel
