@@ -36,11 +36,12 @@ import torch
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
 from ..distributed import any_process
-from ..pipelines import VIDEO_FAMILIES, Sampler, SamplerConfig, check_scheduler, pipeline_family
+from ..pipelines import VIDEO_FAMILIES, SamplerConfig, check_scheduler, pipeline_family
 from ..remote import is_remote, load_judge
 from .checkpoint import gather_full_state, list_checkpoints, load_checkpoint, load_trainable, save_checkpoint
 from .engine import Runtime, full_tensor, shard_denoiser, torch_optimizer
 from .engine import runtime as runtime  # phase 1, where the trainers find the others
+from .eval_pairwise import eval_judge, sample_eval_images
 from .experts import experts_of, own_forwards, prepare, sampler_callers, trained_experts
 from .export import save_lora
 from .metrics import drop_rows_after, say
@@ -396,7 +397,8 @@ def read_eval_rows(path: Path) -> list[dict]:
 
 class Evaluator:
     """Evaluations of fixed-seed samples of the eval prompts (``cfg.eval_images`` each, the pipeline's
-    deterministic schedule): ``evaluator(tag, step)`` measures the judge's mean P(yes) with its standard error and,
+    deterministic schedule): ``evaluator(tag, step)`` measures the judge's mean reward with its standard error (P(yes);
+    with a judge that compares, the win rate over the base model's images: :mod:`.eval_pairwise`) and,
     when :func:`use_verifier`, the share of images the strict ShapesWorld verifier passes with ``sqrt(p(1-p)/n)``;
     appends the row to ``eval.csv``, logs ``eval_reward`` / ``eval_alignment`` to the trackers and returns the mean
     reward (None when there is nothing to score on this process). With a ``tag`` and ``sample_every`` the samples
@@ -417,6 +419,7 @@ class Evaluator:
         self.trackers, self.tr = trackers, tr
         # (the ShapesWorld verifier checks images; clips of a video pipeline are judged only)
         self.verifier = pipeline_family(pipe) not in VIDEO_FAMILIES and use_verifier(cfg, eval_prompts)
+        self.judge = eval_judge(cfg, rm, pipe, self.sampler_cfg, tr.denoiser if tr else None, context)
         self.first: dict | None = None
         self.last: dict | None = None
         self.best: dict | None = None  # the row keep_best exports
@@ -437,15 +440,13 @@ class Evaluator:
         scores, passed = [], []
         with torch.no_grad(), self.visits():
             for i, prompt in enumerate(self.eval_prompts):
-                sampler = Sampler(self.pipe, prompt, self.sampler_cfg)
-                x = sampler.initial_latents([10_000 + i * 100 + j for j in range(cfg.eval_images)])
-                for k in range(cfg.num_inference_steps):
-                    x, _ = sampler.step(x, k)
-                images = sampler.decode(x)
+                images = sample_eval_images(
+                    self.pipe, self.sampler_cfg, prompt, i, cfg.eval_images, cfg.num_inference_steps
+                )
                 if images.ndim == 5:  # clips [n, T, 3, H, W]
                     scores.append(self.score_clips(images, prompt, tag, i))
                     continue
-                scores.append(self.rm.score(images, prompt, context=self.context).p_yes.float().cpu())
+                scores.append(self.judge(images, prompt, i))
                 if self.verifier:
                     for img in images.detach().float().cpu().nan_to_num(0.0).clamp(0, 1):
                         passed.append(bool(verify(load_image(img), prompt).passed))

@@ -40,7 +40,6 @@ trackers and export are the shared phases of :mod:`.diffusion_loop`, and the eng
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -79,6 +78,7 @@ from .diffusion_loop import (
     step_generator,
 )
 from .ema import lora_ema
+from .eval_pairwise import lora_off
 from .experts import check_expert_levels, trained_steps
 from .grpo_config import GRPOConfig
 from .metrics import append_csv
@@ -178,16 +178,6 @@ def check_verifier_prompts(prompts: list[str]) -> None:
             raise ValueError(f"reward verifier: prompts[{i}] {prompt!r} is not a ShapesWorld prompt ({err})") from err
 
 
-@contextlib.contextmanager
-def base_model(denoiser):
-    """The denoiser with its LoRA switched off (the frozen base the KL term is measured against)."""
-    denoiser.disable_adapters()
-    try:
-        yield
-    finally:
-        denoiser.enable_adapters()
-
-
 @dataclass
 class Rollouts:
     """The sampled trajectories of one step: ``latents[k]`` at level ``k`` (``k = 0 .. n``), the sampler's noise
@@ -272,7 +262,7 @@ def step_loss(ro: Rollouts, k: int, adv: torch.Tensor, denoiser, cfg: GRPOConfig
     policy = torch.maximum(-a * ratio, -a * clipped).mean()
     kl = torch.zeros((), device=logp.device)
     if cfg.kl_weight > 0:
-        with torch.no_grad(), base_model(denoiser):
+        with torch.no_grad(), lora_off(denoiser):  # (the frozen base)
             x0_base, e_base = sampler.predict(x, k, rows=rows)
             mean_base = sampler.pin(step_mean(x0_base, e_base, sampler.levels, k, std, ro.sde), x)
         kl = free_mean((mean.float() - mean_base.float()) ** 2, sampler.pinned).mean() / (2 * std * std)
