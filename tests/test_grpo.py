@@ -1,10 +1,13 @@
 """GRPO on tiny SD- and SD3-shaped pipelines with a tiny judge: the sampler's density, the objective, the KL term,
-advantages, win rates, exact resume, the exported LoRA and each bad input."""
+advantages, win rates, exact resume, the exported LoRA, each bad input, and the evaluation of a run whose judge compares
+(the win rate over the base model's images)."""
 
 from __future__ import annotations
 
+import csv
 import math
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from rewarddance.judge_info import TrainedFor
 from rewarddance.pipelines import PipelineError, SamplerConfig
 from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
 from rewarddance.training.diffusion_loop import add_lora
+from rewarddance.training.eval_pairwise import BaseWinRate, compares, eval_judge
 from rewarddance.training.grpo import (
     group_advantages,
     sample_rollouts,
@@ -194,6 +198,9 @@ class _BiasedJudge:
         self.calls.append(len(prompts))
         p = torch.sigmoid((images.mean((1, 2, 3)) - references.mean((1, 2, 3))) * 10) * 0.8 + 0.15
         return SimpleNamespace(p_yes=p)
+
+    def score(self, *a, **kw):
+        raise AssertionError("a judge that compares was asked the pointwise question")
 
 
 def test_win_rate_averages_both_orders_within_the_group():
@@ -392,3 +399,79 @@ def test_flow_grpo_sde_is_flow_grpos_step_replayed_in_velocity_form(judge, tmp_p
         _cfg(tmp_path / "run", sde="flow_grpo", eta=0.7, max_steps=1), progress=False, pipe=_pipe("sd3"), rm=judge
     )
     assert res["window"] == [0, 1, 2] and res["history"][0]["reward_std"] > 0
+
+
+# ------------------------------------------------- evaluation with a judge that compares (training/eval_pairwise.py)
+def _sample(pipe, prompt, index, count, cfg):
+    from rewarddance.pipelines import Sampler
+
+    sampler = Sampler(pipe, prompt, cfg)
+    x = sampler.initial_latents([10_000 + index * 100 + j for j in range(count)])
+    for k in range(cfg.num_inference_steps):
+        x, _ = sampler.step(x, k)
+    return sampler.decode(x)
+
+
+def test_win_rate_over_the_base_models_images_of_the_same_seeds():
+    """Against an independent replay: a pipeline that never had a LoRA gives the base images, the LoRA pipeline (B
+    perturbed so the LoRA changes the images) the trained ones; the figure is the two orders' average."""
+    cfg = SamplerConfig(num_inference_steps=3, height=32, width=32)
+    trained, fresh = build_tiny_pipeline("sd", "ddim"), build_tiny_pipeline("sd", "ddim")
+    params = add_lora(trained.unet, SimpleNamespace(lora_rank=4, lora_alpha=4, lora_targets=("to_q", "to_v")))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.5)
+    judge = _BiasedJudge()
+    win = BaseWinRate(trained, cfg, trained.unet, count=3, steps=3)
+    with torch.no_grad():
+        images = _sample(trained, PROMPTS[1], 1, 3, cfg)
+        base = _sample(fresh, PROMPTS[1], 1, 3, cfg)
+    assert (images - base).abs().max() > 1e-3  # the LoRA does change the images
+    got = win(judge, images, PROMPTS[1], 1, None)
+    assert torch.allclose(win.base[1], base, atol=1e-5)  # the LoRA was off for the base images
+
+    def p(a, b):
+        return torch.sigmoid((a.mean((1, 2, 3)) - b.mean((1, 2, 3))) * 10) * 0.8 + 0.15
+
+    assert torch.allclose(got, (p(images, base) + 1 - p(base, images)) / 2, atol=1e-5)
+    assert not torch.allclose(got, p(images, base), atol=1e-3)  # not one order alone
+    assert torch.allclose(win(judge, base, PROMPTS[1], 1, None), torch.full((3,), 0.5))  # the base against itself
+    assert judge.calls == [3, 3, 3, 3]  # the base images were sampled once, then kept
+    with torch.no_grad():
+        again = _sample(trained, PROMPTS[1], 1, 3, cfg)
+    assert torch.allclose(again, images)  # the LoRA is switched on again after the base images
+
+
+def test_which_runs_compare():
+    pointwise, pairwise = (
+        SimpleNamespace(trained_for=TrainedFor("pointwise")),
+        SimpleNamespace(trained_for=TrainedFor("pairwise")),
+    )
+    assert compares(SimpleNamespace(reward="win_rate"), pointwise)
+    assert compares(SimpleNamespace(mode="pairwise"), SimpleNamespace())
+    assert compares(SimpleNamespace(reward="p_yes"), pairwise)
+    assert not compares(SimpleNamespace(reward="p_yes"), pointwise)
+    assert not compares(SimpleNamespace(mode="pointwise"), SimpleNamespace())
+    judge = _BiasedJudge()
+    ask = eval_judge(SimpleNamespace(reward="p_yes"), judge, None, None, None, None)
+    with pytest.raises(AssertionError, match="pointwise question"):
+        ask(torch.zeros(1, 3, 4, 4), "p", 0)
+
+
+def test_a_win_rate_run_evaluates_against_the_base_from_exactly_one_half(tiny_vlm, tmp_path):
+    """GRPO with reward win_rate (a real tiny judge whose compare is the brightness judge's): the first evaluation
+    (LoRA B = 0) reads 0.5 to the digit, the last one the trained model's win rate, not 0.5; the judge's pointwise
+    score is never called."""
+    judge = RewardModel.from_pretrained(tiny_vlm("llava", init_std=0.02), device="cpu")
+    fake = _BiasedJudge()  # (a judge this small and random hardly tells 2 steps' images apart)
+    judge.compare, judge.score = fake.compare, fake.score
+    cfg = _cfg(tmp_path, max_steps=2, eval_prompts=[PROMPTS[0]], eval_images=2, eval_every=1, reward="win_rate")
+    pipe = _pipe()
+    res = train_grpo(cfg, progress=False, pipe=pipe, rm=judge)
+    with open(tmp_path / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert float(rows[0]["reward"]) == pytest.approx(0.5, abs=1e-6)
+    assert res["reward_before"] == pytest.approx(0.5, abs=1e-6)
+    assert abs(float(rows[-1]["reward"]) - 0.5) > 1e-4  # the trained LoRA's images differ from the base's
