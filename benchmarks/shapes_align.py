@@ -11,12 +11,15 @@ the same images is recorded beside it (a judge gain without a verifier gain is r
         [--set lr=3e-4 --set max_steps=60] [--judge shapes-m] [--held-out 96] [--samples 2] [--threads 2]
 
 ``--lora DIR`` measures a LoRA trained elsewhere instead (e.g. a one-prompt run: does it carry over to other
-prompts?). Writes ``OUT/result.json`` (with alignment by category) and prints it; the base measurement is cached in ``OUT/../base-<judge>-<n>.json``.
+prompts?). ``--prompt TEXT`` (repeatable) measures those prompts instead of the held-out draw (e.g. a one-prompt
+run's own prompt on seeds its evaluation never used). ``--against DIR`` adds the paired difference of this run's
+images after training from those of another measurement of the same prompts and seeds (``DIR/after.json``). Writes ``OUT/result.json`` (with alignment by category) and prints it; the base measurement is cached in ``OUT/../base-<judge>-<n>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -95,6 +98,8 @@ def main() -> None:
     parser.add_argument(
         "--lora", default=None, help="measure this trained LoRA folder instead of training (the recipe names the judge)"
     )
+    parser.add_argument("--prompt", action="append", default=[], help="measure this prompt (repeatable)")
+    parser.add_argument("--against", default=None, help="an earlier --out of the same prompts: paired difference")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {}
@@ -112,10 +117,14 @@ def main() -> None:
     cfg = Config.from_yaml(args.config, overrides)
     judge = args.judge or cfg.reward_model
     rm = RewardModel.from_pretrained(judge, device="cpu", dtype="float32")
-    prompts = held_out_prompts(args.held_out)
+    prompts = args.prompt or held_out_prompts(args.held_out)
+    named = "-" + hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:8] if args.prompt else ""
+    other = json.loads((Path(args.against) / "after.json").read_text()) if args.against else None
+    if other is not None and len(other["passed"]) != len(prompts) * args.samples:
+        parser.error(f"--against {args.against}: {len(other['passed'])} images, here {len(prompts) * args.samples}")
     pipe = load_generator(cfg.pretrained)
     kw = generator_defaults(pipe)
-    base_path = out.parent / f"base-{judge}-{len(prompts)}x{args.samples}.json"
+    base_path = out.parent / f"base-{judge}{named}-{len(prompts)}x{args.samples}.json"
     if base_path.exists():
         before = json.loads(base_path.read_text())
     else:
@@ -137,6 +146,8 @@ def main() -> None:
         "steps": result.get("step"),
         **summary(before, after),
         "by_category": by_category(prompts, args.samples, before, after),
+        "prompts": args.prompt or None,
+        "against": None if other is None else {"run": args.against, **summary(other, after)},
         "trainer": {  # the trainer's own evaluation (its eval_prompts, or training prompts), when it ran one
             k: result.get(k)
             for k in ("reward_before", "reward_after", "alignment_before", "alignment_before_se", "alignment_after")

@@ -578,6 +578,7 @@ def test_grpo_recomputes_each_step_with_its_expert_and_measures_kl_with_both_lor
     whichever expert runs: with the LoRAs off the prediction is the untrained pipeline's."""
     from rewarddance.pipelines import Sampler
     from rewarddance.training import grpo
+    from rewarddance.training.eval_pairwise import lora_off
     from rewarddance.training.experts import Experts
 
     pipe, fresh = build_tiny_video_pipeline("wan22"), build_tiny_video_pipeline("wan22")
@@ -590,7 +591,7 @@ def test_grpo_recomputes_each_step_with_its_expert_and_measures_kl_with_both_lor
     for k in (0, 1):  # step 0: the high-noise expert; step 1: the low-noise one
         _, stats = grpo.step_loss(ro, k, torch.tensor([1.0, -1.0]), experts, cfg)
         assert stats["ratio_dev"] < 1e-5 and stats["kl"] > 0, k
-        with torch.no_grad(), grpo.base_model(experts):
+        with torch.no_grad(), lora_off(experts):
             off = ro.sampler.predict(ro.latents[k], k)[0]
         with torch.no_grad():
             on, untrained = ro.sampler.predict(ro.latents[k], k)[0], base.predict(ro.latents[k], k)[0]
