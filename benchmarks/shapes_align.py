@@ -13,7 +13,9 @@ the same images is recorded beside it (a judge gain without a verifier gain is r
 ``--lora DIR`` measures a LoRA trained elsewhere instead (e.g. a one-prompt run: does it carry over to other
 prompts?). ``--prompt TEXT`` (repeatable) measures those prompts instead of the held-out draw (e.g. a one-prompt
 run's own prompt on seeds its evaluation never used). ``--against DIR`` adds the paired difference of this run's
-images after training from those of another measurement of the same prompts and seeds (``DIR/after.json``). Writes ``OUT/result.json`` (with alignment by category) and prints it; the base measurement is cached in ``OUT/../base-<judge>-<n>.json``.
+images after training from those of another measurement of the same prompts and seeds (``DIR/after.json``).
+Writes ``OUT/result.json`` (with alignment by category) and prints it; the base measurement is cached in
+``OUT/../base-<judge>[-<hash of the --prompt list>]-<prompts>x<samples>.json``.
 """
 
 from __future__ import annotations
