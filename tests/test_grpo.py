@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from rewarddance import RewardModel
 from rewarddance.judge_info import TrainedFor
 from rewarddance.pipelines import PipelineError, SamplerConfig
-from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline, exported_lora, same_weights
 from rewarddance.training.diffusion_loop import add_lora
 from rewarddance.training.eval_pairwise import BaseWinRate, compares, eval_judge
 from rewarddance.training.grpo import (
@@ -248,14 +248,6 @@ def test_a_run_changes_the_lora_resumes_exactly_and_exports_a_loadable_lora(judg
     assert (base - trained).abs().max() > 1e-4
 
 
-def _lora(result) -> dict:
-    return load_file(f"{result['lora']}/pytorch_lora_weights.safetensors")
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-
-
 def test_ema_decay_exports_the_average_trains_as_before_and_resumes_exactly(judge, tmp_path):
     def run(name, stop_at=None, **kw):
         cfg = _cfg(tmp_path / name, max_steps=4, train_subset=2, **kw)
@@ -265,14 +257,14 @@ def test_ema_decay_exports_the_average_trains_as_before_and_resumes_exactly(judg
     keys = ("loss", "reward_mean", "kl")
     assert [[h[k] for k in keys] for h in averaged["history"]] == [[h[k] for k in keys] for h in plain["history"]]
     assert averaged["lora_checksum"] == pytest.approx(plain["lora_checksum"], rel=1e-9)  # the live LoRA: the same
-    assert not _same(_lora(averaged), _lora(plain))  # the export is the average
+    assert not same_weights(exported_lora(averaged), exported_lora(plain))  # the export is the average
     # a decay too small to hold anything back: the average is the last weights, exported under the same names
-    assert _same(_lora(run("tiny", ema_decay=1e-9)), _lora(plain))
+    assert same_weights(exported_lora(run("tiny", ema_decay=1e-9)), exported_lora(plain))
     # interrupted after step 2 and resumed: the average continues from the checkpoint's
     assert run("b", stop_at=2, ema_decay=0.5)["stopped_at"] == 2
     assert list((tmp_path / "b" / "checkpoints").glob("*/ema.safetensors"))
     resumed = run("b", ema_decay=0.5)
-    assert resumed["step"] == 4 and _same(_lora(resumed), _lora(averaged))
+    assert resumed["step"] == 4 and same_weights(exported_lora(resumed), exported_lora(averaged))
 
 
 def test_flow_matching_trains_every_step_but_the_last(judge, tmp_path):
@@ -423,12 +415,12 @@ def test_win_rate_over_the_base_models_images_of_the_same_seeds():
         for p in params:
             p.add_(torch.randn_like(p) * 0.5)
     judge = _BiasedJudge()
-    win = BaseWinRate(trained, cfg, trained.unet, count=3, steps=3)
+    win = BaseWinRate(judge, None, trained, cfg, trained.unet, count=3, steps=3)
     with torch.no_grad():
         images = _sample(trained, PROMPTS[1], 1, 3, cfg)
         base = _sample(fresh, PROMPTS[1], 1, 3, cfg)
     assert (images - base).abs().max() > 1e-3  # the LoRA does change the images
-    got = win(judge, images, PROMPTS[1], 1, None)
+    got = win(images, PROMPTS[1], 1)
     assert torch.allclose(win.base[1], base, atol=1e-5)  # the LoRA was off for the base images
 
     def p(a, b):
@@ -436,7 +428,7 @@ def test_win_rate_over_the_base_models_images_of_the_same_seeds():
 
     assert torch.allclose(got, (p(images, base) + 1 - p(base, images)) / 2, atol=1e-5)
     assert not torch.allclose(got, p(images, base), atol=1e-3)  # not one order alone
-    assert torch.allclose(win(judge, base, PROMPTS[1], 1, None), torch.full((3,), 0.5))  # the base against itself
+    assert torch.allclose(win(base, PROMPTS[1], 1), torch.full((3,), 0.5))  # the base against itself
     assert judge.calls == [3, 3, 3, 3]  # the base images were sampled once, then kept
     with torch.no_grad():
         again = _sample(trained, PROMPTS[1], 1, 3, cfg)

@@ -12,7 +12,7 @@ from rewarddance import RewardModel
 from rewarddance.images import load_image, to_tensor
 from rewarddance.reference_sets import build_references, load_references
 from rewarddance.shapes import write_dataset
-from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline, exported_lora, same_weights
 from rewarddance.training.export import COMFY_LORA_FILE
 from rewarddance.training.refl import train_refl
 from rewarddance.training.refl_config import ReFLConfig
@@ -146,19 +146,13 @@ def test_ema_decay_evaluates_and_exports_the_average_and_resumes_exactly(smooth_
         cfg = _cfg(tmp_path / name, max_steps=4, eval_prompts=HELD_OUT[:1], verifier="none", **kw)
         return train_refl(cfg, progress=False, pipe=_pipe("sd"), rm=smooth_rm, stop_at=stop_at)
 
-    def lora(result):
-        return load_file(f"{result['lora']}/pytorch_lora_weights.safetensors")
-
-    def same(a, b):
-        return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-
     plain, averaged = run("plain"), run("ema", ema_decay=0.6)
     assert averaged["reward_before"] == pytest.approx(plain["reward_before"], abs=1e-9)  # nothing averaged yet
     assert averaged["reward_after"] != pytest.approx(plain["reward_after"], abs=1e-7)  # measured on the average
-    assert not same(lora(averaged), lora(plain))
+    assert not same_weights(exported_lora(averaged), exported_lora(plain))
     assert run("b", stop_at=2, ema_decay=0.6)["stopped_at"] == 2
     resumed = run("b", ema_decay=0.6)
-    assert same(lora(resumed), lora(averaged))
+    assert same_weights(exported_lora(resumed), exported_lora(averaged))
     assert resumed["reward_after"] == pytest.approx(averaged["reward_after"], abs=1e-6)
 
 

@@ -279,3 +279,15 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def exported_lora(result: dict) -> dict:
+    """The diffusers LoRA file a trainer exported (``result["lora"]``, a folder), as tensors."""
+    from safetensors.torch import load_file
+
+    return load_file(f"{result['lora']}/pytorch_lora_weights.safetensors")
+
+
+def same_weights(a: dict, b: dict, atol: float = 1e-6) -> bool:
+    """Two state dicts with the same keys and every tensor within ``atol``."""
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol) for k in a)

@@ -46,11 +46,12 @@ def sample_eval_images(pipe, sampler_cfg, prompt: str, index: int, count: int, s
 
 
 class BaseWinRate:
-    """``win(rm, images, prompt, index, context)``: for each image, P(it is better than the base model's image of
-    the same prompt and seed), the two orders averaged. The base images are sampled with ``denoiser``'s LoRA off
-    on first use of each eval prompt and kept. Images only: clips of a video run are still asked pointwise."""
+    """``win(images, prompt, index)``: for each image, P(it is better than the base model's image of the same prompt
+    and seed) by ``rm``, the two orders averaged. The base images are sampled with ``denoiser``'s LoRA off on first
+    use of each eval prompt and kept. Images only: clips of a video run are still asked pointwise."""
 
-    def __init__(self, pipe, sampler_cfg, denoiser, count: int, steps: int):
+    def __init__(self, rm, context, pipe, sampler_cfg, denoiser, count: int, steps: int):
+        self.rm, self.context = rm, context
         self.pipe, self.sampler_cfg, self.denoiser = pipe, sampler_cfg, denoiser
         self.count, self.steps = count, steps
         self.base: dict[int, torch.Tensor] = {}
@@ -63,9 +64,9 @@ class BaseWinRate:
                 )
         return self.base[index]
 
-    def __call__(self, rm, images: torch.Tensor, prompt: str, index: int, context) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prompt: str, index: int) -> torch.Tensor:
         base = self.base_images(prompt, index).to(images.device, images.dtype)
-        asked = [prompt] * len(images)
+        asked, rm, context = [prompt] * len(images), self.rm, self.context
         with torch.no_grad():
             beats = rm.compare(images, base, asked, context=context).p_yes.float().cpu()  # base shown first
             loses = rm.compare(base, images, asked, context=context).p_yes.float().cpu()  # the image shown first
@@ -77,6 +78,5 @@ def eval_judge(cfg, rm, pipe, sampler_cfg, denoiser, context):
     base model where :func:`compares` (``denoiser``: the module whose LoRA is switched off for the base images),
     else the judge's P(yes)."""
     if compares(cfg, rm) and denoiser is not None:
-        win = BaseWinRate(pipe, sampler_cfg, denoiser, cfg.eval_images, cfg.num_inference_steps)
-        return lambda images, prompt, index: win(rm, images, prompt, index, context)
+        return BaseWinRate(rm, context, pipe, sampler_cfg, denoiser, cfg.eval_images, cfg.num_inference_steps)
     return lambda images, prompt, index: rm.score(images, prompt, context=context).p_yes.float().cpu()
