@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from rewarddance import RewardContext
 from rewarddance.pipelines import SamplerConfig
-from rewarddance.testing.tiny_diffusion import build_tiny_pipeline
+from rewarddance.testing.tiny_diffusion import build_tiny_pipeline, exported_lora, same_weights
 from rewarddance.testing.tiny_video import build_tiny_video_pipeline
 from rewarddance.training import refl
 from rewarddance.training.diffusion_loop import add_lora, step_generator
@@ -38,10 +38,10 @@ def rm(rm_cache):
 
 class RecordingJudge:
     """The given judge, unchanged, that also keeps the clips of every reward call and the clips and frame counts
-    of every score call."""
+    of every score and compare call."""
 
     def __init__(self, rm):
-        self.rm, self.rewarded, self.scored, self.contexts = rm, [], [], []
+        self.rm, self.rewarded, self.scored, self.compared, self.contexts = rm, [], [], [], []
 
     def __getattr__(self, name):
         return getattr(self.rm, name)
@@ -55,6 +55,10 @@ class RecordingJudge:
         self.scored.append((tuple(kw["videos"].shape), kw.get("num_frames")))
         self.contexts.append(("score", kw["prompts"], kw.get("context")))
         return self.rm.score(*args, **kw)
+
+    def compare(self, *args, **kw):
+        self.compared.append((tuple(kw["videos"].shape), tuple(kw["references"].shape), kw.get("num_frames")))
+        return self.rm.compare(*args, **kw)
 
 
 def _settings(out, **kw) -> dict:
@@ -90,16 +94,6 @@ def _grpo(out, **kw) -> GRPOConfig:
     return GRPOConfig(**_settings(out, **{"group_size": 2, "prompts_per_step": 2, "clip_range": 0.2, **kw}))
 
 
-def _lora(res) -> dict:
-    return load_file(f"{res['lora']}/pytorch_lora_weights.safetensors")
-
-
-def _assert_same_lora(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys() and a
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
-
-
 def _moved(lora: dict) -> float:
     """The largest entry of the LoRA's B matrices (they start at zero)."""
     return max(float(v.abs().max()) for k, v in lora.items() if "lora_B" in k or "lora.up" in k)
@@ -124,8 +118,8 @@ def test_refl_on_wan_trains_the_lora_resumes_exactly_and_draws_the_frames_by_see
     assert stopped["stopped_at"] == 1
     resumed = train_refl(_refl(tmp_path / "b"), progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm)
     assert resumed["step"] == 2 and len(resumed["history"]) == 1
-    _assert_same_lora(_lora(straight), _lora(resumed))
-    assert _moved(_lora(straight)) > 0
+    assert same_weights(exported_lora(straight), exported_lora(resumed))
+    assert _moved(exported_lora(straight)) > 0
     assert _steps_logged(tmp_path / "a") == [1, 2] and _steps_logged(tmp_path / "b") == [1, 2]
     # the frames of step s: SEEN of each row's clip, drawn from the generator of (seed, s) only (so a resumed run
     # draws the same), different from step to step
@@ -163,7 +157,7 @@ def test_refl_on_cogvideox_judges_the_drawn_frames_and_evaluates_clips(rm, tmp_p
 
     with Image.open(out / "samples" / "final-000.png") as grid:
         assert grid.size == (32 * 2 * SEEN, 32)  # two clips, SEEN frames each
-    assert _moved(_lora(res)) > 0
+    assert _moved(exported_lora(res)) > 0
 
 
 @pytest.mark.slow  # two processes: run by .ci/run after the README command
@@ -193,7 +187,7 @@ def test_two_processes_train_wan_like_one_on_the_same_global_batch(tiny_vlm, tmp
     # the main process logs its own rows' loss and reward, and the gradient norm DDP averaged over both processes
     assert all(math.isfinite(float(r[key])) for r in two for key in ("loss", "reward_mean", "grad_norm"))
     assert [float(r["grad_norm"]) for r in two] == pytest.approx([h["grad_norm"] for h in one["history"]], rel=1e-4)
-    ours, theirs = _lora(one), load_file(tmp_path / "two" / "lora" / "pytorch_lora_weights.safetensors")
+    ours, theirs = exported_lora(one), load_file(tmp_path / "two" / "lora" / "pytorch_lora_weights.safetensors")
     assert ours.keys() == theirs.keys() and _moved(ours) > 1e-3
     worst = max(float((ours[k] - theirs[k]).abs().max()) for k in ours)
     print(f"Wan, 2 processes x batch 1 vs 1 process x batch 2: largest LoRA difference {worst:.2e}")
@@ -214,10 +208,10 @@ def test_grpo_on_wan_scores_whole_clips_resumes_exactly_and_exports_a_lora_diffu
     pipe = build_tiny_video_pipeline("wan")
     resumed = train_grpo(_grpo(tmp_path / "b"), progress=False, pipe=pipe, rm=rm)
     assert resumed["step"] == 2 and _steps_logged(tmp_path / "b") == [1, 2]
-    _assert_same_lora(_lora(straight), _lora(resumed))
+    assert same_weights(exported_lora(straight), exported_lora(resumed))
     keys = ("step", "loss", "reward_mean", "reward_std", "kl")
     assert [[h[k] for k in keys] for h in resumed["history"]] == [[h[k] for k in keys] for h in straight["history"][1:]]
-    assert _moved(_lora(resumed)) > 0
+    assert _moved(exported_lora(resumed)) > 0
     # the exported LoRA, loaded into a fresh WanPipeline, makes the trained pipeline's clips
     kw = dict(num_inference_steps=2, height=32, width=32, num_frames=FRAMES, max_sequence_length=16, output_type="pt")
     trained = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
@@ -227,9 +221,18 @@ def test_grpo_on_wan_scores_whole_clips_resumes_exactly_and_exports_a_lora_diffu
     loaded = fresh(PROMPTS[0], generator=torch.Generator().manual_seed(1), **kw).frames
     assert (loaded - trained).abs().max() < 1e-5 and (base - trained).abs().max() > 1e-5
     # win rates: the clips of a group compared with each other on the same frames (a group of 2 sums to 1)
-    cfg = _grpo(tmp_path / "w", max_steps=1, reward="win_rate")
-    res = train_grpo(cfg, progress=False, pipe=build_tiny_video_pipeline("wan"), rm=rm)
+    # its evaluation compares each clip with the base model's clip of the same seed (LoRA off): 0.5 before training
+    cfg = _grpo(tmp_path / "w", max_steps=1, reward="win_rate", eval_train_prompts=1, eval_images=2, sample_every=1)
+    judge = RecordingJudge(rm)
+    res = train_grpo(cfg, progress=False, pipe=build_tiny_video_pipeline("wan"), rm=judge)
     assert res["history"][0]["reward_mean"] == pytest.approx(0.5, abs=1e-6) and res["history"][0]["reward_std"] > 0
+    assert judge.scored == [] and res["reward_before"] == pytest.approx(0.5, abs=1e-6)
+    clips = (2, FRAMES, 3, 32, 32)
+    evaluations = [c for c in judge.compared if c[0] == clips]  # (the training step compares its 4 clips)
+    assert evaluations == [(clips, clips, SEEN)] * 4  # before and after, both orders each
+    assert 0 < res["reward_after"] < 1 and res["reward_after"] != res["reward_before"]
+    with Image.open(tmp_path / "w" / "samples" / "final-000.png") as grid:
+        assert grid.size == (32 * 2 * SEEN, 32)
 
 
 def test_both_trainers_run_on_ltx_video_tokens(rm, tmp_path):
@@ -239,7 +242,7 @@ def test_both_trainers_run_on_ltx_video_tokens(rm, tmp_path):
         res = train(
             make(tmp_path / train.__name__, max_steps=1), progress=False, pipe=build_tiny_video_pipeline("ltx"), rm=rm
         )
-        assert res["step"] == 1 and 0 < res["history"][0]["reward_mean"] < 1 and _moved(_lora(res)) > 0
+        assert res["step"] == 1 and 0 < res["history"][0]["reward_mean"] < 1 and _moved(exported_lora(res)) > 0
 
 
 # ------------------------------------------------------------------------------------------- image-to-video
@@ -282,8 +285,10 @@ def test_refl_on_wan_image_to_video_trains_resumes_exactly_and_shows_the_judge_e
     )
     assert stopped["stopped_at"] == 1
     resumed = train_refl(_refl(tmp_path / "b", **cfg), progress=False, pipe=build_tiny_video_pipeline("wan_i2v"), rm=rm)
-    _assert_same_lora(_lora(straight), _lora(resumed))
-    assert _moved(_lora(straight)) > 0 and resumed["reward_after"] == pytest.approx(straight["reward_after"], abs=1e-6)
+    assert same_weights(exported_lora(straight), exported_lora(resumed))
+    assert _moved(exported_lora(straight)) > 0 and resumed["reward_after"] == pytest.approx(
+        straight["reward_after"], abs=1e-6
+    )
 
 
 def test_grpo_on_ltx_image_to_video_keeps_the_image_frame_and_resumes_exactly(rm, tmp_path, monkeypatch):
@@ -327,10 +332,10 @@ def test_grpo_on_ltx_image_to_video_keeps_the_image_frame_and_resumes_exactly(rm
     resumed = train_grpo(
         _grpo(tmp_path / "b", prompts=prompts), progress=False, pipe=build_tiny_video_pipeline("ltx_i2v"), rm=rm
     )
-    _assert_same_lora(_lora(straight), _lora(resumed))
+    assert same_weights(exported_lora(straight), exported_lora(resumed))
     keys = ("step", "loss", "reward_mean", "reward_std", "kl")
     assert [[h[k] for k in keys] for h in resumed["history"]] == [[h[k] for k in keys] for h in straight["history"][1:]]
-    assert _moved(_lora(resumed)) > 0
+    assert _moved(exported_lora(resumed)) > 0
     # first_frame_context false: the judge sees the clips alone
     context = RewardContext(task="video_alignment")
     rows = refl.read_prompts(prompts)
@@ -556,7 +561,7 @@ def test_wan22_trains_the_chosen_experts_resumes_exactly_and_exports_loras_diffu
     resumed_pipe, resumed = run("resumed")
     assert resumed["step"] == 2 and _steps_logged(tmp_path / "resumed") == [1, 2]
     for expert, lora in _expert_loras(resumed).items():
-        _assert_same_lora(loras[expert], lora)
+        assert same_weights(loras[expert], lora)
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in straight["history"][1:]])
     # diffusers loads the export: the high-noise file as usual, the low-noise one into transformer_2
     kw = dict(num_inference_steps=3, height=32, width=32, num_frames=FRAMES, max_sequence_length=16, output_type="pt")
@@ -804,6 +809,6 @@ def test_both_trainers_run_on_cogvideox_image_to_video(rm, tmp_path, monkeypatch
         pipe = build_tiny_video_pipeline("cogvideox_i2v")
         res = train(make(tmp_path / train.__name__, prompts=prompts), progress=False, pipe=pipe, rm=judge)
         assert res["step"] == 2 and all(math.isfinite(h["loss"]) for h in res["history"])
-        assert _moved(_lora(res)) > 0
+        assert _moved(exported_lora(res)) > 0
         _shown_first_frames(judge)
     assert kept == [True, True]

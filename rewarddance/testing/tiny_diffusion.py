@@ -289,5 +289,5 @@ def exported_lora(result: dict) -> dict:
 
 
 def same_weights(a: dict, b: dict, atol: float = 1e-6) -> bool:
-    """Two state dicts with the same keys and every tensor within ``atol``."""
-    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol) for k in a)
+    """Two non-empty state dicts with the same keys and every tensor within ``atol``."""
+    return bool(a) and a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol) for k in a)

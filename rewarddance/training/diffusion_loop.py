@@ -38,6 +38,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from ..distributed import any_process
 from ..pipelines import VIDEO_FAMILIES, SamplerConfig, check_scheduler, pipeline_family
 from ..remote import is_remote, load_judge
+from ..video import sample_indices
 from .checkpoint import gather_full_state, list_checkpoints, load_checkpoint, load_trainable, save_checkpoint
 from .engine import Runtime, full_tensor, shard_denoiser, torch_optimizer
 from .engine import runtime as runtime  # phase 1, where the trainers find the others
@@ -468,14 +469,13 @@ class Evaluator:
         return row
 
     def score_clips(self, clips: torch.Tensor, prompt: str, tag: str, i: int) -> torch.Tensor:
-        """The judge's P(yes) of clips ``[n, T, 3, H, W]`` on :func:`judge_frames` frames of each, sampled uniformly
-        (first and last included); with a ``tag`` and ``sample_every`` those frames are saved, clip after clip."""
+        """The judge's reward (:func:`eval_judge`) of clips ``[n, T, 3, H, W]`` on :func:`judge_frames` frames of
+        each, sampled uniformly; with a ``tag`` and ``sample_every`` those frames are saved, clip after clip."""
         frames, context = judge_frames(self.cfg, clips.shape[1]), judge_context(self.cfg, self.context, prompt)
-        out = self.rm.score(videos=clips, prompts=prompt, context=context, num_frames=frames)
         if tag and self.cfg.sample_every:
-            seen = torch.cat([clip[list(s.indices)] for clip, s in zip(clips, out.videos)])
+            seen = clips[:, sample_indices(clips.shape[1], frames)].flatten(0, 1)
             save_sample_grid(seen, self.out / "samples" / f"{tag}-{i:03d}.png")
-        return out.p_yes.float().cpu()
+        return self.judge(clips, prompt, i, context=context, num_frames=frames)
 
     def __call__(self, tag: str, step: int) -> float | None:
         row = None

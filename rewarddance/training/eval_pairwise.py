@@ -48,7 +48,8 @@ def sample_eval_images(pipe, sampler_cfg, prompt: str, index: int, count: int, s
 class BaseWinRate:
     """``win(images, prompt, index)``: for each image, P(it is better than the base model's image of the same prompt
     and seed) by ``rm``, the two orders averaged. The base images are sampled with ``denoiser``'s LoRA off on first
-    use of each eval prompt and kept. Images only: clips of a video run are still asked pointwise."""
+    use of each eval prompt and kept. Clips ``[n, T, 3, H, W]`` are compared the same way on ``num_frames`` frames
+    of each; ``context`` replaces the run's (an image-to-video clip's own first frame)."""
 
     def __init__(self, rm, context, pipe, sampler_cfg, denoiser, count: int, steps: int):
         self.rm, self.context = rm, context
@@ -64,19 +65,33 @@ class BaseWinRate:
                 )
         return self.base[index]
 
-    def __call__(self, images: torch.Tensor, prompt: str, index: int) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, prompt: str, index: int, context=None, num_frames=None) -> torch.Tensor:
         base = self.base_images(prompt, index).to(images.device, images.dtype)
-        asked, rm, context = [prompt] * len(images), self.rm, self.context
+        asked, rm, context = [prompt] * len(images), self.rm, context or self.context
+
+        def p(cand, ref):  # P(cand better than ref), ref shown first
+            if cand.ndim == 5:
+                return rm.compare(references=ref, prompts=asked, context=context, videos=cand, num_frames=num_frames)
+            return rm.compare(cand, ref, asked, context=context)
+
         with torch.no_grad():
-            beats = rm.compare(images, base, asked, context=context).p_yes.float().cpu()  # base shown first
-            loses = rm.compare(base, images, asked, context=context).p_yes.float().cpu()  # the image shown first
+            beats, loses = p(images, base).p_yes.float().cpu(), p(base, images).p_yes.float().cpu()
         return (beats + 1.0 - loses) / 2
 
 
 def eval_judge(cfg, rm, pipe, sampler_cfg, denoiser, context):
-    """The evaluation's reward of each image, ``judge(images, prompt, index)`` (float32, CPU): the win rate over the
-    base model where :func:`compares` (``denoiser``: the module whose LoRA is switched off for the base images),
-    else the judge's P(yes)."""
+    """The evaluation's reward of each image or clip, ``judge(samples, prompt, index, context=None,
+    num_frames=None)`` (float32, CPU): the win rate over the base model where :func:`compares` (``denoiser``: the
+    module whose LoRA is switched off for the base images), else the judge's P(yes). ``context`` replaces the
+    run's; clips ``[n, T, 3, H, W]`` are judged on ``num_frames`` frames of each."""
     if compares(cfg, rm) and denoiser is not None:
         return BaseWinRate(rm, context, pipe, sampler_cfg, denoiser, cfg.eval_images, cfg.num_inference_steps)
-    return lambda images, prompt, index: rm.score(images, prompt, context=context).p_yes.float().cpu()
+
+    def p_yes(samples, prompt, index, context=context, num_frames=None):
+        if samples.ndim == 5:
+            out = rm.score(videos=samples, prompts=prompt, context=context, num_frames=num_frames)
+        else:
+            out = rm.score(samples, prompt, context=context)
+        return out.p_yes.float().cpu()
+
+    return p_yes
