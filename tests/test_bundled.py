@@ -561,4 +561,6 @@ def test_measure_generator_counts_over_prompts_and_samples():
     assert got["not_clean"] == pytest.approx(1 - mean, abs=1e-4)  # every failure here is noise
     assert got["first_sample_alignment"] == pytest.approx(sum(p > 0 for p in passes) / n, abs=1e-4)
     assert set(got["by_category"]) == set(CATEGORIES)
-    assert (got["prompts"], got["samples"]) == (n, samples)
+    assert (got["prompts"], got["samples"]) == (n, samples) and "per_prompt" not in got
+    paired = measure_generator(pipe, n, 7, defaults={"num_inference_steps": 1}, samples=samples, per_prompt=True)
+    assert paired["per_prompt"] == {"alignment": shares, "clean": shares}  # (every failure is noise)

@@ -482,12 +482,13 @@ def _count_parameters(folder: Path) -> int:
 
 
 def measure_generator(
-    pipe, n_prompts: int = 120, seed: int = 7, defaults: dict | None = None, samples: int = 1
+    pipe, n_prompts: int = 120, seed: int = 7, defaults: dict | None = None, samples: int = 1, per_prompt=False
 ) -> dict:
     """Strict-verifier alignment of ``samples`` samples per prompt over ``n_prompts`` in-domain prompts, overall (its
     standard error taken over prompts, as the samples of one prompt are not independent) and by category, the share
     of samples that are not a clean ShapesWorld scene, and the alignment of the first sample of each prompt alone
-    (sample 0 of every prompt has the seed a one-sample measurement gives it)."""
+    (sample 0 of every prompt has the seed a one-sample measurement gives it). ``per_prompt``: also each prompt's
+    share of passing and of clean samples (for a paired comparison of two generators)."""
     import torch
 
     from ..bundled import generator_defaults
@@ -498,7 +499,7 @@ def measure_generator(
     specs = [sample_prompt(CATEGORIES[i % 6], example_rng(seed, "id", i), "id") for i in range(n_prompts)]
     draws = [(j, i) for j in range(samples) for i in range(n_prompts)]  # every prompt's first sample comes first
     passed = [[False] * samples for _ in range(n_prompts)]
-    unclean = 0
+    clean = [0] * n_prompts
     batch = 24
     for start in range(0, len(draws), batch):
         chunk = draws[start : start + batch]
@@ -507,22 +508,25 @@ def measure_generator(
         for (j, i), image in zip(chunk, images):
             verdict = verify(image, specs[i])
             passed[i][j] = verdict.passed
-            unclean += not verdict.clean
-    per_prompt = [sum(p) / samples for p in passed]
-    rate = sum(per_prompt) / n_prompts
-    spread = sum((x - rate) ** 2 for x in per_prompt) / n_prompts  # one sample a prompt: the binomial p (1 - p)
+            clean[i] += verdict.clean
+    shares = [sum(p) / samples for p in passed]
+    rate = sum(shares) / n_prompts
+    spread = sum((x - rate) ** 2 for x in shares) / n_prompts  # one sample a prompt: the binomial p (1 - p)
     first = sum(p[0] for p in passed) / n_prompts
-    by_category = {c: [x for x, spec in zip(per_prompt, specs) if spec.category == c] for c in CATEGORIES}
-    return {
+    by_category = {c: [x for x, spec in zip(shares, specs) if spec.category == c] for c in CATEGORIES}
+    result = {
         "prompts": n_prompts,
         "samples": samples,
         "seed": seed,
         "alignment": round(rate, 4),
         "alignment_se": round(math.sqrt(spread / n_prompts), 4),
-        "not_clean": round(unclean / len(draws), 4),
+        "not_clean": round((len(draws) - sum(clean)) / len(draws), 4),
         "by_category": {c: round(sum(v) / len(v), 4) for c, v in by_category.items() if v},
         "first_sample_alignment": round(first, 4),
     }
+    if per_prompt:
+        result["per_prompt"] = {"alignment": shares, "clean": [c / samples for c in clean]}
+    return result
 
 
 # the generator card's prompts and samples per prompt (960 images): prompts differ far more than the samples of one
