@@ -87,7 +87,10 @@ def eval_judge(cfg, rm, pipe, sampler_cfg, denoiser, context):
     if compares(cfg, rm) and denoiser is not None:
         return BaseWinRate(rm, context, pipe, sampler_cfg, denoiser, cfg.eval_images, cfg.num_inference_steps)
 
-    def p_yes(samples, prompt, index, context=context, num_frames=None):
+    run_context = context
+
+    def p_yes(samples, prompt, index, context=None, num_frames=None):
+        context = context or run_context
         if samples.ndim == 5:
             out = rm.score(videos=samples, prompts=prompt, context=context, num_frames=num_frames)
         else:
