@@ -2,14 +2,16 @@
 recipe's own training scenes, then measure both generators on the card's prompts, seeds and samples with the strict
 verifier, paired by prompt.
 
-    python benchmarks/generator_more_steps.py [--steps 3500] [--lr 2.5e-4] [--work /tmp/generator-more] [--threads 2]
+    python benchmarks/generator_more_steps.py [--steps 3500] [--lr 2.5e-4] [--work /tmp/generator-more] \\
+        [--start DIR] [--seed 1] [--threads 2]
 
 The continuation starts from the bundled (EMA) weights with a fresh AdamW, a 100-step warm-up to ``--lr`` and a
-cosine decay, an EMA of decay 0.999 as the recipe's, and batches drawn with seed 1 (the recipe's are seed 0): it
+cosine decay, an EMA of decay 0.999 as the recipe's, and batches drawn with ``--seed`` (the recipe's are seed 0): it
 asks whether more of the same training helps, not what a longer run from scratch would reach. ``--work`` keeps the
 UNet's checkpoint every 500 steps (an interrupted run continues from it) and the trained pipeline in ``WORK/out``
-(a second run only measures). Prints and writes ``WORK/measure.json``: both generators' alignment and unclean share
-and the paired differences with their standard errors over prompts.
+(a second run only measures). ``--start``: continue another saved generator instead (a previous run's ``WORK/out``),
+which is then the one compared with. Prints and writes ``WORK/measure.json``: both generators' alignment and unclean
+share and the paired differences with their standard errors over prompts.
 """
 
 from __future__ import annotations
@@ -46,26 +48,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3500, help="more UNet + text encoder steps")
     parser.add_argument("--lr", type=float, default=2.5e-4, help="peak learning rate of the continuation")
     parser.add_argument("--work", default="/tmp/generator-more")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the batches, noise and timesteps")
+    parser.add_argument("--start", default=None, help="a saved generator to continue (default: the bundled one)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = work / "out"
+    settings = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "start": args.start or "bundled"}
+    saved = work / "settings.json"
+    if saved.exists() and json.loads(saved.read_text(encoding="utf-8")) != settings:
+        raise SystemExit(f"{work} holds a run with other settings ({saved.read_text().strip()}); use a new --work")
+    saved.write_text(json.dumps(settings) + "\n", encoding="utf-8")
     if not (out / "model_index.json").exists():
         t0 = time.time()
-        pipe = load_bundled()
-        cfg = replace(GeneratorConfig(), unet_steps=args.steps, unet_lr=args.lr, seed=1)
+        pipe = load_generator(args.start) if args.start else load_bundled()
+        cfg = replace(GeneratorConfig(), unet_steps=args.steps, unet_lr=args.lr, seed=args.seed)
         prompts, images = render_training_set(cfg)  # the recipe's scenes (its data seed)
         latents = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
         train_denoiser(pipe, prompts, latents, cfg, log=print, work=work)
         pipe.save_pretrained(out, safe_serialization=True)
         print(f"trained {args.steps} more steps in {(time.time() - t0) / 60:.1f} min (this session's part)", flush=True)
     card = dict(n_prompts=GENERATOR_CARD["n_prompts"], samples=GENERATOR_CARD["samples"], per_prompt=True)
-    before = measure_generator(load_bundled(), **card)
+    before = measure_generator(load_generator(args.start) if args.start else load_bundled(), **card)
     after = measure_generator(load_generator(out), **card)
-    row = {"steps": args.steps, "lr": args.lr}
-    for name, res in (("bundled", before), ("continued", after)):
+    row = dict(settings)
+    for name, res in (("start", before), ("continued", after)):
         row[name] = {k: res[k] for k in ("alignment", "alignment_se", "not_clean", "first_sample_alignment")}
     for key in ("alignment", "clean"):
         mean, se = paired(before["per_prompt"][key], after["per_prompt"][key])
