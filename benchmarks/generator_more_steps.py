@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from rewarddance.bundled import generator_defaults
 from rewarddance.bundled import load_generator as load_bundled
 from rewarddance.recipes.shapes import GENERATOR_CARD, measure_generator
 from rewarddance.shapes.generator import (
@@ -70,8 +71,11 @@ def main() -> None:
         train_denoiser(pipe, prompts, latents, cfg, log=print, work=work)
         pipe.save_pretrained(out, safe_serialization=True)
         print(f"trained {args.steps} more steps in {(time.time() - t0) / 60:.1f} min (this session's part)", flush=True)
+    start = load_generator(args.start) if args.start else load_bundled()
+    # the bundled sampling settings for both (a saved continuation has no training.json to read them from)
     card = dict(n_prompts=GENERATOR_CARD["n_prompts"], samples=GENERATOR_CARD["samples"], per_prompt=True)
-    before = measure_generator(load_generator(args.start) if args.start else load_bundled(), **card)
+    card["defaults"] = generator_defaults(load_bundled())
+    before = measure_generator(start, **card)
     after = measure_generator(load_generator(out), **card)
     row = dict(settings)
     for name, res in (("start", before), ("continued", after)):

@@ -57,7 +57,7 @@ class RecordingJudge:
         return self.rm.score(*args, **kw)
 
     def compare(self, *args, **kw):
-        self.compared.append((tuple(kw["videos"].shape), tuple(kw["references"].shape), kw.get("num_frames")))
+        self.compared.append((kw["videos"].detach().clone(), kw["references"].detach().clone(), kw.get("num_frames")))
         return self.rm.compare(*args, **kw)
 
 
@@ -228,8 +228,13 @@ def test_grpo_on_wan_scores_whole_clips_resumes_exactly_and_exports_a_lora_diffu
     assert res["history"][0]["reward_mean"] == pytest.approx(0.5, abs=1e-6) and res["history"][0]["reward_std"] > 0
     assert judge.scored == [] and res["reward_before"] == pytest.approx(0.5, abs=1e-6)
     clips = (2, FRAMES, 3, 32, 32)
-    evaluations = [c for c in judge.compared if c[0] == clips]  # (the training step compares its 4 clips)
-    assert evaluations == [(clips, clips, SEEN)] * 4  # before and after, both orders each
+    evaluations = [c for c in judge.compared if c[0].shape == clips]  # (the training step compares its 4 clips)
+    assert len(evaluations) == 4 and all(r.shape == clips and n == SEEN for _, r, n in evaluations)
+    (before, base, _), (before_swapped, base_swapped, _), (after, against, _), (first, second, _) = evaluations
+    assert torch.allclose(before, base) and torch.equal(before_swapped, base) and torch.equal(base_swapped, before)
+    # after training: the trained clips as the candidates against the base clips, then the order swapped
+    assert torch.equal(against, base) and not torch.allclose(after, base) and torch.equal(first, base)
+    assert torch.equal(second, after)
     assert 0 < res["reward_after"] < 1 and res["reward_after"] != res["reward_before"]
     with Image.open(tmp_path / "w" / "samples" / "final-000.png") as grid:
         assert grid.size == (32 * 2 * SEEN, 32)

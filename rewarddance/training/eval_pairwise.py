@@ -60,9 +60,9 @@ class BaseWinRate:
     def base_images(self, prompt: str, index: int) -> torch.Tensor:
         if index not in self.base:
             with torch.no_grad(), lora_off(self.denoiser):
-                self.base[index] = sample_eval_images(
+                self.base[index] = sample_eval_images(  # kept in CPU memory: clips of a real model are large
                     self.pipe, self.sampler_cfg, prompt, index, self.count, self.steps
-                )
+                ).cpu()
         return self.base[index]
 
     def __call__(self, images: torch.Tensor, prompt: str, index: int, context=None, num_frames=None) -> torch.Tensor:
