@@ -25,6 +25,20 @@ def compares(cfg, rm) -> bool:
     return getattr(cfg, "reward", None) == "win_rate" or getattr(cfg, "mode", None) == "pairwise" or pairwise_judge
 
 
+def score_samples(rm, samples: torch.Tensor, prompts, context, num_frames=None):
+    """``rm.score`` of images ``[N, 3, H, W]`` or of clips ``[N, T, 3, H, W]`` on ``num_frames`` frames of each."""
+    if samples.ndim == 5:
+        return rm.score(videos=samples, prompts=prompts, context=context, num_frames=num_frames)
+    return rm.score(samples, prompts, context=context)
+
+
+def compare_samples(rm, cand: torch.Tensor, ref: torch.Tensor, prompts, context, num_frames=None):
+    """``rm.compare``: P(``cand`` better than ``ref``, shown first), images or clips as in :func:`score_samples`."""
+    if cand.ndim == 5:
+        return rm.compare(references=ref, prompts=prompts, context=context, videos=cand, num_frames=num_frames)
+    return rm.compare(cand, ref, prompts, context=context)
+
+
 @contextlib.contextmanager
 def lora_off(denoiser):
     """``denoiser`` (a module with peft adapters, or :class:`~.experts.Experts`) with its LoRA switched off."""
@@ -67,15 +81,10 @@ class BaseWinRate:
 
     def __call__(self, images: torch.Tensor, prompt: str, index: int, context=None, num_frames=None) -> torch.Tensor:
         base = self.base_images(prompt, index).to(images.device, images.dtype)
-        asked, rm, context = [prompt] * len(images), self.rm, context or self.context
-
-        def p(cand, ref):  # P(cand better than ref), ref shown first
-            if cand.ndim == 5:
-                return rm.compare(references=ref, prompts=asked, context=context, videos=cand, num_frames=num_frames)
-            return rm.compare(cand, ref, asked, context=context)
-
+        asked, context = [prompt] * len(images), context or self.context
         with torch.no_grad():
-            beats, loses = p(images, base).p_yes.float().cpu(), p(base, images).p_yes.float().cpu()
+            beats = compare_samples(self.rm, images, base, asked, context, num_frames).p_yes.float().cpu()
+            loses = compare_samples(self.rm, base, images, asked, context, num_frames).p_yes.float().cpu()
         return (beats + 1.0 - loses) / 2
 
 
@@ -90,11 +99,6 @@ def eval_judge(cfg, rm, pipe, sampler_cfg, denoiser, context):
     run_context = context
 
     def p_yes(samples, prompt, index, context=None, num_frames=None):
-        context = context or run_context
-        if samples.ndim == 5:
-            out = rm.score(videos=samples, prompts=prompt, context=context, num_frames=num_frames)
-        else:
-            out = rm.score(samples, prompt, context=context)
-        return out.p_yes.float().cpu()
+        return score_samples(rm, samples, prompt, context or run_context, num_frames).p_yes.float().cpu()
 
     return p_yes

@@ -78,7 +78,7 @@ from .diffusion_loop import (
     step_generator,
 )
 from .ema import lora_ema
-from .eval_pairwise import lora_off
+from .eval_pairwise import compare_samples, lora_off, score_samples
 from .experts import check_expert_levels, trained_steps
 from .grpo_config import GRPOConfig
 from .metrics import append_csv
@@ -124,13 +124,7 @@ def win_rates(
         getattr(context, "first_frame", None), list
     ):  # image-to-video: each clip's own image, one per comparison
         context = replace(context, first_frame=[context.first_frame[i] for i in cand])
-    if images.ndim == 5:  # clips
-        out = rm.compare(
-            references=images[ref], prompts=asked, context=context, videos=images[cand], num_frames=num_frames
-        )
-    else:
-        out = rm.compare(images[cand], images[ref], asked, context=context)
-    p = out.p_yes.float().cpu()
+    p = compare_samples(rm, images[cand], images[ref], asked, context, num_frames).p_yes.float().cpu()
     beats = torch.zeros(n, n)
     beats[cand, ref] = p  # P(cand better than ref), asked with ref as image 1
     prefer = (beats + 1.0 - beats.T) / 2  # both orders: [i, j] = P(i better than j)
@@ -150,10 +144,7 @@ def judge_rewards(
             return verifier_rewards(images, prompts)
         if kind == "win_rate":
             return win_rates(rm, images, prompts, group_size, context, num_frames)
-        if images.ndim == 5:
-            out = rm.score(videos=images, prompts=prompts, context=context, num_frames=num_frames)
-        else:
-            out = rm.score(images, prompts, context=context)
+        out = score_samples(rm, images, prompts, context, num_frames)
         return (out.p_yes if kind == "p_yes" else out.margin).float().cpu()
 
 
